@@ -1,0 +1,110 @@
+use crate::{Runtime, RuntimeError, Signature};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Which engine runs ONNX models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnnxEngine {
+    /// ONNX Runtime when its library loaded, else tract.
+    #[default]
+    Auto,
+    Ort,
+    Tract,
+}
+
+/// How to load one model version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub onnx_engine: OnnxEngine,
+    /// Threads one inference may use inside the engine (ONNX Runtime's intra-op pool).
+    pub intra_op_threads: usize,
+    /// Whether idle ONNX Runtime intra-op threads spin; spinning trades CPU for latency.
+    pub intra_op_spinning: bool,
+    /// ONNX Runtime sessions to create (each holds a copy of the weights); tract shares one plan.
+    pub sessions: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            onnx_engine: OnnxEngine::Auto,
+            intra_op_threads: 1,
+            intra_op_spinning: false,
+            sessions: 1,
+        }
+    }
+}
+
+/// Loads an ONNX model with the engine `options` select, and checks it against `signature`.
+pub fn load_onnx(
+    path: &Path,
+    signature: &Signature,
+    options: &LoadOptions,
+) -> Result<Arc<dyn Runtime>, RuntimeError> {
+    match options.onnx_engine {
+        OnnxEngine::Ort => load_ort(path, signature, options),
+        OnnxEngine::Tract => load_tract(path, signature, options),
+        OnnxEngine::Auto => {
+            #[cfg(feature = "ort")]
+            if crate::ort::is_available() {
+                return load_ort(path, signature, options);
+            }
+            load_tract(path, signature, options).map_err(|e| match e {
+                RuntimeError::UnsupportedOperator {
+                    engine, operator, ..
+                } => RuntimeError::UnsupportedOperator {
+                    engine,
+                    operator,
+                    hint: "ONNX Runtime would run it, but its library is not loaded: install the \
+                           onnxruntime wheel and point FERRY_ORT_LIB at its libonnxruntime.so"
+                        .into(),
+                },
+                other => other,
+            })
+        }
+    }
+}
+
+fn load_ort(
+    path: &Path,
+    signature: &Signature,
+    options: &LoadOptions,
+) -> Result<Arc<dyn Runtime>, RuntimeError> {
+    #[cfg(feature = "ort")]
+    {
+        Ok(Arc::new(crate::ort::OrtRuntime::load(
+            path, signature, options,
+        )?))
+    }
+    #[cfg(not(feature = "ort"))]
+    {
+        let _ = (path, signature, options);
+        Err(RuntimeError::NotCompiled {
+            engine: "ort",
+            feature: "ort",
+        })
+    }
+}
+
+fn load_tract(
+    path: &Path,
+    signature: &Signature,
+    options: &LoadOptions,
+) -> Result<Arc<dyn Runtime>, RuntimeError> {
+    #[cfg(feature = "tract")]
+    {
+        Ok(Arc::new(crate::tract::TractRuntime::load(
+            path, signature, options,
+        )?))
+    }
+    #[cfg(not(feature = "tract"))]
+    {
+        let _ = (path, signature, options);
+        Err(RuntimeError::NotCompiled {
+            engine: "tract",
+            feature: "tract",
+        })
+    }
+}
