@@ -37,6 +37,7 @@ pub enum RuntimeError {
     Inference { engine: Engine, message: String },
 }
 
+#[cfg_attr(not(any(feature = "ort", feature = "tract")), allow(dead_code))]
 impl RuntimeError {
     pub(crate) fn load(engine: Engine, error: impl std::fmt::Display) -> RuntimeError {
         RuntimeError::Load {

@@ -1,0 +1,58 @@
+use std::path::PathBuf;
+
+/// What can go wrong finding, reading or verifying a model version. Messages name the model,
+/// the file or key at fault, and what to do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid registry URI `{uri}`: {reason}")]
+    InvalidUri { uri: String, reason: String },
+    #[error("invalid model reference `{given}`: {reason}")]
+    InvalidModelRef { given: String, reason: String },
+    #[error("model `{name}` is not in the registry {registry}")]
+    ModelNotFound { name: String, registry: String },
+    #[error("model `{name}` has no version {version}; versions in the registry: {available:?}")]
+    VersionNotFound {
+        name: String,
+        version: u64,
+        available: Vec<u64>,
+    },
+    #[error("model `{name}` has no alias `{alias}`; aliases: {available:?}")]
+    AliasNotFound {
+        name: String,
+        alias: String,
+        available: Vec<String>,
+    },
+    #[error(
+        "alias `{alias}` of model `{name}` must hold a positive version number, found {content:?}"
+    )]
+    InvalidAlias {
+        name: String,
+        alias: String,
+        content: String,
+    },
+    #[error("model `{name}` has no versions in the registry")]
+    NoVersions { name: String },
+    #[error("invalid manifest {path}: {message}")]
+    Manifest { path: String, message: String },
+    #[error(
+        "{name}@{version}: sha256 digest mismatch for `{file}`: model.yaml lists {expected}, the file has {actual}; the artifact is corrupt or half-written and will not be loaded"
+    )]
+    DigestMismatch {
+        name: String,
+        version: u64,
+        file: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("could not read {}: {message}", path.display())]
+    Io { path: PathBuf, message: String },
+}
+
+impl RegistryError {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> RegistryError {
+        RegistryError::Io {
+            path: path.into(),
+            message: error.to_string(),
+        }
+    }
+}
