@@ -1,1 +1,69 @@
+//! The ferry server as a library: `app` builds the HTTP router from an `AppState`, `serve`
+//! runs it until shutdown. `main.rs` only parses flags, sets up logging and calls in here.
 
+#[cfg(not(any(feature = "ort", feature = "tract")))]
+compile_error!("ferry needs at least one engine: enable cargo feature `ort` or `tract`");
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod models;
+pub mod scheduler;
+pub mod telemetry;
+
+use config::ServerConfig;
+use ferry_registry::Registry;
+use http::AppState;
+use models::ModelManager;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use telemetry::metrics::Metrics;
+use tokio::net::TcpListener;
+
+pub use http::app;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Registry(#[from] ferry_registry::RegistryError),
+    #[error("the HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Builds the state for `config`: opens the registry and prepares (but does not load) models.
+pub fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> {
+    let registry = Registry::open(&config.registry.uri)?;
+    let metrics = Metrics::new();
+    let models = Arc::new(ModelManager::new(registry, config.clone(), metrics.clone()));
+    Ok(AppState {
+        models,
+        metrics,
+        max_body_bytes: config.max_body_bytes,
+        shutting_down: Arc::new(AtomicBool::new(false)),
+    })
+}
+
+/// Serves `config` on `listener` until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests finish, and returns. Models load in the background: the server answers
+/// liveness at once and reports ready when every configured model is warmed up.
+pub async fn serve(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    models::init_onnx_runtime(&config);
+    let state = build_state(&config)?;
+    let loader = state.models.clone();
+    tokio::spawn(async move { loader.load_configured().await });
+    let shutting_down = state.shutting_down.clone();
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            shutting_down.store(true, Ordering::Relaxed);
+            tracing::info!("Shutdown requested: no new connections; finishing in-flight requests.");
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Command line. Every flag can also come from a `FERRY_*` environment variable; flags and
+//! variables override the config file.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "ferry: serve versioned ONNX models over the Open Inference Protocol v2 and TF-Serving-style predict.",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve models over HTTP. Without --config, --registry or --models, serves the embedded
+    /// demo registry (a tree-ensemble classifier `churn` and an MLP `mlp`).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    Auto,
+    Ort,
+    Tract,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file (ferry.yaml): registry, models and per-model settings.
+    #[arg(long, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on (overrides `listen`; default 0.0.0.0:8080).
+    #[arg(long, env = "FERRY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Registry URI: a directory or file:// URI (overrides `registry.uri`).
+    #[arg(long, env = "FERRY_REGISTRY")]
+    pub registry: Option<String>,
+
+    /// Models to serve, comma-separated `name@alias` / `name@version` (overrides `models`).
+    #[arg(long, env = "FERRY_MODELS", value_delimiter = ',')]
+    pub models: Option<Vec<String>>,
+
+    /// Engine for ONNX models. `auto` uses ONNX Runtime when its library loads and tract
+    /// (pure Rust, no library needed) otherwise (overrides `onnx_engine`).
+    #[arg(long, env = "FERRY_ONNX_ENGINE", value_enum)]
+    pub onnx_engine: Option<EngineArg>,
+
+    /// Path of libonnxruntime.so, e.g. from the PyPI onnxruntime wheel
+    /// (`python3 scripts/find-ort-lib.py` prints it). Overrides `onnxruntime_lib`.
+    #[arg(long, env = "FERRY_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+
+    /// Largest request body in bytes; larger requests get 413 (overrides `max_body_bytes`).
+    #[arg(long, env = "FERRY_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+
+    /// Requests that may wait per model version before new ones get 429 Too Many Requests.
+    /// Larger absorbs bursts; smaller bounds latency under overload (overrides `queue_capacity`).
+    #[arg(long, env = "FERRY_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+
+    /// Compute threads per model version. Keep instances × intra-op threads × models near
+    /// the core count (overrides `instances`).
+    #[arg(long, env = "FERRY_INSTANCES")]
+    pub instances: Option<usize>,
+
+    /// Threads one inference may use inside ONNX Runtime (overrides `intra_op_threads`).
+    #[arg(long, env = "FERRY_INTRA_OP_THREADS")]
+    pub intra_op_threads: Option<usize>,
+
+    /// Log format on stderr.
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}

@@ -1,0 +1,146 @@
+//! The one place where errors become HTTP responses: status, `{"error": …}` body, and the
+//! stable `error_type` used in logs and `ferry_request_errors_total`.
+
+use crate::models::LookupError;
+use crate::scheduler::ScheduleError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ferry_runtimes::{InputError, RuntimeError};
+
+/// Seconds a client should wait before retrying a 429 or 503.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not what the endpoint reads (malformed JSON, bad binary framing).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request is well-formed but its tensors do not fit the model.
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    UnknownModel(String),
+    #[error("{0}")]
+    UnknownVersion(String),
+    #[error("no route for {method} {path}; see GET /openapi.json for the API")]
+    RouteNotFound { method: String, path: String },
+    #[error("method {method} is not allowed on {path}; see GET /openapi.json for the API")]
+    MethodNotAllowed { method: String, path: String },
+    #[error(
+        "request body is larger than the limit of {limit} bytes; send less data per request or raise `max_body_bytes`"
+    )]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    ModelNotReady(String),
+    #[error("{0}; retry after {RETRY_AFTER_SECONDS} s")]
+    Overloaded(String),
+    #[error("the server is shutting down; retry on another replica")]
+    ShuttingDown,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnknownModel(_)
+            | ApiError::UnknownVersion(_)
+            | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::ModelNotReady(_) | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable snake_case name for logs and metrics.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::InvalidInput(_) => "invalid_input",
+            ApiError::UnknownModel(_) => "unknown_model",
+            ApiError::UnknownVersion(_) => "unknown_version",
+            ApiError::RouteNotFound { .. } => "route_not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::ModelNotReady(_) => "model_not_ready",
+            ApiError::Overloaded(_) => "overloaded",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// Every status `ApiError` can produce (the OpenAPI document is tested against it).
+    pub const STATUSES: [u16; 7] = [400, 404, 405, 413, 429, 500, 503];
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error_type = self.error_type(), error = %self, "Request failed.");
+        } else {
+            tracing::debug!(error_type = self.error_type(), error = %self, "Request rejected.");
+        }
+        let body = serde_json::json!({ "error": self.to_string() }).to_string();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
+            .extensions_mut()
+            .insert(ErrorType(self.error_type()));
+        response
+    }
+}
+
+/// Carried on error responses so the metrics middleware can count by error type.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorType(pub &'static str);
+
+impl From<LookupError> for ApiError {
+    fn from(e: LookupError) -> Self {
+        match e {
+            LookupError::UnknownModel { .. } => ApiError::UnknownModel(e.to_string()),
+            LookupError::UnknownVersion { .. } => ApiError::UnknownVersion(e.to_string()),
+            LookupError::NotReady { .. } => ApiError::ModelNotReady(e.to_string()),
+        }
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> Self {
+        ApiError::InvalidInput(e.to_string())
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Input(e) => e.into(),
+            // Inputs were validated against the signature; an engine that still refuses them
+            // is a server-side fault, reported as such.
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ScheduleError> for ApiError {
+    fn from(e: ScheduleError) -> Self {
+        match e {
+            ScheduleError::QueueFull { .. } => ApiError::Overloaded(e.to_string()),
+            ScheduleError::Closed { .. } => ApiError::ModelNotReady(e.to_string()),
+            ScheduleError::Runtime(e) => e.into(),
+        }
+    }
+}

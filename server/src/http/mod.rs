@@ -1,0 +1,163 @@
+//! The HTTP API (axum). Handlers only convert wire formats to and from model calls; errors
+//! become responses in `error.rs` alone.
+
+pub mod error;
+pub mod oip;
+mod oip_v2;
+mod openapi;
+pub mod v1;
+
+use crate::models::ModelManager;
+use crate::telemetry::metrics::Metrics;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use error::ApiError;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tracing::Instrument;
+
+pub use openapi::OPENAPI_JSON;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub models: Arc<ModelManager>,
+    pub metrics: Metrics,
+    pub max_body_bytes: usize,
+    /// Set when shutdown begins: readiness turns false so load balancers stop sending.
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(oip_v2::live))
+        .route("/v2/health/ready", get(oip_v2::ready))
+        .route("/v2", get(oip_v2::server_metadata))
+        .route("/v2/models/{model}", get(oip_v2::model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(oip_v2::model_metadata),
+        )
+        .route("/v2/models/{model}/ready", get(oip_v2::model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(oip_v2::model_ready),
+        )
+        .route("/v2/models/{model}/infer", post(oip_v2::infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(oip_v2::infer),
+        )
+        .route("/v2/repository/index", post(oip_v2::repository_index))
+        // `{model}:predict` is one path segment: the handler splits off the verb.
+        .route("/v1/models/{model_verb}", post(oip_v2::v1_predict))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::openapi))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::RouteNotFound {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("A request handler panicked. This is a bug.");
+    ApiError::Internal("internal error: the request handler failed; this is a bug in ferry".into())
+        .into_response()
+}
+
+/// A request id the client sent, if it is short printable ASCII; otherwise a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Request span with request id, the `x-request-id` response header, and response counts.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let id = request_id(request.headers());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        route = %route,
+        model = tracing::field::Empty,
+        version = tracing::field::Empty,
+    );
+    let mut response = next.run(request).instrument(span).await;
+    state
+        .metrics
+        .http_responses
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// Reads a request body up to `limit` bytes; larger bodies are a 413 before or while reading.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    if let Some(length) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && length > limit as u64
+    {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::BadRequest(format!("could not read the request body: {e}"))
+        }
+    })
+}

@@ -1,0 +1,254 @@
+//! Open Inference Protocol v2 handlers (and v1 predict, which shares the model path).
+
+use crate::http::error::ApiError;
+use crate::http::{AppState, oip, read_body, v1};
+use crate::models::LoadedModel;
+use crate::telemetry::metrics::UNKNOWN_MODEL;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+type PathParams = Result<Path<HashMap<String, String>>, PathRejection>;
+
+fn params(path: PathParams) -> Result<HashMap<String, String>, ApiError> {
+    path.map(|Path(p)| p)
+        .map_err(|e| ApiError::BadRequest(format!("invalid path: {e}")))
+}
+
+pub async fn live() -> Json<serde_json::Value> {
+    Json(json!({ "live": true }))
+}
+
+pub async fn ready(State(state): State<AppState>) -> Response {
+    if state.is_shutting_down() {
+        return ApiError::ShuttingDown.into_response();
+    }
+    if state.models.is_ready() {
+        Json(json!({ "ready": true })).into_response()
+    } else {
+        let waiting: Vec<String> = state
+            .models
+            .index()
+            .into_iter()
+            .filter(|e| e.state != "READY")
+            .map(|e| match e.version {
+                Some(v) => format!(
+                    "{}@{v}: {}",
+                    e.name,
+                    if e.reason.is_empty() {
+                        e.state.to_lowercase()
+                    } else {
+                        e.reason
+                    }
+                ),
+                None => format!("{}: {}", e.name, e.reason),
+            })
+            .collect();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({
+                "ready": false,
+                "error": format!("not ready: configured models not loaded: {}", waiting.join("; ")),
+            })),
+        )
+            .into_response()
+    }
+}
+
+pub async fn server_metadata() -> Json<serde_json::Value> {
+    Json(json!({
+        "name": "ferry",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "model_repository"],
+    }))
+}
+
+fn platform(model: &LoadedModel) -> &'static str {
+    match model.manifest.format {
+        ferry_registry::ModelFormat::Onnx => "onnx_onnxv1",
+        ferry_registry::ModelFormat::Safetensors => "safetensors_candle",
+    }
+}
+
+pub async fn model_metadata(
+    State(state): State<AppState>,
+    path: PathParams,
+) -> Result<Response, ApiError> {
+    let p = params(path)?;
+    let model = state
+        .models
+        .lookup(&p["model"], p.get("version").map(String::as_str))?;
+    let versions: Vec<String> = state
+        .models
+        .ready_versions(&model.name)
+        .iter()
+        .map(u64::to_string)
+        .collect();
+    Ok(Json(json!({
+        "name": model.name,
+        "versions": versions,
+        "platform": platform(&model),
+        "inputs": model.manifest.inputs,
+        "outputs": model.manifest.outputs,
+        "parameters": {
+            "version": model.version.to_string(),
+            "engine": model.runtime.engine().as_str(),
+            "device": "cpu",
+            "metadata": model.manifest.metadata,
+        },
+    }))
+    .into_response())
+}
+
+pub async fn model_ready(
+    State(state): State<AppState>,
+    path: PathParams,
+) -> Result<Response, ApiError> {
+    let p = params(path)?;
+    let model = state
+        .models
+        .lookup(&p["model"], p.get("version").map(String::as_str))?;
+    Ok(
+        Json(json!({ "name": model.name, "version": model.version.to_string(), "ready": true }))
+            .into_response(),
+    )
+}
+
+pub async fn repository_index(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::to_value(state.models.index()).unwrap_or_default())
+}
+
+/// Runs a handler body that infers on one model, recording request metrics with the model's
+/// labels (or `_unknown` when the model did not resolve).
+async fn with_metrics<F>(state: &AppState, protocol: &str, work: F) -> Response
+where
+    F: AsyncFnOnce(&mut Option<Arc<LoadedModel>>) -> Result<Response, ApiError>,
+{
+    let started = Instant::now();
+    let mut model = None;
+    let result = work(&mut model).await;
+    let (name, version) = match &model {
+        Some(m) => (m.name.as_str(), m.version.to_string()),
+        None => (UNKNOWN_MODEL, String::new()),
+    };
+    if model.is_some() {
+        let span = tracing::Span::current();
+        span.record("model", name);
+        span.record("version", version.as_str());
+        state
+            .metrics
+            .requests
+            .with_label_values(&[protocol, name, &version])
+            .inc();
+    }
+    match result {
+        Ok(response) => {
+            state
+                .metrics
+                .request_duration
+                .with_label_values(&[name, &version])
+                .observe(started.elapsed().as_secs_f64());
+            response
+        }
+        Err(e) => {
+            state
+                .metrics
+                .request_errors
+                .with_label_values(&[name, e.error_type()])
+                .inc();
+            e.into_response()
+        }
+    }
+}
+
+pub async fn infer(
+    State(state): State<AppState>,
+    path: PathParams,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    with_metrics(&state, "v2", async |slot: &mut Option<Arc<LoadedModel>>| {
+        let p = params(path)?;
+        let model = state
+            .models
+            .lookup(&p["model"], p.get("version").map(String::as_str))?;
+        *slot = Some(model.clone());
+        let body = read_body(&headers, body, state.max_body_bytes).await?;
+        let header_length = headers
+            .get(oip::HEADER_LENGTH)
+            .map(|v| v.to_str().unwrap_or("invalid"));
+        let (json, binary) = oip::split_body(&body, header_length)?;
+        let request = oip::parse_request(json)?;
+        let inputs = oip::decode_inputs(&request, binary)?;
+        let inputs = model.signature().validate_inputs(inputs)?;
+        let output_names: Vec<String> = model
+            .signature()
+            .outputs
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let selected = oip::select_outputs(&request, &output_names)?;
+        let outputs = model.queue.submit(inputs).await?;
+        let encoded = oip::encode_response(
+            &model.name,
+            model.version,
+            request.id.as_deref(),
+            &outputs,
+            &selected,
+        );
+        let mut response = encoded.body.into_response();
+        let h = response.headers_mut();
+        match encoded.json_length {
+            Some(n) => {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                h.insert(oip::HEADER_LENGTH, HeaderValue::from(n));
+            }
+            None => {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+        }
+        Ok(response)
+    })
+    .await
+}
+
+pub async fn v1_predict(
+    State(state): State<AppState>,
+    path: PathParams,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    with_metrics(&state, "v1", async |slot: &mut Option<Arc<LoadedModel>>| {
+        let p = params(path)?;
+        let target = &p["model_verb"];
+        let Some(name) = target.strip_suffix(":predict") else {
+            return Err(ApiError::RouteNotFound {
+                method: "POST".into(),
+                path: format!("/v1/models/{target}; use /v1/models/{{model}}:predict"),
+            });
+        };
+        let model = state.models.lookup(name, None)?;
+        *slot = Some(model.clone());
+        let body = read_body(&headers, body, state.max_body_bytes).await?;
+        let request = v1::parse_request(&body)?;
+        let inputs = v1::instances_to_tensors(&request, model.signature())?;
+        let inputs = model.signature().validate_inputs(inputs)?;
+        let outputs = model.queue.submit(inputs).await?;
+        Ok(Json(json!({ "predictions": v1::predictions(&outputs)? })).into_response())
+    })
+    .await
+}

@@ -1,0 +1,155 @@
+//! The one catalogue of ferry's Prometheus metrics. Names follow `ferry_<name>_<unit>[_total]`;
+//! labels stay bounded (model and version come from the registry, never from a client string
+//! that did not resolve to a served model).
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Label value for requests whose model name did not resolve (keeps cardinality bounded).
+pub const UNKNOWN_MODEL: &str = "_unknown";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+const ROWS_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Inference requests by protocol (`v2`, `v1`), model and version.
+    pub requests: IntCounterVec,
+    /// Failed inference requests by model and error type.
+    pub request_errors: IntCounterVec,
+    /// End-to-end inference request latency in the handler.
+    pub request_duration: HistogramVec,
+    /// Latency of one pipeline stage (`queue`, `infer`).
+    pub stage_duration: HistogramVec,
+    /// Rows per engine call.
+    pub batch_rows: HistogramVec,
+    /// Jobs put into / taken out of a model's compute queue; depth = pushed - popped.
+    pub queue_pushed: IntCounterVec,
+    pub queue_popped: IntCounterVec,
+    pub queue_depth: IntGaugeVec,
+    /// Requests turned away because a compute queue was full.
+    pub queue_rejected: IntCounterVec,
+    /// Model version loads by outcome (`ready`, `failed`).
+    pub model_loads: IntCounterVec,
+    /// 1 when a model version is loaded and warmed up.
+    pub model_ready: IntGaugeVec,
+    /// HTTP responses by matched route and status code.
+    pub http_responses: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("metric definitions are valid. This is a bug.");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric names are unique. This is a bug.");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)
+                .expect("metric definitions are valid. This is a bug.");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric names are unique. This is a bug.");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )
+            .expect("metric definitions are valid. This is a bug.");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("metric names are unique. This is a bug.");
+            h
+        };
+        Metrics {
+            requests: counter(
+                "ferry_requests_total",
+                "Inference requests received.",
+                &["protocol", "model", "version"],
+            ),
+            request_errors: counter(
+                "ferry_request_errors_total",
+                "Inference requests that failed, by error type.",
+                &["model", "error_type"],
+            ),
+            request_duration: histogram(
+                "ferry_request_duration_seconds",
+                "Inference request latency from decoded request to encoded response.",
+                &["model", "version"],
+                LATENCY_BUCKETS,
+            ),
+            stage_duration: histogram(
+                "ferry_stage_duration_seconds",
+                "Time spent in one pipeline stage (queue, infer).",
+                &["model", "version", "stage"],
+                LATENCY_BUCKETS,
+            ),
+            batch_rows: histogram(
+                "ferry_batch_size_rows",
+                "Rows per engine call.",
+                &["model", "version"],
+                ROWS_BUCKETS,
+            ),
+            queue_pushed: counter(
+                "ferry_queue_pushed_total",
+                "Jobs put into a model's compute queue.",
+                &["model", "version"],
+            ),
+            queue_popped: counter(
+                "ferry_queue_popped_total",
+                "Jobs taken out of a model's compute queue.",
+                &["model", "version"],
+            ),
+            queue_depth: gauge(
+                "ferry_queue_depth",
+                "Jobs waiting in a model's compute queue.",
+                &["model", "version"],
+            ),
+            queue_rejected: counter(
+                "ferry_queue_rejected_total",
+                "Requests answered 429 because the compute queue was full.",
+                &["model", "version"],
+            ),
+            model_loads: counter(
+                "ferry_model_loads_total",
+                "Model version loads, by outcome.",
+                &["model", "version", "outcome"],
+            ),
+            model_ready: gauge(
+                "ferry_model_ready",
+                "1 when the model version is loaded and warmed up.",
+                &["model", "version"],
+            ),
+            http_responses: counter(
+                "ferry_http_responses_total",
+                "HTTP responses by route and status code.",
+                &["route", "status"],
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# failed to encode metrics: {e}\n"))
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
