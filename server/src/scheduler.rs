@@ -157,3 +157,151 @@ fn compute_worker(
         let _ = job.reply.send(result);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_runtimes::{DataType, Engine, Signature, TensorData, TensorSpec};
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+
+    /// Blocks in `run` until the test releases it; counts calls.
+    struct GatedRuntime {
+        signature: Signature,
+        started: Mutex<mpsc::Sender<()>>,
+        release: Mutex<mpsc::Receiver<()>>,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Runtime for GatedRuntime {
+        fn engine(&self) -> Engine {
+            Engine::Tract
+        }
+        fn signature(&self) -> &Signature {
+            &self.signature
+        }
+        fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = self.started.lock().unwrap().send(());
+            let _ = self.release.lock().unwrap().recv();
+            Ok(inputs.to_vec())
+        }
+    }
+
+    fn gated() -> (Arc<GatedRuntime>, mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        let spec = TensorSpec {
+            name: "x".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1],
+        };
+        let runtime = Arc::new(GatedRuntime {
+            signature: Signature {
+                inputs: vec![spec.clone()],
+                outputs: vec![spec],
+            },
+            started: Mutex::new(started_tx),
+            release: Mutex::new(release_rx),
+            calls: Default::default(),
+        });
+        (runtime, started_rx, release_tx)
+    }
+
+    fn x(v: f32) -> Vec<Tensor> {
+        vec![Tensor::new("x", vec![1], TensorData::Fp32(vec![v])).unwrap()]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_queue_rejects_at_once_and_queued_work_still_completes() {
+        let (runtime, started, release) = gated();
+        let queue =
+            Arc::new(ComputeQueue::start("m", 1, runtime.clone(), 1, 1, Metrics::new()).unwrap());
+        let first = tokio::spawn({
+            let q = queue.clone();
+            async move { q.submit(x(1.0)).await }
+        });
+        // The worker is now busy with the first job, so the queue's one slot is free.
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        let second = tokio::spawn({
+            let q = queue.clone();
+            async move { q.submit(x(2.0)).await }
+        });
+        // Wait until the second job sits in the queue.
+        while queue
+            .metrics
+            .queue_depth
+            .with_label_values(&["m", "1"])
+            .get()
+            != 1
+        {
+            tokio::task::yield_now().await;
+        }
+        let third = queue.submit(x(3.0)).await;
+        assert!(
+            matches!(third, Err(ScheduleError::QueueFull { capacity: 1, .. })),
+            "{third:?}"
+        );
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), x(1.0));
+        assert_eq!(second.await.unwrap().unwrap(), x(2.0));
+        assert_eq!(runtime.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(
+            queue
+                .metrics
+                .queue_rejected
+                .with_label_values(&["m", "1"])
+                .get(),
+            1
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_whose_caller_left_are_skipped() {
+        let (runtime, started, release) = gated();
+        let queue =
+            Arc::new(ComputeQueue::start("m", 1, runtime.clone(), 1, 4, Metrics::new()).unwrap());
+        let first = tokio::spawn({
+            let q = queue.clone();
+            async move { q.submit(x(1.0)).await }
+        });
+        let started = tokio::task::spawn_blocking(move || {
+            started.recv().unwrap();
+            started
+        })
+        .await
+        .unwrap();
+        // Queue a job, then drop its caller before the worker gets to it.
+        let abandoned = tokio::spawn({
+            let q = queue.clone();
+            async move { q.submit(x(2.0)).await }
+        });
+        while queue
+            .metrics
+            .queue_depth
+            .with_label_values(&["m", "1"])
+            .get()
+            != 1
+        {
+            tokio::task::yield_now().await;
+        }
+        abandoned.abort();
+        let _ = abandoned.await;
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        // A third job runs; the abandoned one in between never reached the engine.
+        let third = tokio::spawn({
+            let q = queue.clone();
+            async move { q.submit(x(3.0)).await }
+        });
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        release.send(()).unwrap();
+        assert_eq!(third.await.unwrap().unwrap(), x(3.0));
+        assert_eq!(runtime.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+}
