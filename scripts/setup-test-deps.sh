@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what ferry's tests need, idempotently: Python reference implementations and
+# clients from PyPI (tests/py/requirements.txt) and the Rust toolchain components.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m pip --version >/dev/null 2>&1 || {
+  echo "python3 with pip is required (apt-get install python3-pip)" >&2
+  exit 1
+}
+if ! python3 -m pip install --quiet --disable-pip-version-check -r tests/py/requirements.txt 2>/tmp/ferry-pip.log; then
+  cat /tmp/ferry-pip.log >&2
+  exit 1
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+# The ONNX Runtime library ferry loads at run time comes from the onnxruntime wheel.
+python3 scripts/find-ort-lib.py >/dev/null
