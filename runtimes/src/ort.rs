@@ -73,13 +73,17 @@ impl OrtRuntime {
         let env = environment()?;
         let mut sessions = Vec::with_capacity(options.sessions.max(1));
         for _ in 0..options.sessions.max(1) {
+            let load_err = |e: ort::Error<_>| RuntimeError::load(ENGINE, e);
             let session = Session::builder(env)
                 .map_err(|e| RuntimeError::load(ENGINE, e))?
                 .with_optimization_level(GraphOptimizationLevel::All)
-                .and_then(|b| b.with_intra_threads(options.intra_op_threads.max(1)))
-                .and_then(|b| b.with_inter_threads(1))
-                .and_then(|b| b.with_intra_op_spinning(options.intra_op_spinning))
-                .map_err(|e| RuntimeError::load(ENGINE, e))?
+                .map_err(load_err)?
+                .with_intra_threads(options.intra_op_threads.max(1))
+                .map_err(load_err)?
+                .with_inter_threads(1)
+                .map_err(load_err)?
+                .with_intra_op_spinning(options.intra_op_spinning)
+                .map_err(load_err)?
                 .commit_from_file(path)
                 .map_err(|e| RuntimeError::load(ENGINE, e))?;
             sessions.push(Mutex::new(session));

@@ -170,7 +170,7 @@ impl TractRuntime {
 fn to_tract(tensor: &Tensor) -> Result<TractTensor, RuntimeError> {
     let shape = &tensor.shape;
     let err = |e: &dyn std::fmt::Display| RuntimeError::inference(ENGINE, e);
-    Ok(match &tensor.data {
+    match &tensor.data {
         TensorData::Bool(v) => TractTensor::from_shape(shape, v),
         TensorData::Uint8(v) => TractTensor::from_shape(shape, v),
         TensorData::Uint16(v) => TractTensor::from_shape(shape, v),
@@ -190,7 +190,7 @@ fn to_tract(tensor: &Tensor) -> Result<TractTensor, RuntimeError> {
             });
         }
     }
-    .map_err(|e| err(&e))?)
+    .map_err(|e| err(&e))
 }
 
 fn from_tract(name: &str, tensor: &TractTensor) -> Result<Tensor, RuntimeError> {
