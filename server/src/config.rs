@@ -211,6 +211,14 @@ mod tests {
     }
 
     #[test]
+    fn example_config_in_deploy_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ferry.example.yaml");
+        let cfg = ServerConfig::load(&path).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.models.len(), 2);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             (
