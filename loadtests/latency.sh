@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk" >&2; exit 1; }
-python3 -m pip install --quiet --disable-pip-version-check -r loadtests/requirements.txt
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r loadtests/requirements.txt
 cargo build --release --locked -p ferry-server >/dev/null
 FERRY="$CARGO_TARGET_DIR/release/ferry"
 ORT_LIB="$(python3 scripts/find-ort-lib.py)"

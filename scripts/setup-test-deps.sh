@@ -8,7 +8,7 @@ python3 -m pip --version >/dev/null 2>&1 || {
   echo "python3 with pip is required (apt-get install python3-pip)" >&2
   exit 1
 }
-if ! python3 -m pip install --quiet --disable-pip-version-check -r tests/py/requirements.txt 2>/tmp/ferry-pip.log; then
+if ! python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r tests/py/requirements.txt 2>/tmp/ferry-pip.log; then
   cat /tmp/ferry-pip.log >&2
   exit 1
 fi
