@@ -41,6 +41,13 @@ pub struct ServerConfig {
     /// Threads one inference may use inside the engine (ONNX Runtime intra-op threads).
     #[serde(default = "default_one")]
     pub intra_op_threads: usize,
+    /// Dynamic batching defaults for models whose signature has a variable batch dimension.
+    #[serde(default)]
+    pub batching: BatchingConfig,
+    /// Deadline for an inference request, queue wait included, in milliseconds (0 = none);
+    /// a request may ask for another with the `x-ferry-timeout-ms` header. Past it: 503.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
     /// File holding the admin bearer token (`FERRY_ADMIN_TOKEN` takes precedence).
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
@@ -73,6 +80,65 @@ pub struct ModelSettings {
     pub intra_op_threads: Option<usize>,
     #[serde(default)]
     pub queue_capacity: Option<usize>,
+    #[serde(default)]
+    pub batching: Option<BatchingConfig>,
+}
+
+/// Triton-style dynamic batching: requests queued together are merged along the batch
+/// dimension, run once, and split back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// Most rows merged into one engine call; 0 or 1 turns batching off.
+    #[serde(default = "default_max_batch_size")]
+    pub max_batch_size: usize,
+    /// How long the oldest request may wait for others, in microseconds. 0 merges only what
+    /// is already queued, which adds no latency.
+    #[serde(default)]
+    pub max_queue_delay_us: u64,
+    /// Batch sizes sent as soon as they are reached.
+    #[serde(default)]
+    pub preferred_batch_sizes: Vec<usize>,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig {
+            max_batch_size: default_max_batch_size(),
+            max_queue_delay_us: 0,
+            preferred_batch_sizes: Vec::new(),
+        }
+    }
+}
+
+impl BatchingConfig {
+    pub fn policy(&self) -> Option<crate::scheduler::BatchPolicy> {
+        (self.max_batch_size > 1).then(|| crate::scheduler::BatchPolicy {
+            max_batch_rows: self.max_batch_size,
+            max_delay: std::time::Duration::from_micros(self.max_queue_delay_us),
+            preferred_rows: self.preferred_batch_sizes.clone(),
+        })
+    }
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.max_queue_delay_us > 10_000_000 {
+            return Err(ConfigError(format!(
+                "`{key}.max_queue_delay_us` is {} µs; use at most 10000000 (10 s)",
+                self.max_queue_delay_us
+            )));
+        }
+        if let Some(p) = self
+            .preferred_batch_sizes
+            .iter()
+            .find(|&&p| p == 0 || p > self.max_batch_size)
+        {
+            return Err(ConfigError(format!(
+                "`{key}.preferred_batch_sizes` has {p}; sizes must be between 1 and max_batch_size ({})",
+                self.max_batch_size
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl ModelEntry {
@@ -84,6 +150,7 @@ impl ModelEntry {
                 instances: None,
                 intra_op_threads: None,
                 queue_capacity: None,
+                batching: None,
             },
             ModelEntry::Detailed(s) => s.clone(),
         }
@@ -104,6 +171,12 @@ fn default_queue_capacity() -> usize {
 fn default_one() -> usize {
     1
 }
+fn default_max_batch_size() -> usize {
+    64
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
 
 /// A config problem, naming the key (and file) at fault.
 #[derive(Debug, thiserror::Error)]
@@ -123,8 +196,15 @@ impl ServerConfig {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             instances: 1,
             intra_op_threads: 1,
+            batching: BatchingConfig::default(),
+            request_timeout_ms: default_request_timeout_ms(),
             admin_token_file: None,
         }
+    }
+
+    pub fn request_timeout(&self) -> Option<std::time::Duration> {
+        (self.request_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.request_timeout_ms))
     }
 
     pub fn from_yaml(text: &str, source: &Path) -> Result<ServerConfig, ConfigError> {
@@ -156,6 +236,9 @@ impl ServerConfig {
                 return err(format!("`models[{i}]`: {model} is listed twice"));
             }
             seen.push(model);
+            if let Some(b) = &settings.batching {
+                b.validate(&format!("models[{i}].batching"))?;
+            }
             for (key, value) in [
                 ("instances", settings.instances),
                 ("intra_op_threads", settings.intra_op_threads),
@@ -175,6 +258,7 @@ impl ServerConfig {
                 return err(format!("`{key}` must be between 1 and {max}, got {value}"));
             }
         }
+        self.batching.validate("batching")?;
         if self.max_body_bytes < 1024 {
             return err(format!(
                 "`max_body_bytes` must be at least 1024, got {}",

@@ -3,7 +3,7 @@
 //! except a read lock.
 
 use crate::config::{ModelSettings, ServerConfig};
-use crate::scheduler::ComputeQueue;
+use crate::scheduler::{ComputeQueue, QueueOptions};
 use crate::telemetry::metrics::Metrics;
 use ferry_registry::{Manifest, ModelFormat, ModelRef, Registry, RegistryError};
 use ferry_runtimes::{
@@ -222,14 +222,27 @@ impl ModelManager {
             }
         };
         warm_up(runtime.as_ref())?;
+        let batching = settings.batching.as_ref().unwrap_or(&self.config.batching);
+        let options = QueueOptions {
+            threads: settings.instances.unwrap_or(self.config.instances),
+            capacity: settings
+                .queue_capacity
+                .unwrap_or(self.config.queue_capacity),
+            batching: batching.policy(),
+            default_timeout: self.config.request_timeout(),
+        };
+        if options.batching.is_some() && !runtime.signature().has_batch_dim() {
+            tracing::info!(
+                model = name,
+                version,
+                "Dynamic batching is off: the signature has no variable batch dimension."
+            );
+        }
         let queue = ComputeQueue::start(
             name,
             version,
             runtime.clone(),
-            settings.instances.unwrap_or(self.config.instances),
-            settings
-                .queue_capacity
-                .unwrap_or(self.config.queue_capacity),
+            options,
             self.metrics.clone(),
         )
         .map_err(|e| LoadError::Other(format!("could not start compute threads: {e}")))?;

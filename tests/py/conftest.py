@@ -197,7 +197,8 @@ class FerryServer:
         if already is not None:
             raise AssertionError(f"ferry ({self.name}) had already exited with {already} before "
                                  f"teardown; log:\n{self.log()}")
-        assert code == 0, f"ferry ({self.name}) exited with {code} after SIGTERM; log:\n{self.log()}"
+        assert code == 0, \
+            f"ferry ({self.name}) exited with {code} after SIGTERM; log:\n{self.log()}"
 
     def _close_log(self):
         if self._log is not None:

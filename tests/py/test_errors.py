@@ -103,6 +103,28 @@ def test_data_length_mismatch(server, churn, still_serving):
     assert_json_error(r, 400, ["shape", "59", "60", "length", "element", "size"])
 
 
+@pytest.mark.parametrize("shape", [[2 ** 40, 30], [2 ** 62, 2 ** 62], [2 ** 31, 2 ** 31, 30]],
+                         ids=["huge", "overflow-2d", "overflow-3d"])
+def test_absurd_shape(server, churn, still_serving, shape):
+    """Shapes whose element count is huge or overflows must be refused, not allocated."""
+    r = post_json(server, infer_path("churn"),
+                  {"inputs": [x_tensor(churn, shape=shape, data=[1.0] * 30)]})
+    assert_json_error(r, 400, ["shape", "element", "size", "rank", "too"])
+
+
+def test_absurd_shape_binary(server, churn, still_serving):
+    raw = churn_x_bytes(churn)
+    hdr = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [2 ** 62, 30],
+                       "parameters": {"binary_data_size": len(raw)}}]}
+    body, headers = binary_infer_body(hdr, [raw])
+    assert_json_error(server.post(infer_path("churn"), data=body, headers=headers), 400)
+
+
+def test_duplicate_input(server, churn, still_serving):
+    r = post_json(server, infer_path("churn"), {"inputs": [x_tensor(churn), x_tensor(churn)]})
+    assert_json_error(r, 400, ["X", "twice", "duplicate"])
+
+
 def test_missing_input(server, fixtures, still_serving):
     case = fixtures.case("dtypes")
     body = {"inputs": [t for t in case["inputs"] if t["name"] != "flag"]}
@@ -209,13 +231,40 @@ def test_body_too_large(server, churn, still_serving):
     assert_json_error(r, 413, ["large", "limit", "size", "bytes", "body"])
 
 
+def padded_body(churn, size):
+    body = json.dumps(json_infer_body(churn)).encode()
+    assert body.endswith(b"}") and len(body) < size
+    return body[:-1] + b" " * (size - len(body)) + b"}"
+
+
+def test_body_at_limit_accepted(server, churn):
+    r = server.post(infer_path("churn"), data=padded_body(churn, MAX_BODY),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, f"a body of exactly max_body_bytes was refused: {r.text[:300]}"
+    check_infer_response(r.json(), churn)
+
+
+def test_body_one_over_limit(server, churn, still_serving):
+    r = server.post(infer_path("churn"), data=padded_body(churn, MAX_BODY + 1),
+                    headers={"Content-Type": "application/json"})
+    assert_json_error(r, 413)
+
+
+def test_body_too_large_keeps_request_id(server, churn, still_serving):
+    r = server.post(infer_path("churn"), data=big_churn_body(churn),
+                    headers={"Content-Type": "application/json", "x-request-id": "big-1"})
+    assert r.status_code == 413
+    assert r.headers.get("x-request-id") == "big-1"
+
+
 def test_body_too_large_chunked(server, churn, still_serving):
     body = big_churn_body(churn)
 
     def chunks():
         for i in range(0, len(body), 8192):
             yield body[i:i + 8192]
-    r = server.post(infer_path("churn"), data=chunks(), headers={"Content-Type": "application/json"})
+    r = server.post(infer_path("churn"), data=chunks(),
+                    headers={"Content-Type": "application/json"})
     assert_json_error(r, 413)
 
 
@@ -241,6 +290,13 @@ def test_binary_manual_ok(server, churn):
     check_infer_response(r.json(), churn)
 
 
+@pytest.mark.parametrize("size", [-4, 2 ** 63, "840"], ids=["negative", "huge", "string"])
+def test_binary_data_size_invalid(server, churn, still_serving, size):
+    raw = churn_x_bytes(churn)
+    body, headers = binary_infer_body(binary_header(churn, size), [raw])
+    assert_json_error(server.post(infer_path("churn"), data=body, headers=headers), 400)
+
+
 def test_binary_header_length_beyond_body(server, churn, still_serving):
     raw = churn_x_bytes(churn)
     body, headers = binary_infer_body(binary_header(churn, len(raw)), [raw])
@@ -261,7 +317,8 @@ def test_binary_header_length_invalid(server, churn, still_serving, value):
 def test_binary_header_length_cuts_json(server, churn, still_serving):
     raw = churn_x_bytes(churn)
     body, headers = binary_infer_body(binary_header(churn, len(raw)), [raw])
-    headers["Inference-Header-Content-Length"] = str(int(headers["Inference-Header-Content-Length"]) - 10)
+    cut = int(headers["Inference-Header-Content-Length"]) - 10
+    headers["Inference-Header-Content-Length"] = str(cut)
     r = server.post(infer_path("churn"), data=body, headers=headers)
     assert_json_error(r, 400)
 

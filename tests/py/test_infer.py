@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from conftest import (SERVED, assert_array_matches, assert_json_tensor_matches, check_infer_response,
-                      infer_path, json_infer_body, ref_array, triton_inputs, TOL)
+from conftest import (SERVED, TOL, assert_array_matches, assert_json_tensor_matches,
+                      check_infer_response, infer_path, json_infer_body, ref_array, triton_inputs)
 
 ALL_MODELS = ["churn", "mlp", "dtypes", "scaled"]
 VERSIONS = [pytest.param(None, id="default"), pytest.param("1", id="v1")]
@@ -205,3 +205,13 @@ def test_single_row(server, fixtures):
     ref = {"name": ref["name"], "datatype": ref["datatype"], "shape": [1, 1],
            "data": full[:1].reshape(-1).tolist()}
     assert_json_tensor_matches(r.json()["outputs"][0], ref)
+
+
+def test_oip_request_id_echoed_in_body(server, fixtures):
+    """OIP: the response carries the request's "id"."""
+    case = fixtures.case("churn")
+    r = server.post(infer_path("churn"), json=json_infer_body(case, id="oip-req-42"))
+    assert r.status_code == 200, r.text
+    assert r.json().get("id") == "oip-req-42", r.text[:300]
+    result = server.triton.infer("churn", triton_inputs(case, binary=True), request_id="oip-req-43")
+    assert result.get_response().get("id") == "oip-req-43"

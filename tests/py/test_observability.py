@@ -55,8 +55,8 @@ def test_request_id_echo_on_infer(basic_server, fixtures):
                           headers={"x-request-id": rid})
     assert r.status_code == 200, r.text
     assert r.headers.get("x-request-id") == rid
-    r = basic_server.post(infer_path("churn"), data=b"{bad", headers={"x-request-id": rid,
-                                                                      "Content-Type": "application/json"})
+    r = basic_server.post(infer_path("churn"), data=b"{bad",
+                          headers={"x-request-id": rid, "Content-Type": "application/json"})
     assert r.status_code == 400
     assert r.headers.get("x-request-id") == rid
     x = case["inputs"][0]

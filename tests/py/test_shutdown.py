@@ -77,6 +77,7 @@ def test_graceful_shutdown_drains_in_flight(ferry, fixtures):
         for r in results:
             kinds.setdefault(r[0], []).append(r)
         summary = {k: len(v) for k, v in kinds.items()}
+        print(f"shutdown outcome: {summary}")
         assert not kinds.get("status"), f"answered with non-200 during shutdown: " \
                                         f"{kinds['status'][:5]} (summary {summary})"
         assert not kinds.get("bad-body"), f"incomplete/wrong answers: {kinds['bad-body'][:5]}"

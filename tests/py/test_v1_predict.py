@@ -1,7 +1,16 @@
 """TF-Serving / KServe v1 predict in row format."""
 import numpy as np
+import pytest
 
 from conftest import TOL, assert_json_error, ref_array
+
+
+@pytest.fixture(scope="module")
+def basic_server(ferry):
+    """This module's own server: churn@champion, mlp@1 and the multi-input dtypes@1 on ort."""
+    with ferry.running("v1", ["churn@champion", "mlp@1", "dtypes@1"], onnx_engine="ort") as srv:
+        srv.wait_ready()
+        yield srv
 
 
 def test_v1_churn(basic_server, fixtures):
@@ -64,3 +73,27 @@ def test_v1_errors(basic_server, fixtures):
     # still serving
     r = basic_server.post("/v1/models/churn:predict", json={"instances": x.tolist()})
     assert r.status_code == 200, r.text
+
+
+def test_v1_multi_input_rows(basic_server, fixtures):
+    """TF-Serving row format for a model with several inputs: one object per instance keyed by
+    input name; the answer has one object per instance keyed by output name."""
+    case = fixtures.case("dtypes")
+    ins = {t["name"]: ref_array(t) for t in case["inputs"]}
+    n = case["inputs"][0]["shape"][0]
+    instances = [{k: v[i].tolist() for k, v in ins.items()} for i in range(n)]
+    r = basic_server.post("/v1/models/dtypes:predict", json={"instances": instances})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert isinstance(preds, list) and len(preds) == n, preds
+    outs = {o["name"]: (o, ref_array(o)) for o in case["outputs"]}
+    for i, p in enumerate(preds):
+        assert isinstance(p, dict) and sorted(p) == sorted(outs), p
+        for name, (ref, arr) in outs.items():
+            got, exp = p[name], arr[i]
+            if ref["datatype"] == "FP64":
+                np.testing.assert_allclose(got, exp, rtol=TOL, atol=TOL)
+            else:
+                assert got == exp.tolist(), (i, name, got, exp.tolist())
+                if ref["datatype"] == "BOOL":
+                    assert all(isinstance(b, bool) for b in got), (i, name, got)

@@ -34,6 +34,10 @@ pub enum ApiError {
     ModelNotReady(String),
     #[error("{0}; retry after {RETRY_AFTER_SECONDS} s")]
     Overloaded(String),
+    /// The request waited longer than its deadline (`request_timeout_ms` or
+    /// `x-ferry-timeout-ms`): the server is behind.
+    #[error("{0}; retry after {RETRY_AFTER_SECONDS} s or on another replica")]
+    DeadlineExceeded(String),
     #[error("the server is shutting down; retry on another replica")]
     ShuttingDown,
     #[error("{0}")]
@@ -50,7 +54,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::ModelNotReady(_) | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ModelNotReady(_) | ApiError::ShuttingDown | ApiError::DeadlineExceeded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -68,6 +74,7 @@ impl ApiError {
             ApiError::ModelNotReady(_) => "model_not_ready",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::DeadlineExceeded(_) => "deadline_exceeded",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -139,6 +146,7 @@ impl From<ScheduleError> for ApiError {
     fn from(e: ScheduleError) -> Self {
         match e {
             ScheduleError::QueueFull { .. } => ApiError::Overloaded(e.to_string()),
+            ScheduleError::DeadlineExceeded { .. } => ApiError::DeadlineExceeded(e.to_string()),
             ScheduleError::Closed { .. } => ApiError::ModelNotReady(e.to_string()),
             ScheduleError::Runtime(e) => e.into(),
         }

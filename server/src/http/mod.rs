@@ -25,6 +25,9 @@ use tracing::Instrument;
 pub use openapi::OPENAPI_JSON;
 
 pub const REQUEST_ID: &str = "x-request-id";
+/// Request header: this request's deadline in milliseconds, queue wait included.
+pub const TIMEOUT_HEADER: &str = "x-ferry-timeout-ms";
+const MAX_TIMEOUT_MS: u64 = 600_000;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -160,4 +163,22 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
             ApiError::BadRequest(format!("could not read the request body: {e}"))
         }
     })
+}
+
+/// The deadline a request asks for with `x-ferry-timeout-ms`, if any.
+pub fn request_timeout(headers: &HeaderMap) -> Result<Option<std::time::Duration>, ApiError> {
+    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&ms| (1..=MAX_TIMEOUT_MS).contains(&ms))
+        .map(|ms| Some(std::time::Duration::from_millis(ms)))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "header {TIMEOUT_HEADER} must be a whole number of milliseconds between 1 and {MAX_TIMEOUT_MS}, got {value:?}"
+            ))
+        })
 }

@@ -1,7 +1,7 @@
 //! Open Inference Protocol v2 handlers (and v1 predict, which shares the model path).
 
 use crate::http::error::ApiError;
-use crate::http::{AppState, oip, read_body, v1};
+use crate::http::{AppState, oip, read_body, request_timeout, v1};
 use crate::models::LoadedModel;
 use crate::telemetry::metrics::UNKNOWN_MODEL;
 use axum::Json;
@@ -169,6 +169,23 @@ where
     }
 }
 
+/// Runs `inputs` on `model` with the request's own deadline when it sent one.
+async fn submit(
+    model: &LoadedModel,
+    inputs: Vec<ferry_runtimes::Tensor>,
+    headers: &HeaderMap,
+) -> Result<Vec<ferry_runtimes::Tensor>, ApiError> {
+    Ok(match request_timeout(headers)? {
+        Some(timeout) => {
+            model
+                .queue
+                .submit_with_timeout(inputs, Some(timeout))
+                .await?
+        }
+        None => model.queue.submit(inputs).await?,
+    })
+}
+
 pub async fn infer(
     State(state): State<AppState>,
     path: PathParams,
@@ -196,7 +213,7 @@ pub async fn infer(
             .map(|s| s.name.clone())
             .collect();
         let selected = oip::select_outputs(&request, &output_names)?;
-        let outputs = model.queue.submit(inputs).await?;
+        let outputs = submit(&model, inputs, &headers).await?;
         let encoded = oip::encode_response(
             &model.name,
             model.version,
@@ -247,7 +264,7 @@ pub async fn v1_predict(
         let request = v1::parse_request(&body)?;
         let inputs = v1::instances_to_tensors(&request, model.signature())?;
         let inputs = model.signature().validate_inputs(inputs)?;
-        let outputs = model.queue.submit(inputs).await?;
+        let outputs = submit(&model, inputs, &headers).await?;
         Ok(Json(json!({ "predictions": v1::predictions(&outputs)? })).into_response())
     })
     .await

@@ -1,0 +1,673 @@
+//! Compute off the executor: each loaded model version gets a bounded job queue and named OS
+//! threads that run the engine. The async side only `try_send`s and awaits a oneshot, so slow
+//! inference never stalls I/O, health checks or metrics, and a full queue is an immediate 429.
+//!
+//! With dynamic batching on, a batcher thread sits between the queue and the compute threads:
+//! it merges queued requests along the batch dimension (policy in `planner.rs`) and hands each
+//! batch over a one-slot channel, so the next batch is assembled while the current one runs.
+//! Without it, compute threads take requests straight from the queue. See README.md here.
+
+mod merge;
+mod planner;
+
+pub use planner::BatchPolicy;
+
+use crate::telemetry::metrics::Metrics;
+use ferry_runtimes::{Runtime, RuntimeError, Tensor};
+use planner::{BatchPlanner, Batchable};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tracing::Span;
+
+/// Why a job did not run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("the compute queue of {model} is full ({capacity} requests waiting)")]
+    QueueFull { model: String, capacity: usize },
+    #[error("{model} did not answer within the request deadline of {timeout:?}")]
+    DeadlineExceeded { model: String, timeout: Duration },
+    #[error("{model} is shutting down")]
+    Closed { model: String },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+struct Job {
+    inputs: Vec<Tensor>,
+    rows: usize,
+    shape_key: Vec<Vec<usize>>,
+    reply: oneshot::Sender<Result<Vec<Tensor>, RuntimeError>>,
+    span: Span,
+    enqueued: Instant,
+}
+
+impl Batchable for Job {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn shape_key(&self) -> &[Vec<usize>] {
+        &self.shape_key
+    }
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+    fn enqueued(&self) -> Instant {
+        self.enqueued
+    }
+}
+
+/// How a model version's queue and compute threads are set up.
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    /// Compute threads sharing the loaded model.
+    pub threads: usize,
+    /// Requests that may wait; more get `QueueFull` (429).
+    pub capacity: usize,
+    /// Dynamic batching; `None` runs every request on its own.
+    pub batching: Option<BatchPolicy>,
+    /// Deadline for requests that do not set their own.
+    pub default_timeout: Option<Duration>,
+}
+
+/// The compute queue and threads of one model version. Dropping it closes the queue and joins
+/// the threads once they have answered what was queued.
+pub struct ComputeQueue {
+    label: String,
+    options: QueueOptions,
+    job_tx: Option<crossbeam_channel::Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    labels: [String; 2],
+    metrics: Metrics,
+}
+
+#[derive(Clone)]
+struct WorkerContext {
+    runtime: Arc<dyn Runtime>,
+    metrics: Metrics,
+    labels: [String; 2],
+}
+
+impl WorkerContext {
+    fn label_refs(&self) -> [&str; 2] {
+        [self.labels[0].as_str(), self.labels[1].as_str()]
+    }
+
+    /// Counts a job as leaving the queue.
+    fn popped(&self, job: &Job) {
+        let labels = self.label_refs();
+        self.metrics.queue_popped.with_label_values(&labels).inc();
+        self.metrics.queue_depth.with_label_values(&labels).dec();
+        self.metrics
+            .stage_duration
+            .with_label_values(&[labels[0], labels[1], "queue"])
+            .observe(job.enqueued.elapsed().as_secs_f64());
+    }
+}
+
+impl ComputeQueue {
+    pub fn start(
+        model: &str,
+        version: u64,
+        runtime: Arc<dyn Runtime>,
+        options: QueueOptions,
+        metrics: Metrics,
+    ) -> std::io::Result<ComputeQueue> {
+        let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(options.capacity.max(1));
+        let labels = [model.to_string(), version.to_string()];
+        let context = WorkerContext {
+            runtime,
+            metrics: metrics.clone(),
+            labels: labels.clone(),
+        };
+        let mut threads = Vec::new();
+        let batching = options
+            .batching
+            .clone()
+            .filter(|p| p.max_batch_rows > 1 && context.runtime.signature().has_batch_dim());
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name).spawn(f)
+        };
+        match batching {
+            Some(policy) => {
+                // One slot: the batcher assembles the next batch while this one runs.
+                let (batch_tx, batch_rx) = crossbeam_channel::bounded::<Vec<Job>>(1);
+                let ctx = context.clone();
+                threads.push(spawn(
+                    format!("ferry-batcher-{model}-{version}"),
+                    Box::new(move || batcher(job_rx, batch_tx, policy, ctx)),
+                )?);
+                for i in 0..options.threads.max(1) {
+                    let (rx, ctx) = (batch_rx.clone(), context.clone());
+                    threads.push(spawn(
+                        format!("ferry-compute-{model}-{version}-{i}"),
+                        Box::new(move || {
+                            while let Ok(batch) = rx.recv() {
+                                run_batch(&ctx, batch);
+                            }
+                        }),
+                    )?);
+                }
+            }
+            None => {
+                for i in 0..options.threads.max(1) {
+                    let (rx, ctx) = (job_rx.clone(), context.clone());
+                    threads.push(spawn(
+                        format!("ferry-compute-{model}-{version}-{i}"),
+                        Box::new(move || {
+                            while let Ok(job) = rx.recv() {
+                                ctx.popped(&job);
+                                if !job.abandoned() {
+                                    run_batch(&ctx, vec![job]);
+                                }
+                            }
+                        }),
+                    )?);
+                }
+            }
+        }
+        Ok(ComputeQueue {
+            label: format!("{model}@{version}"),
+            options,
+            job_tx: Some(job_tx),
+            threads,
+            labels,
+            metrics,
+        })
+    }
+
+    /// Queues `inputs` (validated, in signature order) and waits for the outputs, at most
+    /// until the queue's default deadline.
+    pub async fn submit(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ScheduleError> {
+        self.submit_with_timeout(inputs, self.options.default_timeout)
+            .await
+    }
+
+    /// Like `submit`, with a deadline of the caller's choosing (`None`: wait as long as it takes).
+    pub async fn submit_with_timeout(
+        &self,
+        inputs: Vec<Tensor>,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Tensor>, ScheduleError> {
+        let (reply, reply_rx) = oneshot::channel();
+        let rows = inputs
+            .first()
+            .and_then(|t| t.shape.first().copied())
+            .unwrap_or(1);
+        let shape_key = inputs
+            .iter()
+            .map(|t| t.shape.get(1..).unwrap_or_default().to_vec())
+            .collect();
+        let job = Job {
+            inputs,
+            rows,
+            shape_key,
+            reply,
+            span: Span::current(),
+            enqueued: Instant::now(),
+        };
+        let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
+        let Some(job_tx) = &self.job_tx else {
+            return Err(ScheduleError::Closed {
+                model: self.label.clone(),
+            });
+        };
+        match job_tx.try_send(job) {
+            Ok(()) => {
+                self.metrics.queue_pushed.with_label_values(&labels).inc();
+                self.metrics.queue_depth.with_label_values(&labels).inc();
+            }
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                self.metrics.queue_rejected.with_label_values(&labels).inc();
+                return Err(ScheduleError::QueueFull {
+                    model: self.label.clone(),
+                    capacity: self.options.capacity,
+                });
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                return Err(ScheduleError::Closed {
+                    model: self.label.clone(),
+                });
+            }
+        }
+        let closed = || ScheduleError::Closed {
+            model: self.label.clone(),
+        };
+        match timeout {
+            None => reply_rx.await.map_err(|_| closed())?.map_err(Into::into),
+            // Dropping the receiver on timeout marks the job abandoned: it is skipped if it
+            // has not started.
+            Some(limit) => match tokio::time::timeout(limit, reply_rx).await {
+                Ok(reply) => reply.map_err(|_| closed())?.map_err(Into::into),
+                Err(_) => Err(ScheduleError::DeadlineExceeded {
+                    model: self.label.clone(),
+                    timeout: limit,
+                }),
+            },
+        }
+    }
+}
+
+impl Drop for ComputeQueue {
+    fn drop(&mut self) {
+        self.job_tx.take();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn batcher(
+    job_rx: crossbeam_channel::Receiver<Job>,
+    batch_tx: crossbeam_channel::Sender<Vec<Job>>,
+    policy: BatchPolicy,
+    ctx: WorkerContext,
+) {
+    let mut planner = BatchPlanner::new(policy);
+    let mut open = true;
+    while open || !planner.is_empty() {
+        if planner.is_empty() {
+            match job_rx.recv() {
+                Ok(job) => planner.push(job),
+                Err(_) => break,
+            }
+        }
+        // Take what is already waiting, up to a full batch.
+        while !planner.has_full_batch() {
+            match job_rx.try_recv() {
+                Ok(job) => planner.push(job),
+                Err(_) => break,
+            }
+        }
+        for job in planner.drain_abandoned() {
+            ctx.popped(&job);
+        }
+        if let Some(batch) = planner.take(Instant::now(), !open) {
+            for job in &batch {
+                ctx.popped(job);
+            }
+            if batch_tx.send(batch).is_err() {
+                return;
+            }
+            continue;
+        }
+        let Some(deadline) = planner.flush_deadline() else {
+            continue;
+        };
+        match job_rx.recv_deadline(deadline) {
+            Ok(job) => planner.push(job),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => open = false,
+        }
+    }
+}
+
+/// Runs one batch: merges inputs along axis 0 when there are several jobs, runs the engine
+/// once, and answers each job with exactly its own rows.
+fn run_batch(ctx: &WorkerContext, jobs: Vec<Job>) {
+    let labels = ctx.label_refs();
+    let rows: usize = jobs.iter().map(|j| j.rows).sum();
+    ctx.metrics
+        .batch_rows
+        .with_label_values(&labels)
+        .observe(rows as f64);
+    let infer_time = ctx
+        .metrics
+        .stage_duration
+        .with_label_values(&[labels[0], labels[1], "infer"]);
+    let batch_span = tracing::debug_span!("batch", rows, jobs = jobs.len());
+    for job in &jobs {
+        batch_span.follows_from(&job.span);
+    }
+    let _entered = batch_span.enter();
+    let started = Instant::now();
+    if let [_] = jobs.as_slice() {
+        let job = jobs.into_iter().next().expect("one job. This is a bug.");
+        let result = job.span.in_scope(|| ctx.runtime.run(&job.inputs));
+        infer_time.observe(started.elapsed().as_secs_f64());
+        let _ = job.reply.send(result);
+        return;
+    }
+    let inputs: Option<Vec<Tensor>> = (0..jobs[0].inputs.len())
+        .map(|i| merge::concat(&jobs.iter().map(|j| &j.inputs[i]).collect::<Vec<_>>()))
+        .collect();
+    let result = match inputs {
+        Some(inputs) => ctx.runtime.run(&inputs),
+        None => Err(RuntimeError::Inference {
+            engine: ctx.runtime.engine(),
+            message:
+                "requests in one batch have different shapes. This is a bug in ferry's batcher."
+                    .into(),
+        }),
+    };
+    infer_time.observe(started.elapsed().as_secs_f64());
+    let outputs = match result {
+        Ok(outputs) => outputs,
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    if let Some(bad) = outputs.iter().find(|t| t.shape.first() != Some(&rows)) {
+        let e = RuntimeError::Inference {
+            engine: ctx.runtime.engine(),
+            message: format!(
+                "output `{}` has shape {:?} for a batch of {rows} rows, so it cannot be split per request; disable batching for this model",
+                bad.name, bad.shape
+            ),
+        };
+        for job in jobs {
+            let _ = job.reply.send(Err(e.clone()));
+        }
+        return;
+    }
+    let mut offset = 0;
+    for job in jobs {
+        let own = outputs
+            .iter()
+            .map(|t| merge::slice_rows(t, offset, job.rows))
+            .collect();
+        offset += job.rows;
+        let _ = job.reply.send(Ok(own));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_runtimes::{DataType, Engine, Signature, TensorData, TensorSpec};
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+
+    /// Blocks in `run` until the test releases it; counts calls.
+    struct GatedRuntime {
+        signature: Signature,
+        started: Mutex<mpsc::Sender<()>>,
+        release: Mutex<mpsc::Receiver<()>>,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Runtime for GatedRuntime {
+        fn engine(&self) -> Engine {
+            Engine::Tract
+        }
+        fn signature(&self) -> &Signature {
+            &self.signature
+        }
+        fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = self.started.lock().unwrap().send(());
+            let _ = self.release.lock().unwrap().recv();
+            Ok(inputs.to_vec())
+        }
+    }
+
+    fn gated() -> (Arc<GatedRuntime>, mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        let spec = TensorSpec {
+            name: "x".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1],
+        };
+        let runtime = Arc::new(GatedRuntime {
+            signature: Signature {
+                inputs: vec![spec.clone()],
+                outputs: vec![spec],
+            },
+            started: Mutex::new(started_tx),
+            release: Mutex::new(release_rx),
+            calls: Default::default(),
+        });
+        (runtime, started_rx, release_tx)
+    }
+
+    fn opts(capacity: usize, batching: Option<BatchPolicy>) -> QueueOptions {
+        QueueOptions {
+            threads: 1,
+            capacity,
+            batching,
+            default_timeout: None,
+        }
+    }
+
+    fn x(v: f32) -> Vec<Tensor> {
+        vec![Tensor::new("x", vec![1], TensorData::Fp32(vec![v])).unwrap()]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_queue_rejects_at_once_and_queued_work_still_completes() {
+        let (runtime, started, release) = gated();
+        let queue = Arc::new(
+            ComputeQueue::start("m", 1, runtime.clone(), opts(1, None), Metrics::new()).unwrap(),
+        );
+        let first = tokio::spawn({
+            let q = queue.clone();
+            async move { q.submit(x(1.0)).await }
+        });
+        // The worker is now busy with the first job, so the queue's one slot is free.
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        let second = tokio::spawn({
+            let q = queue.clone();
+            async move { q.submit(x(2.0)).await }
+        });
+        // Wait until the second job sits in the queue.
+        while queue
+            .metrics
+            .queue_depth
+            .with_label_values(&["m", "1"])
+            .get()
+            != 1
+        {
+            tokio::task::yield_now().await;
+        }
+        let third = queue.submit(x(3.0)).await;
+        assert!(
+            matches!(third, Err(ScheduleError::QueueFull { capacity: 1, .. })),
+            "{third:?}"
+        );
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), x(1.0));
+        assert_eq!(second.await.unwrap().unwrap(), x(2.0));
+        assert_eq!(runtime.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(
+            queue
+                .metrics
+                .queue_rejected
+                .with_label_values(&["m", "1"])
+                .get(),
+            1
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_whose_caller_left_are_skipped() {
+        let (runtime, started, release) = gated();
+        let queue = Arc::new(
+            ComputeQueue::start("m", 1, runtime.clone(), opts(4, None), Metrics::new()).unwrap(),
+        );
+        let first = tokio::spawn({
+            let q = queue.clone();
+            async move { q.submit(x(1.0)).await }
+        });
+        let started = tokio::task::spawn_blocking(move || {
+            started.recv().unwrap();
+            started
+        })
+        .await
+        .unwrap();
+        // Queue a job, then drop its caller before the worker gets to it.
+        let abandoned = tokio::spawn({
+            let q = queue.clone();
+            async move { q.submit(x(2.0)).await }
+        });
+        while queue
+            .metrics
+            .queue_depth
+            .with_label_values(&["m", "1"])
+            .get()
+            != 1
+        {
+            tokio::task::yield_now().await;
+        }
+        abandoned.abort();
+        let _ = abandoned.await;
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        // A third job runs; the abandoned one in between never reached the engine.
+        let third = tokio::spawn({
+            let q = queue.clone();
+            async move { q.submit(x(3.0)).await }
+        });
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        release.send(()).unwrap();
+        assert_eq!(third.await.unwrap().unwrap(), x(3.0));
+        assert_eq!(runtime.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// y = x + 1, element-wise, any batch; counts engine calls and rows seen.
+    struct AddOne {
+        signature: Signature,
+        calls: std::sync::atomic::AtomicUsize,
+        max_rows: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Runtime for AddOne {
+        fn engine(&self) -> Engine {
+            Engine::Tract
+        }
+        fn signature(&self) -> &Signature {
+            &self.signature
+        }
+        fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.max_rows
+                .fetch_max(inputs[0].shape[0], std::sync::atomic::Ordering::SeqCst);
+            // Slow enough that concurrent callers pile up behind a running batch.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let TensorData::Fp32(v) = &inputs[0].data else {
+                unreachable!()
+            };
+            Ok(vec![
+                Tensor::new(
+                    "y",
+                    inputs[0].shape.clone(),
+                    TensorData::Fp32(v.iter().map(|x| x + 1.0).collect()),
+                )
+                .unwrap(),
+            ])
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_each_get_exactly_their_own_rows() {
+        let runtime = Arc::new(AddOne {
+            signature: Signature {
+                inputs: vec![TensorSpec {
+                    name: "x".into(),
+                    datatype: DataType::Fp32,
+                    shape: vec![-1, 3],
+                }],
+                outputs: vec![TensorSpec {
+                    name: "y".into(),
+                    datatype: DataType::Fp32,
+                    shape: vec![-1, 3],
+                }],
+            },
+            calls: Default::default(),
+            max_rows: Default::default(),
+        });
+        let policy = BatchPolicy {
+            max_batch_rows: 16,
+            max_delay: Duration::from_millis(2),
+            preferred_rows: vec![],
+        };
+        let queue = Arc::new(
+            ComputeQueue::start(
+                "m",
+                1,
+                runtime.clone(),
+                opts(1024, Some(policy)),
+                Metrics::new(),
+            )
+            .unwrap(),
+        );
+        let callers = 200usize;
+        let mut tasks = Vec::new();
+        for c in 0..callers {
+            let q = queue.clone();
+            tasks.push(tokio::spawn(async move {
+                let rows = 1 + c % 5;
+                let data: Vec<f32> = (0..rows * 3).map(|k| (c * 1000 + k) as f32).collect();
+                let input =
+                    Tensor::new("x", vec![rows, 3], TensorData::Fp32(data.clone())).unwrap();
+                let out = q.submit(vec![input]).await.unwrap();
+                assert_eq!(out[0].shape, vec![rows, 3], "caller {c}");
+                let want: Vec<f32> = data.iter().map(|x| x + 1.0).collect();
+                assert_eq!(out[0].data, TensorData::Fp32(want), "caller {c}");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let calls = runtime.calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            calls < callers,
+            "requests were merged: {calls} engine calls for {callers} requests"
+        );
+        assert!(
+            runtime.max_rows.load(std::sync::atomic::Ordering::SeqCst) <= 16 + 4,
+            "batches respect max_batch_rows"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deadline_expiry_answers_the_caller_and_skips_the_work() {
+        let (runtime, started, release) = gated();
+        let queue = Arc::new(
+            ComputeQueue::start("m", 1, runtime.clone(), opts(4, None), Metrics::new()).unwrap(),
+        );
+        let first = tokio::spawn({
+            let q = queue.clone();
+            async move { q.submit(x(1.0)).await }
+        });
+        let started = tokio::task::spawn_blocking(move || {
+            started.recv().unwrap();
+            started
+        })
+        .await
+        .unwrap();
+        // The engine is busy: this request waits in the queue past its deadline.
+        let late = queue
+            .submit_with_timeout(x(2.0), Some(Duration::from_millis(20)))
+            .await;
+        assert!(
+            matches!(late, Err(ScheduleError::DeadlineExceeded { .. })),
+            "{late:?}"
+        );
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        let third = tokio::spawn({
+            let q = queue.clone();
+            async move { q.submit(x(3.0)).await }
+        });
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        release.send(()).unwrap();
+        third.await.unwrap().unwrap();
+        assert_eq!(
+            runtime.calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "the expired request never ran"
+        );
+    }
+}

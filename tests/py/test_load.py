@@ -1,0 +1,111 @@
+"""Concurrency: requests batched together still get their own answers; a full per-model queue
+answers 429 with Retry-After (never a 5xx)."""
+import threading
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import (TOL, assert_json_error, binary_infer_body, infer_path, ref_array)
+
+
+def run_threads(fn, n):
+    results = [None] * n
+    barrier = threading.Barrier(n)
+
+    def wrap(i):
+        barrier.wait()
+        try:
+            results[i] = fn(i)
+        except Exception as e:  # reported by the caller
+            results[i] = e
+    threads = [threading.Thread(target=wrap, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert all(not t.is_alive() for t in threads), "client threads hung"
+    return results
+
+
+def test_concurrent_requests_get_their_own_rows(basic_server, fixtures):
+    """Many concurrent requests with different rows and batch sizes, for two models: if the
+    server batches them together, each response must still hold exactly its own rows."""
+    cases = {m: fixtures.case(m) for m in ("churn", "mlp")}
+    arrays = {m: (ref_array(c["inputs"][0]), {o["name"]: ref_array(o) for o in c["outputs"]})
+              for m, c in cases.items()}
+    n = 60
+
+    def one(i):
+        rng = np.random.default_rng(1000 + i)
+        model = ("churn", "mlp")[i % 2]
+        x, outs = arrays[model]
+        rows = rng.integers(0, x.shape[0], size=int(rng.integers(1, 2 * x.shape[0])))
+        xs = x[rows]
+        body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": list(xs.shape),
+                            "data": xs.reshape(-1).tolist()}]}
+        r = requests.post(basic_server.url + infer_path(model), json=body, timeout=120)
+        if r.status_code != 200:
+            return f"{model} request {i}: {r.status_code} {r.text[:200]}"
+        got = {o["name"]: o for o in r.json()["outputs"]}
+        for name, ref in outs.items():
+            exp = ref[rows]
+            arr = np.array(got[name]["data"]).reshape(got[name]["shape"])
+            if list(arr.shape) != list(exp.shape):
+                return f"{model} request {i}: {name} shape {arr.shape} != {exp.shape}"
+            if exp.dtype.kind == "f":
+                if not np.allclose(arr, exp, rtol=TOL, atol=TOL):
+                    return f"{model} request {i}: {name} values differ from its own rows"
+            elif not np.array_equal(arr, exp):
+                return f"{model} request {i}: {name} values differ from its own rows"
+        return None
+
+    results = run_threads(one, n)
+    bad = [r for r in results if r is not None]
+    assert not bad, f"{len(bad)}/{n} wrong: {bad[:5]}"
+
+
+@pytest.fixture(scope="module")
+def tiny_queue_server(ferry):
+    with ferry.running("tiny-queue", ["mlp@1"], onnx_engine="ort", queue_capacity=1) as srv:
+        srv.wait_ready()
+        yield srv
+
+
+def test_full_queue_answers_429(tiny_queue_server, fixtures):
+    case = fixtures.case("mlp")
+    x = ref_array(case["inputs"][0])
+    y = ref_array(case["outputs"][0])
+    reps = 400
+    xs = np.tile(x, (reps, 1)).astype("<f4")
+    ys = np.tile(y, (reps, 1))
+    raw = xs.tobytes()
+    body, headers = binary_infer_body(
+        {"inputs": [{"name": "X", "datatype": "FP32", "shape": list(xs.shape),
+                     "parameters": {"binary_data_size": len(raw)}}]}, [raw])
+    n = 40
+
+    def one(i):
+        return requests.post(tiny_queue_server.url + infer_path("mlp"), data=body,
+                             headers=headers, timeout=120)
+
+    results = run_threads(one, n)
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert not errors, errors[:3]
+    statuses = sorted(r.status_code for r in results)
+    odd = [r.text[:200] for r in results if r.status_code not in (200, 429)]
+    assert set(statuses) <= {200, 429}, f"statuses {statuses}: {odd[:3]}"
+    for r in results:
+        if r.status_code == 200:
+            out = r.json()["outputs"][0]
+            np.testing.assert_allclose(np.array(out["data"]).reshape(out["shape"]), ys,
+                                       rtol=TOL, atol=TOL)
+        else:
+            assert r.headers.get("retry-after"), f"429 without Retry-After: {dict(r.headers)}"
+            assert_json_error(r, 429, ["queue", "full", "busy", "retry", "overload"])
+    assert 429 in statuses, f"40 concurrent requests never filled a queue of 1: {statuses}"
+    assert 200 in statuses
+    # and it recovers
+    r = requests.post(tiny_queue_server.url + infer_path("mlp"), data=body, headers=headers,
+                      timeout=120)
+    assert r.status_code == 200, r.text[:300]
