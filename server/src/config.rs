@@ -61,11 +61,38 @@ pub struct RegistryConfig {
 }
 
 /// A served model: a bare reference, or a reference with settings of its own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ModelEntry {
     Ref(String),
     Detailed(ModelSettings),
+}
+
+// Hand-written so that a typo inside a detailed entry is reported by its key; serde's
+// untagged enums only say that no variant matched.
+impl<'de> Deserialize<'de> for ModelEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntryVisitor;
+        impl<'de> serde::de::Visitor<'de> for EntryVisitor {
+            type Value = ModelEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a model reference such as `churn@champion`, or {model: churn@champion, ...}",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModelEntry, E> {
+                Ok(ModelEntry::Ref(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ModelEntry, A::Error> {
+                ModelSettings::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ModelEntry::Detailed)
+            }
+        }
+        deserializer.deserialize_any(EntryVisitor)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -214,7 +214,18 @@ fn decode_binary(datatype: DataType, bytes: &[u8], count: usize) -> Result<Tenso
         };
     }
     Ok(match datatype {
-        DataType::Bool => TensorData::Bool(bytes.iter().map(|&b| b != 0).collect()),
+        DataType::Bool => TensorData::Bool(
+            bytes
+                .iter()
+                .map(|&b| match b {
+                    0 => Ok(false),
+                    1 => Ok(true),
+                    other => Err(format!(
+                        "binary BOOL elements are bytes 0 or 1, found {other}"
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
         DataType::Uint8 => TensorData::Uint8(bytes.to_vec()),
         DataType::Int8 => TensorData::Int8(bytes.iter().map(|&b| b as i8).collect()),
         DataType::Uint16 => le!(u16, Uint16),
@@ -293,7 +304,15 @@ pub(crate) fn decode_json(
             TensorData::Int16(vec) => int!(vec, i16),
             TensorData::Int32(vec) => int!(vec, i32),
             TensorData::Int64(vec) => int!(vec, i64),
-            TensorData::Fp32(vec) => vec.push(v.as_f64().ok_or_else(wrong)? as f32),
+            TensorData::Fp32(vec) => {
+                let x = v.as_f64().ok_or_else(wrong)? as f32;
+                if !x.is_finite() {
+                    return Err(format!(
+                        "`data[{index}]` is {v}, which is out of range for FP32"
+                    ));
+                }
+                vec.push(x)
+            }
             TensorData::Fp64(vec) => vec.push(v.as_f64().ok_or_else(wrong)?),
             TensorData::Bytes(vec) => vec.push(v.as_str().ok_or_else(wrong)?.as_bytes().to_vec()),
         }
@@ -602,6 +621,17 @@ mod tests {
         assert!(err(wire(u64::MAX, 2, "FP32")).contains("only 8 bytes"));
         assert!(err(wire(8, 3, "FP32")).contains("need 12"));
         assert!(err(wire(8, 1 << 62, "FP64")).contains("need"));
+        let bools = [0u8, 1, 2];
+        let w = InputWire {
+            parameters: Some(serde_json::from_str(r#"{"binary_data_size":3}"#).unwrap()),
+            ..wire(0, 3, "BOOL")
+        };
+        assert!(
+            decode_input(&w, &bools, &mut 0)
+                .unwrap_err()
+                .to_string()
+                .contains("0 or 1")
+        );
         // BYTES element claiming more than is there.
         let bytes_body = [255u8, 255, 255, 255, 1];
         let w = InputWire {
