@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve(args))
         }
         Command::Models(args) => {
-            ferry_server::telemetry::init(LogFormat::Text);
+            ferry_server::telemetry::init_with_default(LogFormat::Text, "warn");
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -74,7 +74,7 @@ impl S3Store {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
         let sdk = loader.load().await;
-        if sdk.region().is_none() {
+        if sdk.region().is_none_or(|r| r.as_ref().trim().is_empty()) {
             return Err(RegistryError::Config(format!(
                 "no AWS region for {uri}: set AWS_REGION (or a profile region), or `registry.region` in the config"
             )));
