@@ -228,6 +228,16 @@ impl Registry {
     pub async fn resolve(&self, model: &ModelRef) -> Result<u64, RegistryError> {
         self.check_name(&model.name)?;
         let version = match &model.selector {
+            // A verified cached copy answers without S3, so pinned versions start while S3 is
+            // down.
+            Selector::Version(v)
+                if self
+                    .cache
+                    .as_ref()
+                    .is_some_and(|c| c.lookup(&model.name, *v).is_some()) =>
+            {
+                return Ok(*v);
+            }
             Selector::Version(v) => *v,
             Selector::Alias(alias) => self.read_alias(&model.name, alias).await?,
             Selector::Latest => {
