@@ -20,7 +20,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve models over HTTP. Without --config, --registry or --models, serves the embedded
-    /// demo registry (a tree-ensemble classifier `churn` and an MLP `mlp`).
+    /// demo registry (a tree-ensemble classifier `churn` and an MLP `mlp`). Served aliases are
+    /// polled (`registry.poll_interval`) and new versions swapped in without a restart;
+    /// FERRY_ADMIN_TOKEN enables POST /v2/repository/models/{model}/load and /unload.
     Serve(ServeArgs),
     /// Publish, list and alias model versions in a registry (a directory or s3://bucket/prefix).
     /// S3 access follows the AWS SDK chain (AWS_REGION, credentials, AWS_ENDPOINT_URL[_S3]).
@@ -104,7 +106,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_LISTEN")]
     pub listen: Option<SocketAddr>,
 
-    /// Registry URI: a directory or file:// URI (overrides `registry.uri`).
+    /// Registry URI: a directory, file:// URI or s3://bucket/prefix (overrides `registry.uri`).
+    /// S3 uses the AWS SDK chain (AWS_REGION, credentials, AWS_ENDPOINT_URL[_S3]).
     #[arg(long, env = "FERRY_REGISTRY")]
     pub registry: Option<String>,
 

@@ -370,7 +370,14 @@ impl ModelManager {
                     let slot = slots.entry(key.clone()).or_default();
                     slot.versions
                         .insert(version, VersionState::Failed(reason.clone()));
-                    slot.refs.get(&reference).copied()
+                    let previous = slot.refs.get(&reference).copied();
+                    // Nothing served yet: unversioned requests get this version's failure as
+                    // the reason they cannot be answered.
+                    if previous.is_none() && slot.default_ref.as_deref() == Some(reference.as_str())
+                    {
+                        slot.default_version = Some(version);
+                    }
+                    previous
                 };
                 match previous {
                     Some(v) => {
