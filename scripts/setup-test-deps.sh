@@ -12,6 +12,11 @@ if ! python3 -m pip install --quiet --disable-pip-version-check --root-user-acti
   cat /tmp/ferry-pip.log >&2
   exit 1
 fi
+# The registry tests start moto's standalone S3 server (`python3 -m moto.server`) on loopback.
+python3 -c 'import moto.server, boto3' || {
+  echo "moto[server] and boto3 are required for the S3 registry tests (tests/py/requirements.txt)" >&2
+  exit 1
+}
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 # The ONNX Runtime library ferry loads at run time comes from the onnxruntime wheel.
 python3 scripts/find-ort-lib.py >/dev/null

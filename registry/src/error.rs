@@ -46,9 +46,44 @@ pub enum RegistryError {
     },
     #[error("could not read {}: {message}", path.display())]
     Io { path: PathBuf, message: String },
+    /// The store could not be reached (network, timeout, 5xx): worth retrying later.
+    #[error(
+        "registry {registry} is unreachable ({operation} {key}): {message}; check the endpoint, network and credentials"
+    )]
+    Unavailable {
+        registry: String,
+        operation: &'static str,
+        key: String,
+        message: String,
+    },
+    /// The store answered with an error that retrying will not fix (access denied, no bucket…).
+    #[error("registry {registry}: {operation} {key} failed: {message}")]
+    Store {
+        registry: String,
+        operation: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error(
+        "model `{name}` version {version} already exists in {registry}; versions are immutable: push without --version to publish the next one"
+    )]
+    VersionExists {
+        name: String,
+        version: u64,
+        registry: String,
+    },
+    #[error("could not publish: {0}")]
+    Publish(String),
+    #[error("registry configuration: {0}")]
+    Config(String),
 }
 
 impl RegistryError {
+    /// Whether the store could not be reached, so the same call may work later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, RegistryError::Unavailable { .. })
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> RegistryError {
         RegistryError::Io {
             path: path.into(),

@@ -8,14 +8,16 @@
 //! <root>/<model>/aliases/<alias>      text: the version number it points at
 //! ```
 
+mod cache;
 mod error;
 mod manifest;
 mod model_ref;
 mod registry;
 mod store;
 
+pub use cache::{VERIFIED_MARKER, default_cache_dir};
 pub use error::RegistryError;
 pub use manifest::{FeatureSpec, MANIFEST_FILE, Manifest, ModelFormat, is_valid_name};
 pub use model_ref::{ModelRef, Selector};
-pub use registry::{Registry, VerifiedModel};
-pub use store::LocalStore;
+pub use registry::{ModelInfo, Registry, RegistryOptions, VerifiedModel, VersionInfo, sha256_file};
+pub use store::{LocalStore, ObjectInfo, S3Options, S3Store, Store, parse_s3_uri};

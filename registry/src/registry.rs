@@ -1,15 +1,39 @@
-use crate::{
-    LocalStore, MANIFEST_FILE, Manifest, ModelRef, RegistryError, Selector, is_valid_name,
-};
+use crate::cache::{Cache, default_cache_dir};
+use crate::store::{LocalStore, ObjectInfo, S3Options, S3Store, Store};
+use crate::{MANIFEST_FILE, Manifest, ModelRef, RegistryError, Selector, is_valid_name};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-/// A model registry: resolves references to versions and hands out verified versions.
+/// How to open a registry: its URI plus what S3 access and the download cache need.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// A local path, `file://` URI or `s3://bucket/prefix`.
+    pub uri: String,
+    pub s3: S3Options,
+    /// Where S3 downloads are cached; default `$XDG_CACHE_HOME/ferry` or `~/.cache/ferry`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl RegistryOptions {
+    pub fn new(uri: impl Into<String>) -> RegistryOptions {
+        RegistryOptions {
+            uri: uri.into(),
+            ..RegistryOptions::default()
+        }
+    }
+}
+
+/// A model registry: resolves references to versions, hands out verified versions, and
+/// publishes new ones.
 #[derive(Debug, Clone)]
 pub struct Registry {
     uri: String,
-    store: LocalStore,
+    store: Store,
+    /// S3 registries only: local files are verified where they are.
+    cache: Option<Cache>,
 }
 
 /// A model version whose every file matched its manifest digest when it was fetched.
@@ -17,6 +41,8 @@ pub struct Registry {
 pub struct VerifiedModel {
     pub manifest: Manifest,
     pub dir: PathBuf,
+    /// Whether the files came from the local cache (no download).
+    pub from_cache: bool,
 }
 
 impl VerifiedModel {
@@ -25,19 +51,66 @@ impl VerifiedModel {
     }
 }
 
+/// One version as `ferry models list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VersionInfo {
+    pub version: u64,
+    /// Bytes of every object of the version, manifest included.
+    pub size: u64,
+    /// When the manifest was written: the moment the version came to exist.
+    #[serde(serialize_with = "ser_time")]
+    pub created: Option<SystemTime>,
+    pub aliases: Vec<String>,
+    pub format: Option<crate::ModelFormat>,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    /// Why the manifest could not be read, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn ser_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
+        Some(d) => s.serialize_u64(d.as_secs()),
+        None => s.serialize_none(),
+    }
+}
+
+/// A model as `ferry models list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub versions: Vec<VersionInfo>,
+    pub aliases: BTreeMap<String, u64>,
+}
+
+fn version_key(name: &str, version: u64) -> String {
+    format!("{name}/{version}")
+}
+
+fn manifest_key(name: &str, version: u64) -> String {
+    format!("{name}/{version}/{MANIFEST_FILE}")
+}
+
 impl Registry {
-    /// Opens a registry at a local path or `file://` URI.
-    pub fn open(uri: &str) -> Result<Registry, RegistryError> {
+    /// Opens a registry at a local path, `file://` URI or `s3://bucket/prefix`.
+    pub async fn open(options: &RegistryOptions) -> Result<Registry, RegistryError> {
+        let uri = options.uri.as_str();
         let invalid = |reason: &str| RegistryError::InvalidUri {
             uri: uri.to_string(),
             reason: reason.to_string(),
         };
+        if uri.starts_with("s3://") {
+            let store = S3Store::connect(uri, &options.s3).await?;
+            let cache_dir = options.cache_dir.clone().unwrap_or_else(default_cache_dir);
+            let cache = Cache::new(&cache_dir, &store);
+            return Ok(Registry {
+                uri: uri.to_string(),
+                store: Store::S3(store),
+                cache: Some(cache),
+            });
+        }
         let path = if let Some(rest) = uri.strip_prefix("file://") {
             rest
-        } else if uri.starts_with("s3://") {
-            return Err(invalid(
-                "S3 registries are not supported by this build yet; use a local directory",
-            ));
         } else if uri.contains("://") {
             return Err(invalid(
                 "use a local path, a file:// URI or s3://bucket/prefix",
@@ -54,7 +127,8 @@ impl Registry {
         }
         Ok(Registry {
             uri: uri.to_string(),
-            store: LocalStore::new(root),
+            store: Store::Local(LocalStore::new(root)),
+            cache: None,
         })
     }
 
@@ -62,41 +136,48 @@ impl Registry {
         &self.uri
     }
 
+    /// The download cache of an S3 registry.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache.as_ref().map(|c| c.root())
+    }
+
     /// Model names in the registry.
-    pub fn models(&self) -> Result<Vec<String>, RegistryError> {
+    pub async fn models(&self) -> Result<Vec<String>, RegistryError> {
         Ok(self
             .store
-            .list("")?
+            .children("")
+            .await?
             .into_iter()
             .filter(|n| is_valid_name(n))
             .collect())
     }
 
     /// Versions of `name`, ascending; a version counts once its manifest exists.
-    pub fn versions(&self, name: &str) -> Result<Vec<u64>, RegistryError> {
+    pub async fn versions(&self, name: &str) -> Result<Vec<u64>, RegistryError> {
         self.check_name(name)?;
-        let mut versions: Vec<u64> = self
-            .store
-            .list(name)?
-            .into_iter()
-            .filter_map(|entry| entry.parse::<u64>().ok().filter(|&v| v > 0))
-            .filter(|v| {
-                self.store
-                    .path(&format!("{name}/{v}/{MANIFEST_FILE}"))
-                    .is_file()
-            })
-            .collect();
-        versions.sort_unstable();
+        let objects = self.store.list_recursive(name).await?;
+        let versions = versions_in(name, &objects);
+        if versions.is_empty() && objects.is_empty() {
+            return Err(self.not_found(name));
+        }
         Ok(versions)
     }
 
+    fn not_found(&self, name: &str) -> RegistryError {
+        RegistryError::ModelNotFound {
+            name: name.to_string(),
+            registry: self.uri.clone(),
+        }
+    }
+
     /// Aliases of `name` and the versions they point at.
-    pub fn aliases(&self, name: &str) -> Result<Vec<(String, u64)>, RegistryError> {
+    pub async fn aliases(&self, name: &str) -> Result<Vec<(String, u64)>, RegistryError> {
         self.check_name(name)?;
         let mut out = Vec::new();
-        for alias in self.store.list(&format!("{name}/aliases"))? {
+        for alias in self.store.children(&format!("{name}/aliases")).await? {
             if is_valid_name(&alias) {
-                out.push((alias.clone(), self.read_alias(name, &alias)?));
+                let version = self.read_alias(name, &alias).await?;
+                out.push((alias, version));
             }
         }
         Ok(out)
@@ -109,21 +190,19 @@ impl Registry {
                 reason: "model names match [a-z0-9][a-z0-9_-]{0,62}".into(),
             });
         }
-        if !self.store.path(name).is_dir() {
-            return Err(RegistryError::ModelNotFound {
-                name: name.to_string(),
-                registry: self.uri.clone(),
-            });
-        }
         Ok(())
     }
 
-    fn read_alias(&self, name: &str, alias: &str) -> Result<u64, RegistryError> {
+    async fn read_alias(&self, name: &str, alias: &str) -> Result<u64, RegistryError> {
         let key = format!("{name}/aliases/{alias}");
-        let Some(bytes) = self.store.read(&key)? else {
+        let Some(bytes) = self.store.read(&key).await? else {
+            if self.store.children(name).await?.is_empty() {
+                return Err(self.not_found(name));
+            }
             let available = self
                 .store
-                .list(&format!("{name}/aliases"))?
+                .children(&format!("{name}/aliases"))
+                .await?
                 .into_iter()
                 .filter(|a| is_valid_name(a))
                 .collect();
@@ -144,66 +223,373 @@ impl Registry {
         }
     }
 
-    /// The version a reference points at now.
-    pub fn resolve(&self, model: &ModelRef) -> Result<u64, RegistryError> {
+    /// The version a reference points at now. Costs one or two small reads for `@version` and
+    /// `@alias` (what polling uses), a listing for a bare name.
+    pub async fn resolve(&self, model: &ModelRef) -> Result<u64, RegistryError> {
         self.check_name(&model.name)?;
-        let version =
-            match &model.selector {
-                Selector::Version(v) => *v,
-                Selector::Alias(alias) => self.read_alias(&model.name, alias)?,
-                Selector::Latest => *self.versions(&model.name)?.last().ok_or_else(|| {
-                    RegistryError::NoVersions {
+        let version = match &model.selector {
+            // A verified cached copy answers without S3, so pinned versions start while S3 is
+            // down.
+            Selector::Version(v)
+                if self
+                    .cache
+                    .as_ref()
+                    .is_some_and(|c| c.lookup(&model.name, *v).is_some()) =>
+            {
+                return Ok(*v);
+            }
+            Selector::Version(v) => *v,
+            Selector::Alias(alias) => self.read_alias(&model.name, alias).await?,
+            Selector::Latest => {
+                return self
+                    .versions(&model.name)
+                    .await?
+                    .last()
+                    .copied()
+                    .ok_or_else(|| RegistryError::NoVersions {
                         name: model.name.clone(),
-                    }
-                })?,
-            };
-        let versions = self.versions(&model.name)?;
-        if !versions.contains(&version) {
+                    });
+            }
+        };
+        if self
+            .store
+            .read(&manifest_key(&model.name, version))
+            .await?
+            .is_none()
+        {
             return Err(RegistryError::VersionNotFound {
                 name: model.name.clone(),
                 version,
-                available: versions,
+                available: self.versions(&model.name).await?,
             });
         }
         Ok(version)
     }
 
-    /// Reads and validates the manifest of `name@version`.
-    pub fn manifest(&self, name: &str, version: u64) -> Result<Manifest, RegistryError> {
+    async fn manifest_text(&self, name: &str, version: u64) -> Result<String, RegistryError> {
         self.check_name(name)?;
-        let key = format!("{name}/{version}/{MANIFEST_FILE}");
-        let Some(bytes) = self.store.read(&key)? else {
+        let key = manifest_key(name, version);
+        let Some(bytes) = self.store.read(&key).await? else {
             return Err(RegistryError::VersionNotFound {
                 name: name.to_string(),
                 version,
-                available: self.versions(name)?,
+                available: self.versions(name).await?,
             });
         };
-        let text = String::from_utf8(bytes).map_err(|_| RegistryError::Manifest {
-            path: key.clone(),
+        String::from_utf8(bytes).map_err(|_| RegistryError::Manifest {
+            path: key,
             message: "not UTF-8 text".into(),
-        })?;
-        Manifest::parse(&text, &key, name, version)
+        })
     }
 
-    /// The manifest of `name@version` after checking every file it lists against its sha256.
-    pub fn fetch(&self, name: &str, version: u64) -> Result<VerifiedModel, RegistryError> {
-        let manifest = self.manifest(name, version)?;
-        let dir = self.store.path(&format!("{name}/{version}"));
-        for (file, expected) in manifest.digests() {
-            let actual = sha256_file(&dir.join(file))?;
-            if !actual.eq_ignore_ascii_case(expected) {
-                return Err(RegistryError::DigestMismatch {
-                    name: name.to_string(),
-                    version,
-                    file: file.to_string(),
-                    expected: expected.to_string(),
-                    actual,
-                });
+    /// Reads and validates the manifest of `name@version`.
+    pub async fn manifest(&self, name: &str, version: u64) -> Result<Manifest, RegistryError> {
+        let text = self.manifest_text(name, version).await?;
+        Manifest::parse(&text, &manifest_key(name, version), name, version)
+    }
+
+    /// `name@version` with every file checked against its sha256. Local registries are
+    /// verified in place; S3 versions are served from the cache when a verified copy is there
+    /// (no request to S3 at all), else downloaded into it.
+    pub async fn fetch(&self, name: &str, version: u64) -> Result<VerifiedModel, RegistryError> {
+        self.check_name(name)?;
+        match (&self.store, &self.cache) {
+            (Store::S3(store), Some(cache)) => {
+                if let Some((manifest, dir)) = cache.lookup(name, version) {
+                    return Ok(VerifiedModel {
+                        manifest,
+                        dir,
+                        from_cache: true,
+                    });
+                }
+                let text = self.manifest_text(name, version).await?;
+                let manifest = Manifest::parse(&text, &manifest_key(name, version), name, version)?;
+                let dir = cache.download(store, &manifest, &text).await?;
+                Ok(VerifiedModel {
+                    manifest,
+                    dir,
+                    from_cache: false,
+                })
+            }
+            (Store::Local(store), _) => {
+                let manifest = self.manifest(name, version).await?;
+                let dir = store.path(&version_key(name, version));
+                let check_dir = dir.clone();
+                let check = manifest.clone();
+                let checked =
+                    tokio::task::spawn_blocking(move || verify_dir(&check, &check_dir)).await;
+                checked.map_err(|e| RegistryError::Io {
+                    path: dir.clone(),
+                    message: format!("verification task failed: {e}"),
+                })??;
+                Ok(VerifiedModel {
+                    manifest,
+                    dir,
+                    from_cache: false,
+                })
+            }
+            (Store::S3(_), None) => {
+                unreachable!("S3 registries always have a cache. This is a bug.")
             }
         }
-        Ok(VerifiedModel { manifest, dir })
     }
+
+    /// Versions, sizes, creation times, aliases and lineage metadata of `name`.
+    pub async fn describe(&self, name: &str) -> Result<ModelInfo, RegistryError> {
+        self.check_name(name)?;
+        let objects = self.store.list_recursive(name).await?;
+        if objects.is_empty() {
+            return Err(self.not_found(name));
+        }
+        let aliases: BTreeMap<String, u64> = self.aliases(name).await?.into_iter().collect();
+        let mut versions = Vec::new();
+        for version in versions_in(name, &objects) {
+            let prefix = format!("{name}/{version}/");
+            let mine = objects.iter().filter(|o| o.key.starts_with(&prefix));
+            let size = mine.clone().map(|o| o.size).sum();
+            let created = objects
+                .iter()
+                .find(|o| o.key == manifest_key(name, version))
+                .and_then(|o| o.modified);
+            let (format, metadata, error) = match self.manifest(name, version).await {
+                Ok(m) => (Some(m.format), m.metadata, None),
+                Err(e) => (None, BTreeMap::new(), Some(e.to_string())),
+            };
+            versions.push(VersionInfo {
+                version,
+                size,
+                created,
+                aliases: aliases
+                    .iter()
+                    .filter(|(_, v)| **v == version)
+                    .map(|(a, _)| a.clone())
+                    .collect(),
+                format,
+                metadata,
+                error,
+            });
+        }
+        Ok(ModelInfo {
+            name: name.to_string(),
+            versions,
+            aliases,
+        })
+    }
+
+    /// Points `name@alias` at `version`, which must exist.
+    pub async fn set_alias(
+        &self,
+        name: &str,
+        alias: &str,
+        version: u64,
+    ) -> Result<(), RegistryError> {
+        self.check_name(name)?;
+        if !is_valid_name(alias) {
+            return Err(RegistryError::InvalidModelRef {
+                given: format!("{name}@{alias}"),
+                reason: "aliases match [a-z0-9][a-z0-9_-]{0,62}".into(),
+            });
+        }
+        if self
+            .store
+            .read(&manifest_key(name, version))
+            .await?
+            .is_none()
+        {
+            return Err(RegistryError::VersionNotFound {
+                name: name.to_string(),
+                version,
+                available: self.versions(name).await.unwrap_or_default(),
+            });
+        }
+        self.store
+            .write(
+                &format!("{name}/aliases/{alias}"),
+                format!("{version}\n").as_bytes(),
+            )
+            .await
+    }
+
+    /// Publishes the model in `dir` (its artifact plus a `model.yaml` with at least `format`,
+    /// `artifact`, `inputs` and `outputs`) as a new version of `name`: computes the digests,
+    /// uploads the files, and writes the manifest last, with a create-only write, so a version
+    /// exists once its manifest does and is never overwritten. `version: None` takes the next
+    /// free number. Updates `dir/model.yaml` with what was published.
+    pub async fn publish(
+        &self,
+        dir: &Path,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Manifest, RegistryError> {
+        self.check_name(name)?;
+        let mut manifest = prepare_manifest(dir, name)?;
+        // Version numbers with anything stored under them (even files of an interrupted push
+        // without a manifest) are taken.
+        let taken: Vec<u64> = self
+            .store
+            .children(name)
+            .await?
+            .iter()
+            .filter_map(|c| c.parse::<u64>().ok())
+            .collect();
+        let existing = versions_in(name, &self.store.list_recursive(name).await?);
+        let mut next = match version {
+            Some(v) if existing.contains(&v) => {
+                return Err(RegistryError::VersionExists {
+                    name: name.to_string(),
+                    version: v,
+                    registry: self.uri.clone(),
+                });
+            }
+            Some(0) => return Err(RegistryError::Publish("versions start at 1".into())),
+            Some(v) => v,
+            None => taken.iter().max().copied().unwrap_or(0) + 1,
+        };
+        for _attempt in 0..8 {
+            manifest.version = next;
+            match self.try_publish(dir, &manifest).await? {
+                true => {
+                    let yaml = serde_yaml::to_string(&manifest)
+                        .expect("a manifest serializes. This is a bug.");
+                    let path = dir.join(MANIFEST_FILE);
+                    std::fs::write(&path, yaml).map_err(|e| RegistryError::io(&path, e))?;
+                    return Ok(manifest);
+                }
+                false if version.is_some() => {
+                    return Err(RegistryError::VersionExists {
+                        name: name.to_string(),
+                        version: next,
+                        registry: self.uri.clone(),
+                    });
+                }
+                false => {
+                    tracing::info!(
+                        model = name,
+                        version = next,
+                        "Version taken by a concurrent publisher; trying the next one."
+                    );
+                    next += 1;
+                }
+            }
+        }
+        Err(RegistryError::Publish(format!(
+            "could not find a free version of `{name}` after 8 attempts; is another publisher looping?"
+        )))
+    }
+
+    /// Uploads files then the manifest; `Ok(false)` when something already exists there.
+    async fn try_publish(&self, dir: &Path, manifest: &Manifest) -> Result<bool, RegistryError> {
+        let base = version_key(&manifest.name, manifest.version);
+        for (file, _) in manifest.digests() {
+            if !self
+                .store
+                .create_from_file(&format!("{base}/{file}"), &dir.join(file))
+                .await?
+            {
+                return Ok(false);
+            }
+        }
+        let yaml = serde_yaml::to_string(manifest).expect("a manifest serializes. This is a bug.");
+        self.store
+            .create(
+                &manifest_key(&manifest.name, manifest.version),
+                yaml.as_bytes(),
+            )
+            .await
+    }
+}
+
+/// Versions with a manifest among `objects` (keys relative to the registry root).
+fn versions_in(name: &str, objects: &[ObjectInfo]) -> Vec<u64> {
+    let mut versions: Vec<u64> = objects
+        .iter()
+        .filter_map(|o| {
+            let rest = o.key.strip_prefix(name)?.strip_prefix('/')?;
+            let (v, file) = rest.split_once('/')?;
+            (file == MANIFEST_FILE).then_some(v)?.parse::<u64>().ok()
+        })
+        .filter(|&v| v > 0)
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
+    versions
+}
+
+/// Reads `dir/model.yaml`, fills in `name`, `sha256` and `files` digests, and validates it.
+fn prepare_manifest(dir: &Path, name: &str) -> Result<Manifest, RegistryError> {
+    let path = dir.join(MANIFEST_FILE);
+    let source = path.display().to_string();
+    let err = |message: String| RegistryError::Manifest {
+        path: source.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        err(format!(
+            "{e}; the directory must hold the artifact and a model.yaml with format, artifact, inputs and outputs"
+        ))
+    })?;
+    let mut value: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let map = value
+        .as_mapping_mut()
+        .ok_or_else(|| err("must be a YAML mapping".into()))?;
+    let artifact = map
+        .get("artifact")
+        .and_then(|a| a.as_str())
+        .ok_or_else(|| err("`artifact` must name the weights file".into()))?
+        .to_string();
+    // `files` may list names (digests are computed) or a name -> digest map (recomputed).
+    let files: Vec<String> = match map.get("files") {
+        None | Some(serde_yaml::Value::Null) => Vec::new(),
+        Some(serde_yaml::Value::Sequence(items)) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| err("`files` entries must be file names".into()))?,
+        Some(serde_yaml::Value::Mapping(m)) => m
+            .keys()
+            .map(|k| k.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| err("`files` keys must be file names".into()))?,
+        Some(_) => return Err(err("`files` must list file names".into())),
+    };
+    let digest = |file: &str| -> Result<String, RegistryError> {
+        if file.contains("..") || file.starts_with('/') {
+            return Err(err(format!(
+                "{file:?} must be a relative path inside the directory"
+            )));
+        }
+        sha256_file(&dir.join(file))
+    };
+    let sha = digest(&artifact)?;
+    let mut digests = serde_yaml::Mapping::new();
+    for file in &files {
+        digests.insert(file.clone().into(), digest(file)?.into());
+    }
+    map.insert("name".into(), name.into());
+    map.insert("version".into(), 1u64.into());
+    map.insert("sha256".into(), sha.into());
+    map.insert("files".into(), serde_yaml::Value::Mapping(digests));
+    let manifest: Manifest = serde_yaml::from_value(value).map_err(|e| err(e.to_string()))?;
+    manifest.validate().map_err(err)?;
+    Ok(manifest)
+}
+
+/// Checks every file of `manifest` under `dir` against its digest.
+fn verify_dir(manifest: &Manifest, dir: &Path) -> Result<(), RegistryError> {
+    for (file, expected) in manifest.digests() {
+        let actual = sha256_file(&dir.join(file))?;
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(RegistryError::DigestMismatch {
+                name: manifest.name.clone(),
+                version: manifest.version,
+                file: file.to_string(),
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Hex sha256 of a file, read in chunks so large artifacts are never held in memory whole.
@@ -227,6 +613,10 @@ pub fn sha256_file(path: &Path) -> Result<String, RegistryError> {
 mod tests {
     use super::*;
 
+    async fn open(uri: &str) -> Result<Registry, RegistryError> {
+        Registry::open(&RegistryOptions::new(uri)).await
+    }
+
     fn write_version(root: &Path, name: &str, version: u64, artifact: &[u8], digest: Option<&str>) {
         let dir = root.join(format!("{name}/{version}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -249,73 +639,141 @@ mod tests {
         std::fs::write(root.join(format!("{name}/aliases/{alias}")), content).unwrap();
     }
 
-    #[test]
-    fn resolves_versions_aliases_and_latest() {
+    #[tokio::test]
+    async fn resolves_versions_aliases_and_latest() {
         let dir = tempfile::tempdir().unwrap();
         write_version(dir.path(), "churn", 1, b"one", None);
         write_version(dir.path(), "churn", 2, b"two", None);
         std::fs::create_dir_all(dir.path().join("churn/3")).unwrap(); // no manifest yet
         alias(dir.path(), "churn", "champion", "1\n");
-        let reg = Registry::open(dir.path().to_str().unwrap()).unwrap();
-        let r = |s: &str| reg.resolve(&ModelRef::parse(s).unwrap());
-        assert_eq!(r("churn@champion").unwrap(), 1);
-        assert_eq!(r("churn@2").unwrap(), 2);
-        assert_eq!(r("churn").unwrap(), 2);
-        assert!(
-            matches!(r("churn@3"), Err(RegistryError::VersionNotFound { available, .. }) if available == vec![1, 2])
+        let reg = open(dir.path().to_str().unwrap()).await.unwrap();
+
+        assert_eq!(
+            reg.resolve(&ModelRef::parse("churn@champion").unwrap())
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            reg.resolve(&ModelRef::parse("churn@2").unwrap())
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            reg.resolve(&ModelRef::parse("churn").unwrap())
+                .await
+                .unwrap(),
+            2
         );
         assert!(
-            matches!(r("churn@gone"), Err(RegistryError::AliasNotFound { available, .. }) if available == vec!["champion".to_string()])
+            matches!(reg.resolve(&ModelRef::parse("churn@3").unwrap()).await, Err(RegistryError::VersionNotFound { available, .. }) if available == vec![1, 2])
+        );
+        assert!(
+            matches!(reg.resolve(&ModelRef::parse("churn@gone").unwrap()).await, Err(RegistryError::AliasNotFound { available, .. }) if available == vec!["champion".to_string()])
         );
         assert!(matches!(
-            r("fraud@1"),
+            reg.resolve(&ModelRef::parse("fraud@1").unwrap()).await,
             Err(RegistryError::ModelNotFound { .. })
         ));
         assert_eq!(
-            reg.aliases("churn").unwrap(),
+            reg.aliases("churn").await.unwrap(),
             vec![("champion".to_string(), 1)]
         );
-        assert_eq!(reg.models().unwrap(), vec!["churn".to_string()]);
+        assert_eq!(reg.models().await.unwrap(), vec!["churn".to_string()]);
     }
 
-    #[test]
-    fn alias_with_garbage_is_an_error() {
+    #[tokio::test]
+    async fn alias_with_garbage_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         write_version(dir.path(), "churn", 1, b"one", None);
         alias(dir.path(), "churn", "bad", "one");
-        let reg = Registry::open(dir.path().to_str().unwrap()).unwrap();
+        let reg = open(dir.path().to_str().unwrap()).await.unwrap();
         let err = reg
             .resolve(&ModelRef::parse("churn@bad").unwrap())
+            .await
             .unwrap_err();
         assert!(matches!(err, RegistryError::InvalidAlias { .. }), "{err}");
     }
 
-    #[test]
-    fn fetch_verifies_digests() {
+    #[tokio::test]
+    async fn fetch_verifies_digests() {
         let dir = tempfile::tempdir().unwrap();
         write_version(dir.path(), "good", 1, b"weights", None);
         write_version(dir.path(), "bad", 1, b"weights", Some(&"0".repeat(64)));
-        let reg = Registry::open(&format!("file://{}", dir.path().display())).unwrap();
-        let ok = reg.fetch("good", 1).unwrap();
+        let reg = open(&format!("file://{}", dir.path().display()))
+            .await
+            .unwrap();
+        let ok = reg.fetch("good", 1).await.unwrap();
         assert_eq!(ok.artifact_path(), dir.path().join("good/1/model.onnx"));
-        let err = reg.fetch("bad", 1).unwrap_err();
+        let err = reg.fetch("bad", 1).await.unwrap_err();
         assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
         assert!(err.to_string().contains("sha256"), "{err}");
         // A file truncated after publishing (half-written copy) is refused the same way.
         std::fs::write(dir.path().join("good/1/model.onnx"), b"weig").unwrap();
         assert!(matches!(
-            reg.fetch("good", 1),
+            reg.fetch("good", 1).await,
             Err(RegistryError::DigestMismatch { .. })
         ));
     }
 
-    #[test]
-    fn open_refuses_unsupported_uris() {
+    #[tokio::test]
+    async fn open_refuses_unsupported_uris() {
         for uri in ["", "http://x/y", "/definitely/not/here"] {
             assert!(
-                matches!(Registry::open(uri), Err(RegistryError::InvalidUri { .. })),
+                matches!(open(uri).await, Err(RegistryError::InvalidUri { .. })),
                 "{uri}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn publish_allocates_versions_and_never_overwrites() {
+        let root = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("model.onnx"), b"weights").unwrap();
+        std::fs::write(src.path().join("vocab.txt"), b"a b c").unwrap();
+        std::fs::write(
+            src.path().join(MANIFEST_FILE),
+            "format: onnx\nartifact: model.onnx\nfiles: [vocab.txt]\n\
+             inputs: [{name: x, datatype: FP32, shape: [-1, 2]}]\noutputs: [{name: y, datatype: FP32, shape: [-1]}]\n\
+             metadata: {git_commit: abc}\n",
+        )
+        .unwrap();
+        let reg = open(root.path().to_str().unwrap()).await.unwrap();
+        let first = reg.publish(src.path(), "churn", None).await.unwrap();
+        assert_eq!(first.version, 1);
+        assert_eq!(first.sha256, hex::encode(Sha256::digest(b"weights")));
+        assert_eq!(
+            first.files["vocab.txt"],
+            hex::encode(Sha256::digest(b"a b c"))
+        );
+        // The directory's model.yaml now says what was published, and pushing it again works.
+        let second = reg.publish(src.path(), "churn", None).await.unwrap();
+        assert_eq!(second.version, 2);
+        let err = reg.publish(src.path(), "churn", Some(1)).await.unwrap_err();
+        assert!(
+            matches!(err, RegistryError::VersionExists { version: 1, .. }),
+            "{err}"
+        );
+        // Leftovers of an interrupted push take their number without becoming a version.
+        std::fs::create_dir_all(root.path().join("churn/3")).unwrap();
+        std::fs::write(root.path().join("churn/3/model.onnx"), b"half").unwrap();
+        assert_eq!(
+            reg.publish(src.path(), "churn", None)
+                .await
+                .unwrap()
+                .version,
+            4
+        );
+        assert_eq!(reg.versions("churn").await.unwrap(), vec![1, 2, 4]);
+        reg.set_alias("churn", "champion", 2).await.unwrap();
+        assert!(reg.set_alias("churn", "champion", 3).await.is_err());
+        let info = reg.describe("churn").await.unwrap();
+        assert_eq!(info.aliases["champion"], 2);
+        assert_eq!(info.versions[1].aliases, vec!["champion".to_string()]);
+        assert_eq!(info.versions[0].metadata["git_commit"], "abc");
+        assert!(info.versions[0].size > 7 && info.versions[0].created.is_some());
+        reg.fetch("churn", 4).await.unwrap();
     }
 }

@@ -20,8 +20,67 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve models over HTTP. Without --config, --registry or --models, serves the embedded
-    /// demo registry (a tree-ensemble classifier `churn` and an MLP `mlp`).
+    /// demo registry (a tree-ensemble classifier `churn` and an MLP `mlp`). Served aliases are
+    /// polled (`registry.poll_interval`) and new versions swapped in without a restart;
+    /// FERRY_ADMIN_TOKEN enables POST /v2/repository/models/{model}/load and /unload.
     Serve(ServeArgs),
+    /// Publish, list and alias model versions in a registry (a directory or s3://bucket/prefix).
+    /// S3 access follows the AWS SDK chain (AWS_REGION, credentials, AWS_ENDPOINT_URL[_S3]).
+    Models(ModelsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// Config file (ferry.yaml) whose `registry` section to use (uri, endpoint, path_style,
+    /// region).
+    #[arg(long, env = "FERRY_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Registry URI: a directory, file:// URI or s3://bucket/prefix (overrides `registry.uri`).
+    #[arg(long, env = "FERRY_REGISTRY", global = true)]
+    pub registry: Option<String>,
+
+    #[command(subcommand)]
+    pub command: ModelsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Publish DIR (the artifact plus a model.yaml with format, artifact, inputs and outputs)
+    /// as the next version of a model. Computes the sha256 digests, uploads the files, then
+    /// the manifest (a version exists once its manifest does), and never overwrites an
+    /// existing version. Writes the published manifest back to DIR/model.yaml.
+    Push {
+        /// Directory holding the artifact and model.yaml.
+        dir: PathBuf,
+        /// Model name ([a-z0-9][a-z0-9_-]{0,62}).
+        #[arg(long)]
+        name: String,
+        /// Point this alias at the new version once it is published.
+        #[arg(long)]
+        alias: Option<String>,
+        /// Publish exactly this version number; fails if it exists (default: the next one).
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// List models, or one model's versions with sizes, creation times, aliases and lineage
+    /// metadata.
+    List {
+        /// Only this model.
+        name: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point alias A of model N at VERSION (servers polling the alias swap to it).
+    Alias {
+        /// Model name.
+        name: String,
+        /// Alias name.
+        alias: String,
+        /// Version the alias points at; it must exist.
+        version: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,7 +106,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_LISTEN")]
     pub listen: Option<SocketAddr>,
 
-    /// Registry URI: a directory or file:// URI (overrides `registry.uri`).
+    /// Registry URI: a directory, file:// URI or s3://bucket/prefix (overrides `registry.uri`).
+    /// S3 uses the AWS SDK chain (AWS_REGION, credentials, AWS_ENDPOINT_URL[_S3]).
     #[arg(long, env = "FERRY_REGISTRY")]
     pub registry: Option<String>,
 

@@ -1,11 +1,12 @@
 //! `ferry.yaml`: what to serve. Flags and `FERRY_*` environment variables (see `cli.rs`)
 //! override the file; `validate()` then checks cross-field rules, naming the keys involved.
 
-use ferry_registry::ModelRef;
+use ferry_registry::{ModelRef, RegistryOptions, S3Options};
 use ferry_runtimes::OnnxEngine;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
@@ -53,11 +54,80 @@ pub struct ServerConfig {
     pub admin_token_file: Option<PathBuf>,
 }
 
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
-    /// A local directory, a `file://` URI (or `s3://bucket/prefix` in builds with S3).
+    /// A local directory, a `file://` URI or `s3://bucket/prefix`.
     pub uri: String,
+    /// How often the server checks the aliases and versions it serves for changes, e.g.
+    /// `30s`, `5m`; `0s` turns polling off. Default 30s.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Where versions downloaded from S3 are cached and verified (default
+    /// `$XDG_CACHE_HOME/ferry` or `~/.cache/ferry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+    /// Endpoint URL of an S3-compatible store (`AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`
+    /// work too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Path-style S3 addressing; default: on with a custom endpoint, off for AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+    /// AWS region (default: `AWS_REGION` or the profile's region; one is required for S3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+impl RegistryConfig {
+    pub fn new(uri: impl Into<String>) -> RegistryConfig {
+        RegistryConfig {
+            uri: uri.into(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            cache_dir: None,
+            endpoint: None,
+            path_style: None,
+            region: None,
+        }
+    }
+
+    /// What `ferry_registry::Registry::open` needs.
+    pub fn options(&self) -> RegistryOptions {
+        RegistryOptions {
+            uri: self.uri.clone(),
+            s3: S3Options {
+                endpoint: self.endpoint.clone(),
+                path_style: self.path_style,
+                region: self.region.clone(),
+            },
+            cache_dir: self.cache_dir.clone(),
+        }
+    }
+}
+
+fn default_poll_interval() -> Duration {
+    DEFAULT_POLL_INTERVAL
+}
+
+/// `poll_interval: 30s` in YAML, as humantime text.
+mod humantime_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write e.g. 30s, 500ms or 5m"
+            ))
+        })
+    }
 }
 
 /// A served model: a bare reference, or a reference with settings of its own.
@@ -215,7 +285,7 @@ impl ServerConfig {
     pub fn for_registry(uri: impl Into<String>) -> ServerConfig {
         ServerConfig {
             listen: default_listen(),
-            registry: RegistryConfig { uri: uri.into() },
+            registry: RegistryConfig::new(uri),
             models: Vec::new(),
             onnx_engine: OnnxEngine::Auto,
             onnxruntime_lib: None,
@@ -319,6 +389,21 @@ mod tests {
         assert_eq!(fraud.instances, Some(2));
         assert_eq!(cfg.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(cfg.registry.poll_interval, DEFAULT_POLL_INTERVAL);
+    }
+
+    #[test]
+    fn parses_s3_registry_settings() {
+        let cfg = parse(
+            "registry: {uri: s3://models/prod, poll_interval: 500ms, cache_dir: /var/cache/ferry, endpoint: 'http://127.0.0.1:9000', path_style: true, region: eu-west-1}\nmodels: [churn@champion]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.registry.poll_interval, Duration::from_millis(500));
+        let options = cfg.registry.options();
+        assert_eq!(options.s3.path_style, Some(true));
+        assert_eq!(options.s3.region.as_deref(), Some("eu-west-1"));
+        let err = parse("registry: {uri: /m, poll_interval: soon}\nmodels: [a@1]\n").unwrap_err();
+        assert!(err.contains("invalid duration"), "{err}");
     }
 
     #[test]

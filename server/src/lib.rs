@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod models;
+pub mod registry_cli;
 pub mod scheduler;
 pub mod telemetry;
 
@@ -30,33 +31,44 @@ pub enum ServeError {
     Registry(#[from] ferry_registry::RegistryError),
     #[error("the HTTP server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Builds the state for `config`: opens the registry and prepares (but does not load) models.
-pub fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> {
-    let registry = Registry::open(&config.registry.uri)?;
+pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> {
+    let registry = Registry::open(&config.registry.options()).await?;
     let metrics = Metrics::new();
     let models = Arc::new(ModelManager::new(registry, config.clone(), metrics.clone()));
+    let admin_token = http::control::AdminToken::from_config(config)?;
     Ok(AppState {
         models,
         metrics,
         max_body_bytes: config.max_body_bytes,
         shutting_down: Arc::new(AtomicBool::new(false)),
+        admin_token,
     })
 }
 
 /// Serves `config` on `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish, and returns. Models load in the background: the server answers
-/// liveness at once and reports ready when every configured model is warmed up.
+/// liveness at once and reports ready when every configured model is warmed up. With a
+/// non-zero `registry.poll_interval`, served references are then followed for changes.
 pub async fn serve(
     config: ServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     models::init_onnx_runtime(&config);
-    let state = build_state(&config)?;
+    let state = build_state(&config).await?;
     let loader = state.models.clone();
-    tokio::spawn(async move { loader.load_configured().await });
+    let poll_interval = config.registry.poll_interval;
+    tokio::spawn(async move {
+        loader.load_configured().await;
+        if !poll_interval.is_zero() {
+            loader.poll_task(poll_interval).await;
+        }
+    });
     let shutting_down = state.shutting_down.clone();
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {

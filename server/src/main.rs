@@ -1,7 +1,7 @@
 use anyhow::Context;
 use clap::Parser;
 use ferry_runtimes::OnnxEngine;
-use ferry_server::cli::{Cli, Command, EngineArg, ServeArgs};
+use ferry_server::cli::{Cli, Command, EngineArg, LogFormat, ServeArgs};
 use ferry_server::config::{ModelEntry, ServerConfig};
 
 fn main() -> anyhow::Result<()> {
@@ -15,6 +15,17 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("Could not start the async runtime")?;
             runtime.block_on(serve(args))
+        }
+        Command::Models(args) => {
+            ferry_server::telemetry::init_with_default(LogFormat::Text, "warn");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("Could not start the async runtime")?;
+            runtime.block_on(ferry_server::registry_cli::run(
+                args,
+                &mut std::io::stdout(),
+            ))
         }
     }
 }

@@ -1,19 +1,21 @@
 //! Which model versions are loaded, loading them (fetch + verify → engine → warm-up → compute
-//! queue), and readiness. Requests look models up here; nothing here runs on the request path
-//! except a read lock.
+//! queue), readiness, and following the registry while serving: the poller re-resolves the
+//! references the server serves, loads a new version in the background, swaps it in
+//! atomically, and drains and frees the old one. Requests look models up here; nothing here
+//! runs on the request path except a read lock.
 
-use crate::config::{ModelSettings, ServerConfig};
+use crate::config::{ModelEntry, ModelSettings, ServerConfig};
 use crate::scheduler::{ComputeQueue, QueueOptions};
 use crate::telemetry::metrics::Metrics;
-use ferry_registry::{Manifest, ModelFormat, ModelRef, Registry, RegistryError};
+use ferry_registry::{Manifest, ModelFormat, ModelRef, Registry, RegistryError, Selector};
 use ferry_runtimes::{
     DataType, LoadOptions, OnnxEngine, Runtime, RuntimeError, Signature, Tensor, TensorData,
     load_onnx,
 };
 use serde::Serialize;
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// A model version that is loaded, warmed up and has compute threads.
 pub struct LoadedModel {
@@ -39,9 +41,13 @@ enum VersionState {
 #[derive(Default)]
 struct ModelSlot {
     versions: BTreeMap<u64, VersionState>,
-    /// The version unversioned requests go to: the one the config's reference resolved to.
+    /// The version unversioned requests go to: the one `default_ref` resolves to.
     default_version: Option<u64>,
-    /// Why the config's reference to this model resolved to no version.
+    /// The first served reference to this model (config order); it decides `default_version`.
+    default_ref: Option<String>,
+    /// Served references and the version each serves now.
+    refs: BTreeMap<String, u64>,
+    /// Why `default_ref` resolved to no version (cleared once it does).
     resolve_error: Option<String>,
 }
 
@@ -67,6 +73,21 @@ pub enum LookupError {
     },
 }
 
+/// Why the model control API could not load or unload a model.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    Registry(RegistryError),
+    #[error("model `{name}` version {version} failed to load: {reason}")]
+    LoadFailed {
+        name: String,
+        version: u64,
+        reason: String,
+    },
+    #[error("model `{name}` is not served; served models: {served:?}")]
+    NotServed { name: String, served: Vec<String> },
+}
+
 /// One row of the repository index (`POST /v2/repository/index`).
 #[derive(Debug, Clone, Serialize)]
 pub struct IndexEntry {
@@ -87,19 +108,43 @@ enum LoadError {
     Other(String),
 }
 
+/// What one `sync` of a served reference did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// The reference serves this version (already, or after a load and swap).
+    Serving(u64),
+    /// The version it resolves to failed to load; the previous one (if any) keeps serving.
+    Failed { version: u64, reason: String },
+    /// The reference does not resolve (no such model, alias, version).
+    Unresolved(String),
+}
+
+/// Longest wait between polls while the registry is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
 pub struct ModelManager {
     registry: Registry,
     config: ServerConfig,
     metrics: Metrics,
     slots: RwLock<BTreeMap<String, ModelSlot>>,
+    /// What the server serves: the config's models plus those loaded through the control API.
+    served: Mutex<Vec<ModelSettings>>,
+    /// One load or swap at a time (poller and control API), so they never race on a slot.
+    sync_lock: tokio::sync::Mutex<()>,
+    /// Last problem logged per reference, so a persisting one is logged once, not every poll.
+    reported: Mutex<HashMap<String, String>>,
 }
 
 impl ModelManager {
     pub fn new(registry: Registry, config: ServerConfig, metrics: Metrics) -> ModelManager {
-        let mut slots = BTreeMap::new();
+        let mut slots: BTreeMap<String, ModelSlot> = BTreeMap::new();
+        let mut served = Vec::new();
         for entry in &config.models {
-            if let Ok(model) = ModelRef::parse(&entry.settings().model) {
-                slots.entry(model.name).or_insert_with(ModelSlot::default);
+            let settings = entry.settings();
+            if let Ok(model) = ModelRef::parse(&settings.model) {
+                let slot = slots.entry(model.name.clone()).or_default();
+                slot.default_ref.get_or_insert_with(|| model.to_string());
+                served.push(settings);
             }
         }
         ModelManager {
@@ -107,7 +152,14 @@ impl ModelManager {
             config,
             metrics,
             slots: RwLock::new(slots),
+            served: Mutex::new(served),
+            sync_lock: tokio::sync::Mutex::new(()),
+            reported: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelSlot>> {
@@ -119,54 +171,171 @@ impl ModelManager {
         self.slots.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn served(&self) -> Vec<ModelSettings> {
+        self.served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Logs `message` for `key` unless it is what was logged last time; `None` clears it.
+    fn report(&self, key: &str, message: Option<&str>) -> bool {
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        match message {
+            Some(m) if reported.get(key).map(String::as_str) == Some(m) => false,
+            Some(m) => {
+                reported.insert(key.to_string(), m.to_string());
+                true
+            }
+            None => reported.remove(key).is_some(),
+        }
+    }
+
     /// Loads every model the config lists, one after the other, off the async executor.
     pub async fn load_configured(self: &Arc<Self>) {
-        for entry in self.config.models.clone() {
-            let settings = entry.settings();
-            let manager = self.clone();
-            let outcome = tokio::task::spawn_blocking(move || manager.load_entry(&settings)).await;
-            if let Err(e) = outcome {
-                tracing::error!(error = %e, "Model load task panicked. This is a bug.");
+        for settings in self.served() {
+            if let Err(e) = self.sync(&settings, false).await {
+                tracing::error!(model = %settings.model, error = %e, "Could not reach the registry to load the model; retrying on the next poll.");
+                let mut slots = self.write();
+                if let Ok(model) = ModelRef::parse(&settings.model)
+                    && let Some(slot) = slots.get_mut(&model.name)
+                    && slot.default_ref.as_deref() == Some(settings.model.as_str())
+                    && slot.default_version.is_none()
+                {
+                    slot.resolve_error = Some(e.to_string());
+                }
             }
         }
     }
 
-    fn load_entry(&self, settings: &ModelSettings) {
+    /// Polls the registry every `interval` for the served references that can change (aliases,
+    /// latest, and versions not loaded yet), until the process ends. While the registry is
+    /// unreachable, loaded versions keep serving and the wait doubles up to `MAX_BACKOFF`;
+    /// the outage is logged when it starts and when it ends.
+    pub async fn poll_task(self: Arc<Self>, interval: Duration) {
+        let mut wait = interval;
+        let mut outage: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(wait).await;
+            let mut unreachable = None;
+            for settings in self.served() {
+                let Ok(model) = ModelRef::parse(&settings.model) else {
+                    continue;
+                };
+                if matches!(model.selector, Selector::Version(_)) && self.serves(&settings.model) {
+                    continue;
+                }
+                if let Err(e) = self.sync(&settings, false).await {
+                    unreachable = Some(e);
+                    break;
+                }
+            }
+            match (unreachable, outage) {
+                (Some(e), None) => {
+                    tracing::warn!(registry = %self.registry.uri(), error = %e, "Registry unreachable; loaded models keep serving. Retrying with backoff.");
+                    outage = Some(Instant::now());
+                    wait = (wait * 2).min(MAX_BACKOFF.max(interval));
+                }
+                (Some(_), Some(_)) => wait = (wait * 2).min(MAX_BACKOFF.max(interval)),
+                (None, Some(since)) => {
+                    tracing::info!(registry = %self.registry.uri(), seconds = since.elapsed().as_secs_f64(), "Registry reachable again.");
+                    outage = None;
+                    wait = interval;
+                }
+                (None, None) => {}
+            }
+        }
+    }
+
+    /// Whether `reference` serves a ready version.
+    fn serves(&self, reference: &str) -> bool {
+        let Ok(model) = ModelRef::parse(reference) else {
+            return false;
+        };
+        let slots = self.read();
+        slots.get(&model.name).is_some_and(|slot| {
+            slot.refs
+                .get(reference)
+                .is_some_and(|v| matches!(slot.versions.get(v), Some(VersionState::Ready(_))))
+        })
+    }
+
+    /// Resolves one served reference and, when it points at a version that is not loaded,
+    /// loads, warms up and swaps it in; the version it replaces drains and is freed. A version
+    /// that failed to load is retried only when `retry_failed` (the control API) asks.
+    /// `Err` only when the registry is unreachable (worth retrying later).
+    pub async fn sync(
+        &self,
+        settings: &ModelSettings,
+        retry_failed: bool,
+    ) -> Result<SyncOutcome, RegistryError> {
         let model = match ModelRef::parse(&settings.model) {
             Ok(m) => m,
-            Err(e) => {
-                tracing::error!(error = %e, "Invalid model reference.");
-                return;
-            }
+            Err(e) => return Ok(SyncOutcome::Unresolved(e.to_string())),
         };
-        let version = match self.registry.resolve(&model) {
+        let reference = model.to_string();
+        let _guard = self.sync_lock.lock().await;
+        let version = match self.registry.resolve(&model).await {
             Ok(v) => v,
+            Err(e) if e.is_unavailable() => return Err(e),
             Err(e) => {
-                tracing::error!(model = %model, error = %e, "Could not resolve model reference.");
-                let mut slots = self.write();
-                let slot = slots.entry(model.name.clone()).or_default();
-                slot.resolve_error = Some(e.to_string());
-                return;
+                let message = e.to_string();
+                let serving = {
+                    let mut slots = self.write();
+                    let slot = slots.entry(model.name.clone()).or_default();
+                    slot.default_ref.get_or_insert_with(|| reference.clone());
+                    if slot.default_ref.as_deref() == Some(reference.as_str())
+                        && slot.default_version.is_none()
+                    {
+                        slot.resolve_error = Some(message.clone());
+                    }
+                    slot.refs.get(&reference).copied()
+                };
+                if self.report(&reference, Some(&message)) {
+                    match serving {
+                        Some(v) => {
+                            tracing::warn!(model = %reference, serving = v, error = %e, "Could not resolve model reference; the loaded version keeps serving.")
+                        }
+                        None => {
+                            tracing::error!(model = %reference, error = %e, "Could not resolve model reference.")
+                        }
+                    }
+                }
+                return Ok(SyncOutcome::Unresolved(message));
             }
         };
+        let key = model.name.clone();
         {
             let mut slots = self.write();
-            let slot = slots.entry(model.name.clone()).or_default();
-            slot.default_version.get_or_insert(version);
-            slot.resolve_error = None;
-            if matches!(slot.versions.get(&version), Some(VersionState::Ready(_))) {
-                return;
+            let slot = slots.entry(key.clone()).or_default();
+            slot.default_ref.get_or_insert_with(|| reference.clone());
+            match slot.versions.get(&version) {
+                Some(VersionState::Ready(_)) => {
+                    drop(slots);
+                    self.swap(&key, &reference, version);
+                    return Ok(SyncOutcome::Serving(version));
+                }
+                Some(VersionState::Failed(reason)) if !retry_failed => {
+                    return Ok(SyncOutcome::Failed {
+                        version,
+                        reason: reason.clone(),
+                    });
+                }
+                _ => {
+                    slot.versions.insert(version, VersionState::Loading);
+                }
             }
-            slot.versions.insert(version, VersionState::Loading);
         }
-        let started = Instant::now();
         let labels = [model.name.as_str(), &version.to_string()];
-        let state = match self.load_version(&model.name, version, settings) {
-            Ok(loaded) => {
+        let started = Instant::now();
+        match self.load_version(&model.name, version, settings).await {
+            Ok((loaded, from_cache)) => {
                 tracing::info!(
                     model = %model.name,
                     version,
+                    reference = %reference,
                     engine = %loaded.runtime.engine(),
+                    source = if from_cache { "cache" } else if self.registry.cache_dir().is_some() { "download" } else { "registry" },
                     seconds = started.elapsed().as_secs_f64(),
                     "Model version loaded and warmed up."
                 );
@@ -175,33 +344,118 @@ impl ModelManager {
                     .with_label_values(&[labels[0], labels[1], "ready"])
                     .inc();
                 self.metrics.model_ready.with_label_values(&labels).set(1);
-                VersionState::Ready(Arc::new(loaded))
+                self.report(&reference, None);
+                self.write()
+                    .entry(key.clone())
+                    .or_default()
+                    .versions
+                    .insert(version, VersionState::Ready(Arc::new(loaded)));
+                self.swap(&key, &reference, version);
+                Ok(SyncOutcome::Serving(version))
+            }
+            Err(LoadError::Registry(e)) if e.is_unavailable() => {
+                // Nothing is wrong with the version: forget the attempt, retry on a later poll.
+                let mut slots = self.write();
+                if let Some(slot) = slots.get_mut(&key)
+                    && matches!(slot.versions.get(&version), Some(VersionState::Loading))
+                {
+                    slot.versions.remove(&version);
+                }
+                Err(e)
             }
             Err(e) => {
-                tracing::error!(model = %model.name, version, error = %e, "Model version failed to load; it will not be served.");
+                let reason = e.to_string();
+                let previous = {
+                    let mut slots = self.write();
+                    let slot = slots.entry(key.clone()).or_default();
+                    slot.versions
+                        .insert(version, VersionState::Failed(reason.clone()));
+                    let previous = slot.refs.get(&reference).copied();
+                    // Nothing served yet: unversioned requests get this version's failure as
+                    // the reason they cannot be answered.
+                    if previous.is_none() && slot.default_ref.as_deref() == Some(reference.as_str())
+                    {
+                        slot.default_version = Some(version);
+                    }
+                    previous
+                };
+                match previous {
+                    Some(v) => {
+                        tracing::error!(model = %model.name, version, reference = %reference, serving = v, error = %e, "Model version failed to load; the previous version keeps serving.")
+                    }
+                    None => {
+                        tracing::error!(model = %model.name, version, reference = %reference, error = %e, "Model version failed to load; it will not be served.")
+                    }
+                }
                 self.metrics
                     .model_loads
                     .with_label_values(&[labels[0], labels[1], "failed"])
                     .inc();
                 self.metrics.model_ready.with_label_values(&labels).set(0);
-                VersionState::Failed(e.to_string())
+                Ok(SyncOutcome::Failed { version, reason })
             }
-        };
-        self.write()
-            .entry(model.name.clone())
-            .or_default()
-            .versions
-            .insert(version, state);
+        }
     }
 
-    fn load_version(
+    /// Points `reference` at the ready `version`; versions no served reference points at any
+    /// more leave the map (new requests cannot reach them) and drain in the background.
+    fn swap(&self, name: &str, reference: &str, version: u64) {
+        let retired = {
+            let mut slots = self.write();
+            let slot = slots.entry(name.to_string()).or_default();
+            let previous = slot.refs.insert(reference.to_string(), version);
+            if slot.default_ref.as_deref() == Some(reference) {
+                slot.default_version = Some(version);
+                slot.resolve_error = None;
+            }
+            if previous == Some(version) {
+                return;
+            }
+            if let Some(old) = previous {
+                tracing::info!(model = %name, reference = %reference, from = old, to = version, "Swapped model version.");
+            }
+            match previous {
+                Some(old)
+                    if slot.default_version != Some(old)
+                        && !slot.refs.values().any(|v| *v == old) =>
+                {
+                    slot.versions.remove(&old)
+                }
+                _ => None,
+            }
+        };
+        if let Some(VersionState::Ready(old)) = retired {
+            self.retire(old);
+        }
+    }
+
+    /// Frees a version no request can reach any more, once the requests that already hold it
+    /// (queued or running on its compute threads) have finished.
+    fn retire(&self, old: Arc<LoadedModel>) {
+        let labels = [old.name.clone(), old.version.to_string()];
+        self.metrics
+            .model_ready
+            .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
+            .set(0);
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            // Nobody can take a new reference (it left the map), so the count only goes down.
+            while Arc::strong_count(&old) > 1 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Closes the queue and joins the compute threads.
+            drop(old);
+            tracing::info!(model = %labels[0], version = %labels[1], seconds = started.elapsed().as_secs_f64(), "Old model version drained and unloaded.");
+        });
+    }
+
+    async fn load_version(
         &self,
         name: &str,
         version: u64,
         settings: &ModelSettings,
-    ) -> Result<LoadedModel, LoadError> {
-        let verified = self.registry.fetch(name, version)?;
-        let manifest = verified.manifest.clone();
+    ) -> Result<(LoadedModel, bool), LoadError> {
+        let verified = self.registry.fetch(name, version).await?;
         let options = LoadOptions {
             onnx_engine: settings.onnx_engine.unwrap_or(self.config.onnx_engine),
             intra_op_threads: settings
@@ -210,20 +464,8 @@ impl ModelManager {
             intra_op_spinning: false,
             sessions: 1,
         };
-        let runtime = match manifest.format {
-            ModelFormat::Onnx => {
-                load_onnx(&verified.artifact_path(), &manifest.signature(), &options)?
-            }
-            ModelFormat::Safetensors => {
-                return Err(LoadError::Other(
-                    "format `safetensors` needs the Candle engine, which this build does not include; export the model to ONNX"
-                        .into(),
-                ));
-            }
-        };
-        warm_up(runtime.as_ref())?;
         let batching = settings.batching.as_ref().unwrap_or(&self.config.batching);
-        let options = QueueOptions {
+        let queue_options = QueueOptions {
             threads: settings.instances.unwrap_or(self.config.instances),
             capacity: settings
                 .queue_capacity
@@ -231,28 +473,133 @@ impl ModelManager {
             batching: batching.policy(),
             default_timeout: self.config.request_timeout(),
         };
-        if options.batching.is_some() && !runtime.signature().has_batch_dim() {
-            tracing::info!(
-                model = name,
+        let metrics = self.metrics.clone();
+        let name = name.to_string();
+        let from_cache = verified.from_cache;
+        let task = tokio::task::spawn_blocking(move || -> Result<LoadedModel, LoadError> {
+            let manifest = verified.manifest.clone();
+            let runtime = match manifest.format {
+                ModelFormat::Onnx => {
+                    load_onnx(&verified.artifact_path(), &manifest.signature(), &options)?
+                }
+                ModelFormat::Safetensors => {
+                    return Err(LoadError::Other(
+                        "format `safetensors` needs the Candle engine, which this build does not include; export the model to ONNX"
+                            .into(),
+                    ));
+                }
+            };
+            warm_up(runtime.as_ref())?;
+            if queue_options.batching.is_some() && !runtime.signature().has_batch_dim() {
+                tracing::info!(
+                    model = %name,
+                    version,
+                    "Dynamic batching is off: the signature has no variable batch dimension."
+                );
+            }
+            let queue =
+                ComputeQueue::start(&name, version, runtime.clone(), queue_options, metrics)
+                    .map_err(|e| {
+                        LoadError::Other(format!("could not start compute threads: {e}"))
+                    })?;
+            Ok(LoadedModel {
+                name,
                 version,
-                "Dynamic batching is off: the signature has no variable batch dimension."
-            );
+                manifest,
+                runtime,
+                queue,
+            })
+        });
+        let loaded = task
+            .await
+            .map_err(|e| LoadError::Other(format!("the load task failed: {e}")))??;
+        Ok((loaded, from_cache))
+    }
+
+    /// Control API: (re)loads `name` now. A served model re-resolves its references (retrying
+    /// versions that failed before); another model is added, following its latest version.
+    pub async fn control_load(&self, name: &str) -> Result<u64, ControlError> {
+        let mut targets: Vec<ModelSettings> = self
+            .served()
+            .into_iter()
+            .filter(|s| ModelRef::parse(&s.model).is_ok_and(|m| m.name == name))
+            .collect();
+        let added = targets.is_empty();
+        if added {
+            let model = ModelRef::parse(name).map_err(ControlError::Registry)?;
+            targets.push(ModelEntry::Ref(model.to_string()).settings());
         }
-        let queue = ComputeQueue::start(
-            name,
-            version,
-            runtime.clone(),
-            options,
-            self.metrics.clone(),
-        )
-        .map_err(|e| LoadError::Other(format!("could not start compute threads: {e}")))?;
-        Ok(LoadedModel {
-            name: name.to_string(),
-            version,
-            manifest,
-            runtime,
-            queue,
-        })
+        let mut default = None;
+        for settings in &targets {
+            match self.sync(settings, true).await {
+                Ok(SyncOutcome::Serving(v)) => {
+                    default.get_or_insert(v);
+                }
+                Ok(SyncOutcome::Failed { version, reason }) => {
+                    return Err(ControlError::LoadFailed {
+                        name: name.to_string(),
+                        version,
+                        reason,
+                    });
+                }
+                Ok(SyncOutcome::Unresolved(_)) if added => {
+                    self.write().remove(name);
+                    let model = ModelRef::parse(name).map_err(ControlError::Registry)?;
+                    return Err(ControlError::Registry(
+                        self.registry.resolve(&model).await.err().unwrap_or(
+                            RegistryError::NoVersions {
+                                name: name.to_string(),
+                            },
+                        ),
+                    ));
+                }
+                Ok(SyncOutcome::Unresolved(reason)) => {
+                    return Err(ControlError::Registry(RegistryError::Manifest {
+                        path: settings.model.clone(),
+                        message: reason,
+                    }));
+                }
+                Err(e) => return Err(ControlError::Registry(e)),
+            }
+        }
+        if added {
+            self.served
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(targets);
+        }
+        let slots = self.read();
+        Ok(slots
+            .get(name)
+            .and_then(|s| s.default_version)
+            .or(default)
+            .unwrap_or_default())
+    }
+
+    /// Control API: stops serving `name`; its versions drain and are freed. The model no
+    /// longer counts for readiness and is not polled until it is loaded again.
+    pub async fn control_unload(&self, name: &str) -> Result<Vec<u64>, ControlError> {
+        let _guard = self.sync_lock.lock().await;
+        let slot = self.write().remove(name);
+        let Some(slot) = slot else {
+            return Err(ControlError::NotServed {
+                name: name.to_string(),
+                served: self.read().keys().cloned().collect(),
+            });
+        };
+        self.served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| !ModelRef::parse(&s.model).is_ok_and(|m| m.name == name));
+        let mut unloaded = Vec::new();
+        for (version, state) in slot.versions {
+            if let VersionState::Ready(model) = state {
+                unloaded.push(version);
+                self.retire(model);
+            }
+        }
+        tracing::info!(model = name, versions = ?unloaded, "Model unloaded through the control API.");
+        Ok(unloaded)
     }
 
     /// The model version a request addresses; `version: None` is the configured default.
@@ -329,8 +676,9 @@ impl ModelManager {
             .unwrap_or_default()
     }
 
-    /// Server readiness: every configured model resolved, loaded and warmed up, and at least
-    /// one model is.
+    /// Server readiness: every served model's default reference resolved, loaded and warmed
+    /// up, and at least one model is. A version loading or failing in the background does not
+    /// change it while the previous one serves.
     pub fn is_ready(&self) -> bool {
         let slots = self.read();
         let mut any = false;
@@ -338,9 +686,6 @@ impl ModelManager {
             let Some(v) = slot.default_version else {
                 return false;
             };
-            if slot.resolve_error.is_some() {
-                return false;
-            }
             match slot.versions.get(&v) {
                 Some(VersionState::Ready(_)) => any = true,
                 _ => return false,

@@ -1,7 +1,7 @@
 //! Dynamic batching with real engines: concurrent requests merged by the scheduler give the
 //! same numbers (within 1e-6) as running each request alone, on ONNX Runtime and tract.
 
-use ferry_registry::Registry;
+use ferry_registry::{Registry, RegistryOptions};
 use ferry_runtimes::{LoadOptions, OnnxEngine, Runtime, Tensor, TensorData, load_onnx};
 use ferry_server::scheduler::{BatchPolicy, ComputeQueue, QueueOptions};
 use ferry_server::telemetry::metrics::Metrics;
@@ -26,13 +26,15 @@ fn ort_library() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-fn mlp(engine: OnnxEngine) -> Arc<dyn Runtime> {
+async fn mlp(engine: OnnxEngine) -> Arc<dyn Runtime> {
     if engine == OnnxEngine::Ort {
         ferry_runtimes::ort::init(&ort_library()).expect("ONNX Runtime loads");
     }
     let demo = ferry_server::demo::extract().unwrap();
-    let registry = Registry::open(demo.path().to_str().unwrap()).unwrap();
-    let model = registry.fetch("mlp", 1).unwrap();
+    let registry = Registry::open(&RegistryOptions::new(demo.path().to_str().unwrap()))
+        .await
+        .unwrap();
+    let model = registry.fetch("mlp", 1).await.unwrap();
     let options = LoadOptions {
         onnx_engine: engine,
         ..LoadOptions::default()
@@ -54,7 +56,7 @@ fn request(caller: usize) -> Vec<Tensor> {
 }
 
 async fn check(engine: OnnxEngine) {
-    let runtime = mlp(engine);
+    let runtime = mlp(engine).await;
     let metrics = Metrics::new();
     let policy = BatchPolicy {
         max_batch_rows: 32,

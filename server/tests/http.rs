@@ -15,7 +15,7 @@ async fn state_with(max_body_bytes: usize) -> (AppState, tempfile::TempDir) {
     let mut config = demo::config(dir.path().to_str().unwrap());
     config.onnx_engine = OnnxEngine::Tract;
     config.max_body_bytes = max_body_bytes;
-    let state = build_state(&config).unwrap();
+    let state = build_state(&config).await.unwrap();
     state.models.load_configured().await;
     assert!(state.models.is_ready(), "{:?}", state.models.index());
     (state, dir)
@@ -83,8 +83,10 @@ async fn documented_error_statuses_match_the_error_mapping() {
     let doc: Value = serde_json::from_str(OPENAPI_JSON).unwrap();
     let infer = &doc["paths"]["/v2/models/{model}/infer"]["post"]["responses"];
     for status in ferry_server::http::error::ApiError::STATUSES {
-        // 405 is answered for any documented path with another method.
-        if status == 405 {
+        // 405 is answered for any documented path with another method; 401/403 only by the
+        // control API.
+        if status == 405 || ferry_server::http::error::ApiError::CONTROL_STATUSES.contains(&status)
+        {
             continue;
         }
         assert!(
@@ -239,4 +241,70 @@ async fn readiness_turns_false_on_shutdown() {
         .0,
         StatusCode::OK
     );
+}
+
+#[tokio::test]
+async fn model_control_is_off_without_a_token_and_checks_the_token() {
+    let (mut state, _dir) = state_with(1 << 20).await;
+    let doc: Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+    for action in ["load", "unload"] {
+        let responses =
+            &doc["paths"][format!("/v2/repository/models/{{model}}/{action}")]["post"]["responses"];
+        for status in ferry_server::http::error::ApiError::CONTROL_STATUSES {
+            assert!(
+                responses.get(status.to_string()).is_some(),
+                "{status} undocumented for {action}"
+            );
+        }
+    }
+    let (status, _, body) = send(&state, post("/v2/repository/models/churn/load", "")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&body).contains("FERRY_ADMIN_TOKEN"));
+
+    state.admin_token = ferry_server::http::control::AdminToken::new(Some("s3cret"));
+    let with_token = |path: &str, token: &str| {
+        Request::post(path)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, headers, _) = send(&state, post("/v2/repository/models/churn/unload", "")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let (status, _, _) = send(
+        &state,
+        with_token("/v2/repository/models/churn/unload", "wrong"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, body) = send(
+        &state,
+        with_token("/v2/repository/models/nope/load", "s3cret"),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+
+    let (status, _, body) = send(
+        &state,
+        with_token("/v2/repository/models/churn/unload", "s3cret"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let (status, _, _) = send(&state, post("/v2/models/churn/infer", churn_request(1))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, body) = send(
+        &state,
+        with_token("/v2/repository/models/churn/load", "s3cret"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["version"], "1");
+    let (status, _, _) = send(&state, post("/v2/models/churn/infer", churn_request(1))).await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+import boto3
+import moto.server  # noqa: F401  (the S3 endpoint the registry tests start)
 import numpy as np
 import onnxruntime
 import pytest
@@ -494,3 +496,65 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+# ---------------------------------------------------------------------------------------------
+# S3: moto's standalone server on loopback (a real S3 HTTP endpoint; the AWS SDK is not mocked)
+
+
+class MotoS3:
+    """`python -m moto.server` on a free loopback port. Fails the test if it cannot start."""
+
+    def __init__(self, workdir):
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log_path = os.path.join(str(workdir), "moto.log")
+        self.proc = None
+        self._log = None
+
+    def start(self):
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"moto exited with {self.proc.returncode}: {read_tail(self.log_path)}")
+            try:
+                if requests.get(self.endpoint, timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"moto did not answer on {self.endpoint} within 30 s: "
+                    f"{read_tail(self.log_path)}")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def env(self):
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def client(self):
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def moto_s3(tmp_path, monkeypatch):
+    """A fresh S3 endpoint per test; the AWS_* variables point ferry processes at it."""
+    s3 = MotoS3(tmp_path).start()
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    try:
+        yield s3
+    finally:
+        s3.stop()

@@ -6,12 +6,17 @@
 
 use anyhow::{Context, bail};
 use ferry_loadtests::arg;
-use ferry_registry::Registry;
+use ferry_registry::{Registry, RegistryOptions};
 use ferry_runtimes::{DataType, LoadOptions, OnnxEngine, Tensor, TensorData, load_onnx};
 use std::time::{Duration, Instant};
 
 fn main() -> anyhow::Result<()> {
-    let registry = Registry::open(&arg("--registry").context("--registry DIR")?)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let registry = rt.block_on(Registry::open(&RegistryOptions::new(
+        arg("--registry").context("--registry DIR")?,
+    )))?;
     let model = arg("--model").context("--model NAME")?;
     let version: u64 = arg("--version").unwrap_or_else(|| "1".into()).parse()?;
     let rows: usize = arg("--rows").unwrap_or_else(|| "1".into()).parse()?;
@@ -24,7 +29,7 @@ fn main() -> anyhow::Result<()> {
         Some("tract") => OnnxEngine::Tract,
         other => bail!("--engine ort|tract, got {other:?}"),
     };
-    let verified = registry.fetch(&model, version)?;
+    let verified = rt.block_on(registry.fetch(&model, version))?;
     let options = LoadOptions {
         onnx_engine: engine,
         ..LoadOptions::default()

@@ -42,6 +42,19 @@ pub enum ApiError {
     ShuttingDown,
     #[error("{0}")]
     Internal(String),
+    /// Control API: missing or wrong admin token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Control API without an admin token configured.
+    #[error(
+        "model control is disabled: set the FERRY_ADMIN_TOKEN environment variable or `admin_token_file` in the config to enable POST /v2/repository/models/{{model}}/load and /unload"
+    )]
+    ControlDisabled,
+    /// Control API: the model version could not be fetched, verified or loaded.
+    #[error("{0}")]
+    LoadFailed(String),
+    #[error("{0}; the loaded models keep serving")]
+    RegistryUnavailable(String),
 }
 
 impl ApiError {
@@ -54,10 +67,13 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::ModelNotReady(_) | ApiError::ShuttingDown | ApiError::DeadlineExceeded(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ModelNotReady(_)
+            | ApiError::ShuttingDown
+            | ApiError::DeadlineExceeded(_)
+            | ApiError::RegistryUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) | ApiError::LoadFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::ControlDisabled => StatusCode::FORBIDDEN,
         }
     }
 
@@ -76,11 +92,18 @@ impl ApiError {
             ApiError::ShuttingDown => "shutting_down",
             ApiError::DeadlineExceeded(_) => "deadline_exceeded",
             ApiError::Internal(_) => "internal",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::ControlDisabled => "control_disabled",
+            ApiError::LoadFailed(_) => "load_failed",
+            ApiError::RegistryUnavailable(_) => "registry_unavailable",
         }
     }
 
     /// Every status `ApiError` can produce (the OpenAPI document is tested against it).
-    pub const STATUSES: [u16; 7] = [400, 404, 405, 413, 429, 500, 503];
+    pub const STATUSES: [u16; 9] = [400, 401, 403, 404, 405, 413, 429, 500, 503];
+
+    /// Statuses only the model control API produces.
+    pub const CONTROL_STATUSES: [u16; 2] = [401, 403];
 }
 
 impl IntoResponse for ApiError {
@@ -103,6 +126,9 @@ impl IntoResponse for ApiError {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
             .extensions_mut()

@@ -1,6 +1,7 @@
 //! The HTTP API (axum). Handlers only convert wire formats to and from model calls; errors
 //! become responses in `error.rs` alone.
 
+pub mod control;
 pub mod error;
 pub mod oip;
 mod oip_v2;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Set when shutdown begins: readiness turns false so load balancers stop sending.
     pub shutting_down: Arc<AtomicBool>,
+    /// Enables the model control API when set.
+    pub admin_token: control::AdminToken,
 }
 
 impl AppState {
@@ -65,6 +68,11 @@ pub fn app(state: AppState) -> Router {
             post(oip_v2::infer),
         )
         .route("/v2/repository/index", post(oip_v2::repository_index))
+        .route("/v2/repository/models/{model}/load", post(control::load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(control::unload),
+        )
         // `{model}:predict` is one path segment: the handler splits off the verb.
         .route("/v1/models/{model_verb}", post(oip_v2::v1_predict))
         .route("/metrics", get(metrics))
