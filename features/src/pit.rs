@@ -141,8 +141,8 @@ pub fn export(
                 ),
             ));
         }
-        if !histories.contains_key(&r.view) {
-            histories.insert(r.view, History::new(read_all(view)?));
+        if let std::collections::hash_map::Entry::Vacant(slot) = histories.entry(r.view) {
+            slot.insert(History::new(read_all(view)?));
         }
     }
 
@@ -185,14 +185,14 @@ pub fn export(
         let mut key_cache: HashMap<&str, Vec<Option<String>>> = HashMap::new();
         for r in &refs {
             let jk = repo.views[r.view].entity.join_key.as_str();
-            if !key_cache.contains_key(jk) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = key_cache.entry(jk) {
                 let col = batch
                     .column_by_name(jk)
                     .expect("the column exists: checked above. This is a bug.");
                 let k = keys(col.as_ref()).map_err(|m| {
                     FeatureError::offline(entities.display(), format!("column `{jk}`: {m}"))
                 })?;
-                key_cache.insert(jk, k);
+                slot.insert(k);
             }
         }
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();

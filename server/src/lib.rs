@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod models;
+pub mod pipeline;
 pub mod scheduler;
 pub mod telemetry;
 
@@ -30,15 +31,32 @@ pub enum ServeError {
     Registry(#[from] ferry_registry::RegistryError),
     #[error("the HTTP server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("features: {0}")]
+    Features(String),
 }
 
-/// Builds the state for `config`: opens the registry and prepares (but does not load) models.
+/// Builds the state for `config`: opens the registry and the feature store (Redis connects
+/// lazily; the in-process store loads the offline files now) and prepares (but does not load)
+/// models. Must run inside a Tokio runtime when `features.redis` is set.
 pub fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> {
     let registry = Registry::open(&config.registry.uri)?;
     let metrics = Metrics::new();
     let models = Arc::new(ModelManager::new(registry, config.clone(), metrics.clone()));
+    let features = match &config.features {
+        Some(f) => Some(Arc::new(
+            pipeline::open_features(f).map_err(ServeError::Features)?,
+        )),
+        None => None,
+    };
+    let pipeline = Arc::new(pipeline::Pipeline::new(
+        models.clone(),
+        features,
+        &config.endpoints,
+        metrics.clone(),
+    ));
     Ok(AppState {
         models,
+        pipeline,
         metrics,
         max_body_bytes: config.max_body_bytes,
         shutting_down: Arc::new(AtomicBool::new(false)),

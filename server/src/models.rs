@@ -92,12 +92,15 @@ pub struct ModelManager {
     config: ServerConfig,
     metrics: Metrics,
     slots: RwLock<BTreeMap<String, ModelSlot>>,
+    /// The version each configured reference (`churn@champion`) resolved to, so an endpoint
+    /// variant gets the version its own reference names.
+    resolved: RwLock<BTreeMap<String, u64>>,
 }
 
 impl ModelManager {
     pub fn new(registry: Registry, config: ServerConfig, metrics: Metrics) -> ModelManager {
         let mut slots = BTreeMap::new();
-        for entry in &config.models {
+        for entry in &config.all_model_entries() {
             if let Ok(model) = ModelRef::parse(&entry.settings().model) {
                 slots.entry(model.name).or_insert_with(ModelSlot::default);
             }
@@ -107,6 +110,7 @@ impl ModelManager {
             config,
             metrics,
             slots: RwLock::new(slots),
+            resolved: RwLock::new(BTreeMap::new()),
         }
     }
 
@@ -121,7 +125,7 @@ impl ModelManager {
 
     /// Loads every model the config lists, one after the other, off the async executor.
     pub async fn load_configured(self: &Arc<Self>) {
-        for entry in self.config.models.clone() {
+        for entry in self.config.all_model_entries() {
             let settings = entry.settings();
             let manager = self.clone();
             let outcome = tokio::task::spawn_blocking(move || manager.load_entry(&settings)).await;
@@ -149,6 +153,10 @@ impl ModelManager {
                 return;
             }
         };
+        self.resolved
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(model.to_string(), version);
         {
             let mut slots = self.write();
             let slot = slots.entry(model.name.clone()).or_default();
@@ -298,6 +306,26 @@ impl ModelManager {
                 name: name.to_string(),
                 version: Some(version),
                 reason: "it is still loading".into(),
+            }),
+        }
+    }
+
+    /// The version a configured reference resolved to (endpoint variants use this).
+    pub fn lookup_ref(&self, model: &ModelRef) -> Result<Arc<LoadedModel>, LookupError> {
+        let version = self
+            .resolved
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&model.to_string())
+            .copied();
+        match version {
+            Some(v) => self.lookup(&model.name, Some(&v.to_string())),
+            None => self.lookup(&model.name, None).and_then(|m| {
+                Err(LookupError::NotReady {
+                    name: m.name.clone(),
+                    version: None,
+                    reason: format!("reference {model} is still being resolved"),
+                })
             }),
         }
     }

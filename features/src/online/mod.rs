@@ -128,6 +128,16 @@ impl OnlineFeatures {
         entity_keys: &[String],
         refs: &[FeatureRef],
     ) -> Result<FeatureTable, FeatureError> {
+        self.lookup_with(entity_keys, refs, self.on_missing).await
+    }
+
+    /// `lookup` with an explicit policy (`POST /v1/features` reports statuses instead of failing).
+    pub async fn lookup_with(
+        &self,
+        entity_keys: &[String],
+        refs: &[FeatureRef],
+        on_missing: OnMissing,
+    ) -> Result<FeatureTable, FeatureError> {
         let mut views: Vec<usize> = refs.iter().map(|r| r.view).collect();
         views.sort_unstable();
         views.dedup();
@@ -151,7 +161,7 @@ impl OnlineFeatures {
                 Ok(Ok(rows)) => Some(rows),
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "Online store lookup failed.");
-                    if self.on_missing == OnMissing::Error {
+                    if on_missing == OnMissing::Error {
                         return Err(e);
                     }
                     None
@@ -163,7 +173,7 @@ impl OnlineFeatures {
                         self.store.kind()
                     ));
                     tracing::debug!(error = %e, "Online store lookup timed out.");
-                    if self.on_missing == OnMissing::Error {
+                    if on_missing == OnMissing::Error {
                         return Err(e);
                     }
                     None
@@ -221,7 +231,7 @@ impl OnlineFeatures {
             }
             table.cells.push(row);
         }
-        if self.on_missing == OnMissing::Error && table.defaulted > 0 {
+        if on_missing == OnMissing::Error && table.defaulted > 0 {
             return Err(FeatureError::Missing(format!(
                 "{} feature value(s) missing or stale and `on_missing` is `error`: {}{}",
                 table.defaulted,

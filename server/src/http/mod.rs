@@ -1,6 +1,7 @@
 //! The HTTP API (axum). Handlers only convert wire formats to and from model calls; errors
 //! become responses in `error.rs` alone.
 
+pub mod endpoints;
 pub mod error;
 pub mod oip;
 mod oip_v2;
@@ -8,6 +9,7 @@ mod openapi;
 pub mod v1;
 
 use crate::models::ModelManager;
+use crate::pipeline::Pipeline;
 use crate::telemetry::metrics::Metrics;
 use axum::Router;
 use axum::body::Body;
@@ -29,6 +31,8 @@ pub const REQUEST_ID: &str = "x-request-id";
 #[derive(Clone)]
 pub struct AppState {
     pub models: Arc<ModelManager>,
+    /// resolve variant → features → model, for business endpoints.
+    pub pipeline: Arc<Pipeline>,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
     /// Set when shutdown begins: readiness turns false so load balancers stop sending.
@@ -64,6 +68,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v2/repository/index", post(oip_v2::repository_index))
         // `{model}:predict` is one path segment: the handler splits off the verb.
         .route("/v1/models/{model_verb}", post(oip_v2::v1_predict))
+        .route("/v1/endpoints/{endpoint}/predict", post(endpoints::predict))
+        .route("/v1/features", post(endpoints::features))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::openapi))
         .fallback(route_not_found)
