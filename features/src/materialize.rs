@@ -34,6 +34,7 @@ pub struct MaterializeReport {
     pub view: String,
     pub files_total: usize,
     pub files_read: usize,
+    /// Every row of the files read, skipped ones included.
     pub rows_read: u64,
     /// Rows with a null key or event time.
     pub rows_skipped: u64,
@@ -142,7 +143,7 @@ pub async fn materialize_view(
     while let Some(msg) = rx.recv().await {
         match msg? {
             Msg::Batch(batch) => {
-                report.rows_read += batch.len() as u64;
+                report.rows_read += (batch.len() + batch.skipped) as u64;
                 report.rows_skipped += batch.skipped as u64;
                 let (written, not_newer) = write_batch(repo, view, &batch, &sha, store).await?;
                 report.keys_written += written;
