@@ -3,6 +3,9 @@
 # (one pipelined Redis round trip + matrix assembly) for 1 and 10 entities per request.
 # Starts a private redis-server on a free loopback port; release build.
 #   bash loadtests/features_join.sh [ROWS] [ENTITIES] [ITERATIONS]
+# Measured on the 2-core dev machine (defaults: 1M rows, 100k entities, 4 files, 3 features;
+# three runs): materialize 98k–121k rows/s; join 1 entity p50 53–118 µs, p99 145–572 µs;
+# 10 entities p50 109–179 µs, p99 340–542 µs (loopback Redis 7.0, sequential requests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
