@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ferry's tests need, idempotently: Python reference implementations and
-# clients from PyPI (tests/py/requirements.txt) and the Rust toolchain components.
+# clients from PyPI (tests/py/requirements.txt), redis-server (apt) and the Rust toolchain
+# components.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,15 @@ python3 -c 'import moto.server, boto3' || {
   echo "moto[server] and boto3 are required for the S3 registry tests (tests/py/requirements.txt)" >&2
   exit 1
 }
+# The feature-store tests start a private redis-server (Debian package) on a free port.
+if ! command -v redis-server >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq redis-server >/dev/null || {
+    echo "could not install redis-server (apt-get install -y redis-server)" >&2
+    exit 1
+  }
+fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 # The ONNX Runtime library ferry loads at run time comes from the onnxruntime wheel.
 python3 scripts/find-ort-lib.py >/dev/null

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[command(
     name = "ferry",
     version,
-    about = "ferry: serve versioned ONNX models over the Open Inference Protocol v2 and TF-Serving-style predict.",
+    about = "ferry: serve versioned ONNX models over the Open Inference Protocol v2, TF-Serving-style predict and business endpoints with online features.",
     long_about = None
 )]
 pub struct Cli {
@@ -27,6 +27,9 @@ pub enum Command {
     /// Publish, list and alias model versions in a registry (a directory or s3://bucket/prefix).
     /// S3 access follows the AWS SDK chain (AWS_REGION, credentials, AWS_ENDPOINT_URL[_S3]).
     Models(ModelsArgs),
+    /// Feature store jobs: materialize offline Parquet into Redis, read one entity's online
+    /// values, export a point-in-time correct training set.
+    Features(FeaturesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +83,70 @@ pub enum ModelsCommand {
         alias: String,
         /// Version the alias points at; it must exist.
         version: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct FeaturesArgs {
+    /// Config file (ferry.yaml) whose `features` section names the repo and Redis.
+    #[arg(long, env = "FERRY_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Feature repo file (features.yaml); overrides `features.repo`.
+    #[arg(long = "features", env = "FERRY_FEATURES", global = true)]
+    pub repo: Option<PathBuf>,
+
+    /// Redis URL of the online store, e.g. redis://127.0.0.1:6379; overrides `features.redis`.
+    #[arg(long, env = "FERRY_REDIS", global = true)]
+    pub redis: Option<String>,
+
+    #[command(subcommand)]
+    pub command: FeaturesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeaturesCommand {
+    /// Write the newest offline row per entity to Redis. Incremental: files whose modification
+    /// time and size match the stored watermark are skipped; a value is only ever replaced by
+    /// one with a newer event time.
+    Materialize {
+        /// Only this view (default: every view).
+        #[arg(long)]
+        view: Option<String>,
+        /// Re-read every file, ignoring the watermark (newer stored values still win).
+        #[arg(long)]
+        full: bool,
+        /// Rows per record batch; bounds memory (default 8192).
+        #[arg(long, default_value_t = 8192)]
+        batch_rows: usize,
+    },
+    /// Print one entity's online values (Redis, or the offline files without --redis).
+    Get {
+        #[arg(long)]
+        view: String,
+        /// The entity key.
+        #[arg(long)]
+        key: String,
+    },
+    /// Point-in-time export: for each row of the entities file (Parquet with the join key and a
+    /// timestamp column), the feature values as of that time, TTL applied, written as Parquet.
+    Export {
+        /// Parquet file with the join key column(s) and the timestamp column; every column is
+        /// copied to the output.
+        #[arg(long)]
+        entities: PathBuf,
+        /// Output Parquet file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated `view.feature` refs (default: every view keyed by a column present).
+        #[arg(long = "feature", value_delimiter = ',')]
+        features: Vec<String>,
+        /// Timestamp column of the entities file (Timestamp, or Int64 Unix milliseconds).
+        #[arg(long, default_value = "event_ts")]
+        timestamp_column: String,
+        /// Leave missing and stale values null instead of using the features' defaults.
+        #[arg(long)]
+        no_defaults: bool,
     },
 }
 
@@ -142,6 +209,15 @@ pub struct ServeArgs {
     /// Threads one inference may use inside ONNX Runtime (overrides `intra_op_threads`).
     #[arg(long, env = "FERRY_INTRA_OP_THREADS")]
     pub intra_op_threads: Option<usize>,
+
+    /// Feature repo file (features.yaml); overrides `features.repo`.
+    #[arg(long = "features", env = "FERRY_FEATURES")]
+    pub features_repo: Option<PathBuf>,
+
+    /// Redis URL of the online feature store; overrides `features.redis`. Without one, features
+    /// are served from an in-process store loaded from the offline files.
+    #[arg(long, env = "FERRY_REDIS")]
+    pub redis: Option<String>,
 
     /// Log format on stderr.
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]

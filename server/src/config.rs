@@ -1,6 +1,7 @@
 //! `ferry.yaml`: what to serve. Flags and `FERRY_*` environment variables (see `cli.rs`)
 //! override the file; `validate()` then checks cross-field rules, naming the keys involved.
 
+use ferry_features::OnMissing;
 use ferry_registry::{ModelRef, RegistryOptions, S3Options};
 use ferry_runtimes::OnnxEngine;
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,7 @@ use std::time::Duration;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+pub const DEFAULT_FEATURE_TIMEOUT: &str = "20ms";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +26,12 @@ pub struct ServerConfig {
     /// `name@version`, or an object with per-model settings. Server readiness waits for all.
     #[serde(default)]
     pub models: Vec<ModelEntry>,
+    /// Online features: the feature repo, the Redis store and the lookup policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<FeaturesConfig>,
+    /// Business endpoints (`POST /v1/endpoints/{name}/predict`): features joined, then a model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointConfig>,
     /// Engine for ONNX models: `ort`, `tract`, or `auto` (ort when its library loads).
     #[serde(default)]
     pub onnx_engine: OnnxEngine,
@@ -128,6 +136,62 @@ mod humantime_serde {
             ))
         })
     }
+}
+
+/// The `features` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesConfig {
+    /// The feature repo (`features.yaml`); relative paths resolve against the config file.
+    pub repo: PathBuf,
+    /// Redis URL of the online store. Without it, an in-process store is loaded from the
+    /// offline files at start-up (fine for demos and small data; nothing to install).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// Longest a request waits for the online store (e.g. `20ms`); then `on_missing` applies.
+    #[serde(default = "default_feature_timeout")]
+    pub timeout: String,
+    /// `default`: missing, stale or unavailable values get the feature's default (response
+    /// header `x-ferry-features-defaulted`); `error`: the request fails (404 missing, 503
+    /// store unavailable).
+    #[serde(default)]
+    pub on_missing: OnMissing,
+}
+
+fn default_feature_timeout() -> String {
+    DEFAULT_FEATURE_TIMEOUT.into()
+}
+
+impl FeaturesConfig {
+    pub fn timeout(&self) -> Result<std::time::Duration, ConfigError> {
+        ferry_features::parse_duration(&self.timeout)
+            .map_err(|e| ConfigError(format!("`features.timeout`: {e}")))
+    }
+}
+
+/// One business endpoint. This build serves exactly one variant per endpoint; A/B splits,
+/// sticky keys, shadows and transforms come with the endpoints issue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `[a-z0-9][a-z0-9_-]{0,62}`, the `{endpoint}` in the URL.
+    pub name: String,
+    pub variants: Vec<VariantConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantConfig {
+    pub name: String,
+    /// `name@alias` or `name@version`; loaded like the `models` list.
+    pub model: String,
+    /// Share of traffic (only one variant today, so it receives everything).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    100
 }
 
 /// A served model: a bare reference, or a reference with settings of its own.
@@ -287,6 +351,8 @@ impl ServerConfig {
             listen: default_listen(),
             registry: RegistryConfig::new(uri),
             models: Vec::new(),
+            features: None,
+            endpoints: Vec::new(),
             onnx_engine: OnnxEngine::Auto,
             onnxruntime_lib: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -309,10 +375,34 @@ impl ServerConfig {
             .map_err(|e| ConfigError(format!("invalid config {}: {e}", source.display())))
     }
 
+    /// Reads `path`; a relative `features.repo` is resolved against the file's directory.
     pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("could not read config {}: {e}", path.display())))?;
-        ServerConfig::from_yaml(&text, path)
+        let mut config = ServerConfig::from_yaml(&text, path)?;
+        if let Some(f) = &mut config.features
+            && f.repo.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            f.repo = dir.join(&f.repo);
+        }
+        Ok(config)
+    }
+
+    /// Every model to load: `models`, then endpoint variants not already listed.
+    pub fn all_model_entries(&self) -> Vec<ModelEntry> {
+        let mut out = self.models.clone();
+        for e in &self.endpoints {
+            for v in &e.variants {
+                let listed = out.iter().any(|m| {
+                    ModelRef::parse(&m.settings().model).ok() == ModelRef::parse(&v.model).ok()
+                });
+                if !listed {
+                    out.push(ModelEntry::Ref(v.model.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// Cross-field and range checks; run after flags and environment are applied.
@@ -321,8 +411,54 @@ impl ServerConfig {
         if self.registry.uri.trim().is_empty() {
             return err("`registry.uri` is empty: set it to a directory or s3://bucket/prefix (or FERRY_REGISTRY)".into());
         }
-        if self.models.is_empty() {
-            return err("`models` is empty: list at least one model to serve, e.g. `models: [churn@champion]` (or FERRY_MODELS)".into());
+        if self.models.is_empty() && self.endpoints.is_empty() {
+            return err("`models` is empty: list at least one model to serve, e.g. `models: [churn@champion]` (or FERRY_MODELS), or an endpoint".into());
+        }
+        if let Some(f) = &self.features {
+            f.timeout()?;
+            if f.repo.as_os_str().is_empty() {
+                return err(
+                    "`features.repo` is empty: set it to the feature repo file (features.yaml)"
+                        .into(),
+                );
+            }
+        }
+        let mut names = Vec::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if !ferry_registry::is_valid_name(&e.name) {
+                return err(format!(
+                    "`endpoints[{i}].name` {:?} must match [a-z0-9][a-z0-9_-]{{0,62}}",
+                    e.name
+                ));
+            }
+            if names.contains(&&e.name) {
+                return err(format!(
+                    "`endpoints[{i}].name` {:?} is listed twice",
+                    e.name
+                ));
+            }
+            names.push(&e.name);
+            if e.variants.len() != 1 {
+                return err(format!(
+                    "`endpoints[{i}].variants` has {} variants; this version serves exactly one variant per endpoint (A/B splits come later)",
+                    e.variants.len()
+                ));
+            }
+            for (j, v) in e.variants.iter().enumerate() {
+                if v.name.is_empty() {
+                    return err(format!(
+                        "`endpoints[{i}].variants[{j}].name` must not be empty"
+                    ));
+                }
+                ModelRef::parse(&v.model).map_err(|e| {
+                    ConfigError(format!("`endpoints[{i}].variants[{j}].model`: {e}"))
+                })?;
+                if v.weight == 0 {
+                    return err(format!(
+                        "`endpoints[{i}].variants[{j}].weight` must be at least 1"
+                    ));
+                }
+            }
         }
         let mut seen = Vec::new();
         for (i, entry) in self.models.iter().enumerate() {
@@ -407,6 +543,23 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_models_are_loaded_too() {
+        let cfg = parse(
+            "registry: {uri: /m}\nmodels: [risk@1]\nfeatures: {repo: f.yaml, redis: 'redis://127.0.0.1:6379', timeout: 50ms, on_missing: error}\nendpoints: [{name: risk, variants: [{name: a, model: risk@1}]}, {name: other, variants: [{name: a, model: churn@2}]}]\n",
+        )
+        .unwrap();
+        let all: Vec<String> = cfg
+            .all_model_entries()
+            .iter()
+            .map(|m| m.settings().model)
+            .collect();
+        assert_eq!(all, vec!["risk@1", "churn@2"]);
+        let f = cfg.features.unwrap();
+        assert_eq!(f.on_missing, OnMissing::Error);
+        assert_eq!(f.timeout().unwrap(), std::time::Duration::from_millis(50));
+    }
+
+    #[test]
     fn example_config_in_deploy_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ferry.example.yaml");
         let cfg = ServerConfig::load(&path).unwrap();
@@ -431,6 +584,26 @@ mod tests {
                 "`models[1]`",
             ),
             ("registry: {uri: /m}\nmodels: []\n", "`models` is empty"),
+            (
+                "registry: {uri: /m}\nendpoints: [{name: e, variants: [{name: a, model: m@1}, {name: b, model: m@2}]}]\n",
+                "`endpoints[0].variants`",
+            ),
+            (
+                "registry: {uri: /m}\nendpoints: [{name: E, variants: [{name: a, model: m@1}]}]\n",
+                "`endpoints[0].name`",
+            ),
+            (
+                "registry: {uri: /m}\nendpoints: [{name: e, variants: [{name: a, model: M}]}]\n",
+                "`endpoints[0].variants[0].model`",
+            ),
+            (
+                "registry: {uri: /m}\nmodels: [a@1]\nfeatures: {repo: f.yaml, timeout: soon}\n",
+                "`features.timeout`",
+            ),
+            (
+                "registry: {uri: /m}\nmodels: [a@1]\nfeatures: {repo: f.yaml, on_missing: ignore}\n",
+                "on_missing",
+            ),
             ("registry: {uri: ''}\nmodels: [a@1]\n", "`registry.uri`"),
             (
                 "registry: {uri: /m}\nmodels: [a@1]\nqueue_capacity: 0\n",

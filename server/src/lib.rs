@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod models;
+pub mod pipeline;
 pub mod registry_cli;
 pub mod scheduler;
 pub mod telemetry;
@@ -33,16 +34,33 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Config(String),
+    #[error("features: {0}")]
+    Features(String),
 }
 
-/// Builds the state for `config`: opens the registry and prepares (but does not load) models.
+/// Builds the state for `config`: opens the registry and the feature store (Redis connects
+/// lazily; the in-process store loads the offline files now) and prepares (but does not load)
+/// models.
 pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> {
     let registry = Registry::open(&config.registry.options()).await?;
     let metrics = Metrics::new();
     let models = Arc::new(ModelManager::new(registry, config.clone(), metrics.clone()));
     let admin_token = http::control::AdminToken::from_config(config)?;
+    let features = match &config.features {
+        Some(f) => Some(Arc::new(
+            pipeline::open_features(f).map_err(ServeError::Features)?,
+        )),
+        None => None,
+    };
+    let pipeline = Arc::new(pipeline::Pipeline::new(
+        models.clone(),
+        features,
+        &config.endpoints,
+        metrics.clone(),
+    ));
     Ok(AppState {
         models,
+        pipeline,
         metrics,
         max_body_bytes: config.max_body_bytes,
         shutting_down: Arc::new(AtomicBool::new(false)),

@@ -1,8 +1,15 @@
 use anyhow::Context;
 use clap::Parser;
+use ferry_features::FeatureRepo;
+use ferry_features::materialize::{MaterializeOptions, Progress, materialize_view};
+use ferry_features::online::{MemoryStore, OnlineStore, RedisStore, RowKey};
 use ferry_runtimes::OnnxEngine;
-use ferry_server::cli::{Cli, Command, EngineArg, LogFormat, ServeArgs};
-use ferry_server::config::{ModelEntry, ServerConfig};
+use ferry_server::cli::{
+    Cli, Command, EngineArg, FeaturesArgs, FeaturesCommand, LogFormat, ServeArgs,
+};
+use ferry_server::config::{FeaturesConfig, ModelEntry, ServerConfig};
+use std::io::IsTerminal;
+use std::time::Duration;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -27,6 +34,201 @@ fn main() -> anyhow::Result<()> {
                 &mut std::io::stdout(),
             ))
         }
+        Command::Features(args) => {
+            ferry_server::telemetry::init(ferry_server::cli::LogFormat::Text);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("Could not start the async runtime")?;
+            runtime.block_on(features(args))
+        }
+    }
+}
+
+/// Redis timeout for CLI jobs: generous, they move data in bulk.
+const JOB_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn features(args: FeaturesArgs) -> anyhow::Result<()> {
+    let section = match &args.config {
+        Some(path) => ServerConfig::load(path)?.features,
+        None => None,
+    };
+    let repo_path = args
+        .repo
+        .clone()
+        .or_else(|| section.as_ref().map(|f| f.repo.clone()))
+        .context("No feature repo: pass --features FILE (or FERRY_FEATURES), or --config with a `features` section")?;
+    let redis_url = args
+        .redis
+        .clone()
+        .or_else(|| section.as_ref().and_then(|f| f.redis.clone()));
+    let repo = FeatureRepo::load(&repo_path)?;
+    match args.command {
+        FeaturesCommand::Materialize {
+            view,
+            full,
+            batch_rows,
+        } => {
+            let url = redis_url.context(
+                "materialize writes to Redis: pass --redis URL (or FERRY_REDIS, or `features.redis`)",
+            )?;
+            let store = RedisStore::connect(&url, JOB_TIMEOUT)
+                .await
+                .context("Could not connect to Redis")?;
+            let views: Vec<_> = match &view {
+                Some(name) => vec![
+                    repo.view(name)
+                        .with_context(|| format!("No view `{name}` in {}", repo_path.display()))?
+                        .clone(),
+                ],
+                None => repo.views.clone(),
+            };
+            let options = MaterializeOptions {
+                full,
+                batch_rows: batch_rows.max(1),
+            };
+            let progress = Bar::new();
+            for v in &views {
+                let r = materialize_view(&repo, v, &store, &options, &progress)
+                    .await
+                    .with_context(|| format!("Could not materialize view `{}`", v.name))?;
+                println!(
+                    "view {}: {} of {} files read, {} rows read ({} skipped: null key or time), {} keys written, {} not newer; {:.2} s, {:.0} rows/s",
+                    r.view,
+                    r.files_read,
+                    r.files_total,
+                    r.rows_read,
+                    r.rows_skipped,
+                    r.keys_written,
+                    r.keys_not_newer,
+                    r.seconds,
+                    r.rows_per_second()
+                );
+            }
+            Ok(())
+        }
+        FeaturesCommand::Get { view, key } => {
+            let vi = repo.view_index(&view)?;
+            let v = &repo.views[vi];
+            let online_key = repo.online_key(v, &key);
+            let row = match &redis_url {
+                Some(url) => {
+                    let store = RedisStore::connect(url, JOB_TIMEOUT)
+                        .await
+                        .context("Could not connect to Redis")?;
+                    let keys = [RowKey {
+                        view: vi,
+                        key: key.clone(),
+                    }];
+                    store.get_many(&repo, &keys).await?.pop().flatten()
+                }
+                None => {
+                    let store = MemoryStore::load(&repo)?;
+                    let keys = [RowKey {
+                        view: vi,
+                        key: key.clone(),
+                    }];
+                    store.get_many(&repo, &keys).await?.pop().flatten()
+                }
+            };
+            let Some(row) = row else {
+                anyhow::bail!(
+                    "No online values for `{key}` in view `{view}` (key {online_key}, {})",
+                    if redis_url.is_some() {
+                        "Redis"
+                    } else {
+                        "offline files"
+                    }
+                );
+            };
+            let values: serde_json::Map<String, serde_json::Value> = v
+                .features
+                .iter()
+                .zip(&row.values)
+                .map(|(f, x)| {
+                    (
+                        f.name.clone(),
+                        x.as_ref()
+                            .map(|x| x.to_json())
+                            .unwrap_or(serde_json::Value::Null),
+                    )
+                })
+                .collect();
+            let stale = v.ttl.is_some_and(|ttl| {
+                ferry_features::online::now_ms() - row.ts_ms > ttl.as_millis() as i64
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "key": online_key,
+                    "_ts": row.ts_ms,
+                    "stale": stale,
+                    "values": values,
+                }))?
+            );
+            Ok(())
+        }
+        FeaturesCommand::Export {
+            entities,
+            out,
+            features,
+            timestamp_column,
+            no_defaults,
+        } => {
+            let options = ferry_features::pit::ExportOptions {
+                features,
+                timestamp_column,
+                no_defaults,
+            };
+            let report = tokio::task::spawn_blocking(move || {
+                ferry_features::pit::export(&repo, &entities, &out, &options).map(|r| (r, out))
+            })
+            .await
+            .context("The export task failed")??;
+            let (r, out) = report;
+            println!(
+                "wrote {} rows × {} features to {} ({} values missing or stale at their row's time)",
+                r.rows,
+                r.features.len(),
+                out.display(),
+                r.missing
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A progress bar on a terminal; silent otherwise.
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new() -> Bar {
+        let bar = if std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::new(0)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        Bar(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, view: &str, rows: u64) {
+        self.0.reset();
+        self.0.set_length(rows);
+        self.0.set_position(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} rows ({per_sec}, eta {eta})",
+        ) {
+            self.0.set_style(style.progress_chars("=> "));
+        }
+        self.0.set_message(view.to_string());
+    }
+    fn advance(&self, rows: u64) {
+        self.0.inc(rows);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
     }
 }
 
@@ -94,6 +296,22 @@ fn apply_overrides(config: &mut ServerConfig, args: &ServeArgs) {
     }
     if let Some(n) = args.intra_op_threads {
         config.intra_op_threads = n;
+    }
+    if let Some(repo) = &args.features_repo {
+        match &mut config.features {
+            Some(f) => f.repo = repo.clone(),
+            None => {
+                config.features = Some(FeaturesConfig {
+                    repo: repo.clone(),
+                    redis: None,
+                    timeout: ferry_server::config::DEFAULT_FEATURE_TIMEOUT.into(),
+                    on_missing: Default::default(),
+                })
+            }
+        }
+    }
+    if let (Some(url), Some(f)) = (&args.redis, &mut config.features) {
+        f.redis = Some(url.clone());
     }
 }
 

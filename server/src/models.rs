@@ -139,7 +139,7 @@ impl ModelManager {
     pub fn new(registry: Registry, config: ServerConfig, metrics: Metrics) -> ModelManager {
         let mut slots: BTreeMap<String, ModelSlot> = BTreeMap::new();
         let mut served = Vec::new();
-        for entry in &config.models {
+        for entry in &config.all_model_entries() {
             let settings = entry.settings();
             if let Ok(model) = ModelRef::parse(&settings.model) {
                 let slot = slots.entry(model.name.clone()).or_default();
@@ -658,6 +658,24 @@ impl ModelManager {
                 name: name.to_string(),
                 version: Some(version),
                 reason: "it is still loading".into(),
+            }),
+        }
+    }
+
+    /// The version a configured reference resolved to (endpoint variants use this).
+    pub fn lookup_ref(&self, model: &ModelRef) -> Result<Arc<LoadedModel>, LookupError> {
+        let version = self
+            .read()
+            .get(&model.name)
+            .and_then(|slot| slot.refs.get(&model.to_string()).copied());
+        match version {
+            Some(v) => self.lookup(&model.name, Some(&v.to_string())),
+            None => self.lookup(&model.name, None).and_then(|m| {
+                Err(LookupError::NotReady {
+                    name: m.name.clone(),
+                    version: None,
+                    reason: format!("reference {model} is still being resolved"),
+                })
             }),
         }
     }

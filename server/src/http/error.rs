@@ -2,9 +2,11 @@
 //! stable `error_type` used in logs and `ferry_request_errors_total`.
 
 use crate::models::LookupError;
+use crate::pipeline::PredictError;
 use crate::scheduler::ScheduleError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use ferry_features::FeatureError;
 use ferry_runtimes::{InputError, RuntimeError};
 
 /// Seconds a client should wait before retrying a 429 or 503.
@@ -30,6 +32,14 @@ pub enum ApiError {
         "request body is larger than the limit of {limit} bytes; send less data per request or raise `max_body_bytes`"
     )]
     PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UnknownEndpoint(String),
+    /// `on_missing: error` and an entity had no (fresh) feature values.
+    #[error("{0}")]
+    FeaturesMissing(String),
+    /// `on_missing: error` and the online store did not answer within `features.timeout`.
+    #[error("{0}")]
+    FeatureStoreUnavailable(String),
     #[error("{0}")]
     ModelNotReady(String),
     #[error("{0}; retry after {RETRY_AFTER_SECONDS} s")]
@@ -63,6 +73,8 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::InvalidInput(_) => StatusCode::BAD_REQUEST,
             ApiError::UnknownModel(_)
             | ApiError::UnknownVersion(_)
+            | ApiError::UnknownEndpoint(_)
+            | ApiError::FeaturesMissing(_)
             | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -70,6 +82,7 @@ impl ApiError {
             ApiError::ModelNotReady(_)
             | ApiError::ShuttingDown
             | ApiError::DeadlineExceeded(_)
+            | ApiError::FeatureStoreUnavailable(_)
             | ApiError::RegistryUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::LoadFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -87,6 +100,9 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => "route_not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnknownEndpoint(_) => "unknown_endpoint",
+            ApiError::FeaturesMissing(_) => "features_missing",
+            ApiError::FeatureStoreUnavailable(_) => "feature_store_unavailable",
             ApiError::ModelNotReady(_) => "model_not_ready",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::ShuttingDown => "shutting_down",
@@ -175,6 +191,37 @@ impl From<ScheduleError> for ApiError {
             ScheduleError::DeadlineExceeded { .. } => ApiError::DeadlineExceeded(e.to_string()),
             ScheduleError::Closed { .. } => ApiError::ModelNotReady(e.to_string()),
             ScheduleError::Runtime(e) => e.into(),
+        }
+    }
+}
+
+impl From<FeatureError> for ApiError {
+    fn from(e: FeatureError) -> Self {
+        match e {
+            FeatureError::UnknownFeature(_) => ApiError::BadRequest(e.to_string()),
+            FeatureError::InvalidRow(_) => ApiError::InvalidInput(e.to_string()),
+            FeatureError::Missing(_) => ApiError::FeaturesMissing(e.to_string()),
+            FeatureError::Unavailable(_) => ApiError::FeatureStoreUnavailable(e.to_string()),
+            // A model whose `features` section does not fit the repo, unreadable offline data:
+            // deployment faults, not client mistakes.
+            FeatureError::Plan(_)
+            | FeatureError::Repo { .. }
+            | FeatureError::Offline { .. }
+            | FeatureError::Write(_)
+            | FeatureError::Io(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<PredictError> for ApiError {
+    fn from(e: PredictError) -> Self {
+        match e {
+            PredictError::UnknownEndpoint { .. } => ApiError::UnknownEndpoint(e.to_string()),
+            PredictError::Lookup(e) => e.into(),
+            PredictError::Features(e) => e.into(),
+            PredictError::Schedule(e) => e.into(),
+            PredictError::Input(e) => e,
+            PredictError::Misconfigured(m) => ApiError::Internal(m),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! become responses in `error.rs` alone.
 
 pub mod control;
+pub mod endpoints;
 pub mod error;
 pub mod oip;
 mod oip_v2;
@@ -9,6 +10,7 @@ mod openapi;
 pub mod v1;
 
 use crate::models::ModelManager;
+use crate::pipeline::Pipeline;
 use crate::telemetry::metrics::Metrics;
 use axum::Router;
 use axum::body::Body;
@@ -33,6 +35,8 @@ const MAX_TIMEOUT_MS: u64 = 600_000;
 #[derive(Clone)]
 pub struct AppState {
     pub models: Arc<ModelManager>,
+    /// resolve variant → features → model, for business endpoints.
+    pub pipeline: Arc<Pipeline>,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
     /// Set when shutdown begins: readiness turns false so load balancers stop sending.
@@ -75,6 +79,8 @@ pub fn app(state: AppState) -> Router {
         )
         // `{model}:predict` is one path segment: the handler splits off the verb.
         .route("/v1/models/{model_verb}", post(oip_v2::v1_predict))
+        .route("/v1/endpoints/{endpoint}/predict", post(endpoints::predict))
+        .route("/v1/features", post(endpoints::features))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::openapi))
         .fallback(route_not_found)

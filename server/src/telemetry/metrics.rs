@@ -40,6 +40,12 @@ pub struct Metrics {
     pub model_ready: IntGaugeVec,
     /// HTTP responses by matched route and status code.
     pub http_responses: IntCounterVec,
+    /// Endpoint requests by endpoint, variant, model and version.
+    pub endpoint_requests: IntCounterVec,
+    /// Feature values looked up, by view and status (present, missing, stale, unavailable).
+    pub feature_values: IntCounterVec,
+    /// Feature values served as defaults (missing, stale or store unavailable), by endpoint.
+    pub features_defaulted: IntCounterVec,
 }
 
 impl Metrics {
@@ -91,7 +97,7 @@ impl Metrics {
             ),
             stage_duration: histogram(
                 "ferry_stage_duration_seconds",
-                "Time spent in one pipeline stage (queue, infer).",
+                "Time spent in one pipeline stage (features, queue, infer).",
                 &["model", "version", "stage"],
                 LATENCY_BUCKETS,
             ),
@@ -135,6 +141,21 @@ impl Metrics {
                 "ferry_http_responses_total",
                 "HTTP responses by route and status code.",
                 &["route", "status"],
+            ),
+            endpoint_requests: counter(
+                "ferry_endpoint_requests_total",
+                "Endpoint predict requests that succeeded.",
+                &["endpoint", "variant", "model", "version"],
+            ),
+            feature_values: counter(
+                "ferry_feature_values_total",
+                "Feature values looked up at serving time, by view and status.",
+                &["view", "status"],
+            ),
+            features_defaulted: counter(
+                "ferry_features_defaulted_total",
+                "Feature values replaced by their default (missing, stale, or store unavailable).",
+                &["endpoint"],
             ),
             registry,
         }

@@ -1,0 +1,303 @@
+//! The serving join: a model manifest's `features` section (entity + columns) turns request
+//! rows into a row-major numeric matrix in the declared column order. A pipeline stage used by
+//! business endpoints (and, later, batch mode).
+
+use crate::FeatureError;
+use crate::online::{FeatureTable, OnlineFeatures};
+use crate::repo::{FeatureRef, FeatureRepo};
+use serde_json::{Map, Value};
+
+/// The prefix of columns taken from the request row itself.
+pub const REQUEST_PREFIX: &str = "request.";
+
+#[derive(Debug, Clone, PartialEq)]
+enum Column {
+    /// Index into `JoinPlan::refs`.
+    Feature(usize),
+    Request(String),
+}
+
+/// A validated `features` section: built once per model version, reused per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinPlan {
+    /// The request field holding the entity key (the entity's join key).
+    pub join_key: String,
+    columns: Vec<Column>,
+    /// Distinct feature refs, in first-use order.
+    pub refs: Vec<FeatureRef>,
+}
+
+/// The joined rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Joined {
+    /// `rows × columns` values, row-major; a missing value without a default is NaN.
+    pub matrix: Vec<f64>,
+    pub columns: usize,
+    pub table: Option<FeatureTable>,
+}
+
+impl JoinPlan {
+    /// `entity` is an entity name or its join key; `columns` are `view.feature` or
+    /// `request.<field>`. Every view used must be keyed by that entity, and feature values must
+    /// be numeric (they become model inputs).
+    pub fn new(
+        repo: &FeatureRepo,
+        entity: &str,
+        columns: &[String],
+    ) -> Result<JoinPlan, FeatureError> {
+        let plan_err = |m: String| FeatureError::Plan(format!("model `features`: {m}"));
+        let ent = repo
+            .entities
+            .iter()
+            .find(|e| e.name == entity || e.join_key == entity)
+            .ok_or_else(|| {
+                plan_err(format!(
+                    "`entity` {entity:?} is not an entity or join key of the feature repo ({:?})",
+                    repo.entities
+                        .iter()
+                        .map(|e| &e.join_key)
+                        .collect::<Vec<_>>()
+                ))
+            })?;
+        if columns.is_empty() {
+            return Err(plan_err("`columns` is empty".into()));
+        }
+        let mut plan = JoinPlan {
+            join_key: ent.join_key.clone(),
+            columns: Vec::with_capacity(columns.len()),
+            refs: Vec::new(),
+        };
+        for (i, c) in columns.iter().enumerate() {
+            if let Some(field) = c.strip_prefix(REQUEST_PREFIX) {
+                if field.is_empty() {
+                    return Err(plan_err(format!("`columns[{i}]` names no request field")));
+                }
+                plan.columns.push(Column::Request(field.to_string()));
+                continue;
+            }
+            let r = repo
+                .resolve(c)
+                .map_err(|e| plan_err(format!("`columns[{i}]`: {e}")))?;
+            let view = &repo.views[r.view];
+            if view.entity.name != ent.name {
+                return Err(plan_err(format!(
+                    "`columns[{i}]` {c:?} belongs to view `{}` keyed by entity `{}`, but the model's entity is `{}`",
+                    view.name, view.entity.name, ent.name
+                )));
+            }
+            if !repo.feature(r).dtype.is_numeric() {
+                return Err(plan_err(format!(
+                    "`columns[{i}]` {c:?} is a string feature; model inputs must be numeric"
+                )));
+            }
+            let k = match plan.refs.iter().position(|x| *x == r) {
+                Some(k) => k,
+                None => {
+                    plan.refs.push(r);
+                    plan.refs.len() - 1
+                }
+            };
+            plan.columns.push(Column::Feature(k));
+        }
+        Ok(plan)
+    }
+
+    pub fn width(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// The entity key of each row (strings as-is, integers in decimal).
+    pub fn entity_keys(&self, rows: &[Map<String, Value>]) -> Result<Vec<String>, FeatureError> {
+        rows.iter()
+            .enumerate()
+            .map(|(i, row)| match row.get(&self.join_key) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+                Some(other) => Err(FeatureError::InvalidRow(format!(
+                    "instances[{i}].{} must be a string or integer entity key, got {other}",
+                    self.join_key
+                ))),
+                None => Err(FeatureError::InvalidRow(format!(
+                    "instances[{i}] has no `{}` (the entity key the model's features are looked up by)",
+                    self.join_key
+                ))),
+            })
+            .collect()
+    }
+
+    /// Looks up the features of every row in one store call and assembles the matrix.
+    pub async fn join(
+        &self,
+        online: &OnlineFeatures,
+        rows: &[Map<String, Value>],
+    ) -> Result<Joined, FeatureError> {
+        let keys = self.entity_keys(rows)?;
+        // Request fields are checked before the store is asked: a client mistake costs no I/O.
+        let mut matrix = vec![f64::NAN; rows.len() * self.columns.len()];
+        for (i, row) in rows.iter().enumerate() {
+            for (j, c) in self.columns.iter().enumerate() {
+                if let Column::Request(field) = c {
+                    matrix[i * self.columns.len() + j] = request_number(row, field, i)?;
+                }
+            }
+        }
+        let table = if self.refs.is_empty() {
+            None
+        } else {
+            let table = online.lookup(&keys, &self.refs).await?;
+            for (i, cells) in table.cells.iter().enumerate() {
+                for (j, c) in self.columns.iter().enumerate() {
+                    if let Column::Feature(k) = c {
+                        matrix[i * self.columns.len() + j] = cells[*k]
+                            .value
+                            .as_ref()
+                            .and_then(|v| v.as_f64())
+                            .unwrap_or(f64::NAN);
+                    }
+                }
+            }
+            Some(table)
+        };
+        Ok(Joined {
+            matrix,
+            columns: self.columns.len(),
+            table,
+        })
+    }
+}
+
+fn request_number(row: &Map<String, Value>, field: &str, i: usize) -> Result<f64, FeatureError> {
+    match row.get(field) {
+        Some(Value::Number(n)) => n.as_f64().ok_or_else(|| {
+            FeatureError::InvalidRow(format!("instances[{i}].{field} is not a finite number"))
+        }),
+        Some(Value::Bool(b)) => Ok(if *b { 1.0 } else { 0.0 }),
+        Some(other) => Err(FeatureError::InvalidRow(format!(
+            "instances[{i}].{field} must be a number, got {other}"
+        ))),
+        None => Err(FeatureError::InvalidRow(format!(
+            "instances[{i}] has no `{field}` (the model reads column `request.{field}`)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::online::{MemoryStore, OnMissing, Status};
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const REPO: &str = r#"
+project: shop
+entities:
+  - {name: user, join_key: user_id}
+  - {name: shop, join_key: shop_id}
+views:
+  - name: user_stats
+    entity: user
+    features:
+      - {name: visits_7d, dtype: float32, default: 0}
+      - {name: spend_30d, dtype: float64, default: -1}
+      - {name: country, dtype: string}
+    source: {path: none.parquet}
+  - name: shop_stats
+    entity: shop
+    features: [{name: rating, dtype: float32}]
+    source: {path: none.parquet}
+"#;
+
+    fn repo() -> FeatureRepo {
+        FeatureRepo::parse(REPO, Path::new("features.yaml")).unwrap()
+    }
+
+    fn rows(json: &str) -> Vec<Map<String, Value>> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn plans_are_validated() {
+        let r = repo();
+        let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let plan = JoinPlan::new(
+            &r,
+            "user_id",
+            &cols(&["user_stats.visits_7d", "request.amount"]),
+        );
+        assert_eq!(plan.unwrap().width(), 2);
+        for (entity, columns, needle) in [
+            ("nobody", vec!["request.a"], "`entity`"),
+            ("user", vec!["user_stats.country"], "string feature"),
+            ("user", vec!["shop_stats.rating"], "keyed by entity `shop`"),
+            ("user", vec!["user_stats.nope"], "`columns[0]`"),
+            ("user", vec!["request."], "`columns[0]`"),
+        ] {
+            let e = JoinPlan::new(&r, entity, &cols(&columns))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn joins_in_column_order_with_defaults() {
+        let r = Arc::new(repo());
+        let mut store = MemoryStore::default();
+        store.insert(
+            crate::online::RowKey {
+                view: 0,
+                key: "u1".into(),
+            },
+            crate::online::StoredRow {
+                ts_ms: crate::online::now_ms(),
+                values: vec![
+                    Some(crate::FeatureValue::Float(3.0)),
+                    Some(crate::FeatureValue::Float(7.5)),
+                    None,
+                ],
+            },
+        );
+        let online = OnlineFeatures {
+            repo: r.clone(),
+            store: Arc::new(store),
+            timeout: Duration::from_secs(1),
+            on_missing: OnMissing::Default,
+        };
+        let columns: Vec<String> = [
+            "request.amount",
+            "user_stats.spend_30d",
+            "user_stats.visits_7d",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let plan = JoinPlan::new(&r, "user", &columns).unwrap();
+        let joined = plan
+            .join(
+                &online,
+                &rows(r#"[{"user_id": "u1", "amount": 2}, {"user_id": "u9", "amount": 1.5}]"#),
+            )
+            .await
+            .unwrap();
+        assert_eq!(joined.matrix, vec![2.0, 7.5, 3.0, 1.5, -1.0, 0.0]);
+        let table = joined.table.unwrap();
+        assert_eq!(table.defaulted, 2);
+        assert_eq!(table.cells[1][0].status, Status::Missing);
+
+        let strict = OnlineFeatures {
+            on_missing: OnMissing::Error,
+            ..online
+        };
+        let e = plan
+            .join(&strict, &rows(r#"[{"user_id": "u9", "amount": 1}]"#))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, FeatureError::Missing(_)), "{e}");
+        let e = plan
+            .join(&strict, &rows(r#"[{"user_id": "u1"}]"#))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no `amount`"), "{e}");
+    }
+}

@@ -1,0 +1,64 @@
+//! An in-process online store holding the newest row per (view, entity), loaded from the
+//! offline files. Serves the embedded demo and single-node setups without Redis.
+
+use super::{BoxFuture, OnlineStore, RowKey, StoredRow};
+use crate::FeatureError;
+use crate::offline::read_all;
+use crate::repo::FeatureRepo;
+use std::collections::HashMap;
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    rows: HashMap<RowKey, StoredRow>,
+}
+
+impl MemoryStore {
+    /// Reads every view's offline files and keeps the newest row per entity (a row replaces
+    /// another only if its event time is strictly newer, as in Redis materialization).
+    pub fn load(repo: &FeatureRepo) -> Result<MemoryStore, FeatureError> {
+        let mut store = MemoryStore::default();
+        for (vi, view) in repo.views.iter().enumerate() {
+            let batch = read_all(view)?;
+            for (row, key) in batch.keys.iter().enumerate() {
+                let ts = batch.ts_ms[row];
+                let slot = RowKey {
+                    view: vi,
+                    key: key.clone(),
+                };
+                if store.rows.get(&slot).is_some_and(|s| s.ts_ms >= ts) {
+                    continue;
+                }
+                let values = batch.values.iter().map(|col| col[row].clone()).collect();
+                store.rows.insert(slot, StoredRow { ts_ms: ts, values });
+            }
+        }
+        Ok(store)
+    }
+
+    /// Puts one row in the store (replacing what was there).
+    pub fn insert(&mut self, key: RowKey, row: StoredRow) {
+        self.rows.insert(key, row);
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+impl OnlineStore for MemoryStore {
+    fn get_many<'a>(
+        &'a self,
+        _repo: &'a FeatureRepo,
+        keys: &'a [RowKey],
+    ) -> BoxFuture<'a, Result<Vec<Option<StoredRow>>, FeatureError>> {
+        Box::pin(async move { Ok(keys.iter().map(|k| self.rows.get(k).cloned()).collect()) })
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}

@@ -1,0 +1,448 @@
+//! The feature repo (`features.yaml`): project namespace, entities, views with typed features,
+//! defaults, TTL and offline source. One definition read by materialization, serving and
+//! point-in-time export alike.
+
+use crate::FeatureError;
+use crate::value::{FeatureType, FeatureValue};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepoFile {
+    project: String,
+    entities: Vec<Entity>,
+    views: Vec<ViewFile>,
+}
+
+/// A thing features describe (a user, a merchant), identified by its join key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entity {
+    pub name: String,
+    /// The column (offline) and request field (online) holding the entity key.
+    pub join_key: String,
+    /// `string` or `int64`; keys are compared as their decimal/string form.
+    #[serde(default = "default_key_dtype")]
+    pub dtype: String,
+}
+
+fn default_key_dtype() -> String {
+    "string".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ViewFile {
+    name: String,
+    entity: String,
+    #[serde(default)]
+    ttl: Option<String>,
+    features: Vec<FeatureFile>,
+    source: SourceFile,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeatureFile {
+    name: String,
+    dtype: String,
+    #[serde(default)]
+    default: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceFile {
+    path: String,
+    #[serde(default = "default_format")]
+    format: String,
+    #[serde(default = "default_timestamp")]
+    timestamp: String,
+}
+
+fn default_format() -> String {
+    "parquet".into()
+}
+fn default_timestamp() -> String {
+    "event_ts".into()
+}
+
+/// One typed feature of a view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feature {
+    pub name: String,
+    pub dtype: FeatureType,
+    /// Used when the value is missing or stale (and `on_missing: default`); `None` = null.
+    pub default: Option<FeatureValue>,
+}
+
+/// Where a view's offline rows live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    /// As written in the repo (`s3://…` or a path relative to the repo file).
+    pub path: String,
+    /// `path` resolved against the repo file's directory (local sources only).
+    pub resolved: PathBuf,
+    /// Event-time column (Timestamp of any unit, or Int64 Unix milliseconds).
+    pub timestamp: String,
+}
+
+/// A feature view: features of one entity, materialized together into one Redis hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct View {
+    pub name: String,
+    pub entity: Entity,
+    /// Values older than this (event time) count as missing.
+    pub ttl: Option<Duration>,
+    pub features: Vec<Feature>,
+    pub source: Source,
+}
+
+impl View {
+    pub fn feature_index(&self, name: &str) -> Option<usize> {
+        self.features.iter().position(|f| f.name == name)
+    }
+}
+
+/// A validated `features.yaml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureRepo {
+    pub project: String,
+    pub entities: Vec<Entity>,
+    pub views: Vec<View>,
+    /// The file it was read from (for messages).
+    pub path: PathBuf,
+}
+
+/// `view.feature`, resolved against a repo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FeatureRef {
+    pub view: usize,
+    pub feature: usize,
+}
+
+/// `[a-z0-9_][a-z0-9_-]*` up to 63 bytes: names that are safe in Redis keys and paths.
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Parses `20ms`, `1.5s`, `30s`, `5m`, `2h`, `7d` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; use e.g. 20ms, 30s, 5m, 2h or 7d"))?;
+    let seconds = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        other => {
+            return Err(format!(
+                "{text:?} has unknown unit {other:?}; use ms, s, m, h or d"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("{text:?} must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+impl FeatureRepo {
+    pub fn load(path: &Path) -> Result<FeatureRepo, FeatureError> {
+        let text = std::fs::read_to_string(path).map_err(|e| FeatureError::Repo {
+            path: path.display().to_string(),
+            message: format!("could not read it: {e}"),
+        })?;
+        FeatureRepo::parse(&text, path)
+    }
+
+    /// Parses and validates; relative source paths resolve against `path`'s directory.
+    pub fn parse(text: &str, path: &Path) -> Result<FeatureRepo, FeatureError> {
+        let err = |message: String| FeatureError::Repo {
+            path: path.display().to_string(),
+            message,
+        };
+        let file: RepoFile = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if !is_valid_name(&file.project) {
+            return Err(err(format!(
+                "`project` {:?} must match [a-z0-9_-]{{1,63}} (it is part of every Redis key)",
+                file.project
+            )));
+        }
+        let mut seen = HashSet::new();
+        for (i, e) in file.entities.iter().enumerate() {
+            if e.name.is_empty() || !seen.insert(e.name.as_str()) {
+                return Err(err(format!(
+                    "`entities[{i}].name` {:?} is empty or defined twice",
+                    e.name
+                )));
+            }
+            if e.join_key.is_empty() {
+                return Err(err(format!("`entities[{i}].join_key` must not be empty")));
+            }
+            if e.dtype != "string" && e.dtype != "int64" {
+                return Err(err(format!(
+                    "`entities[{i}].dtype` is {:?}; use string or int64",
+                    e.dtype
+                )));
+            }
+        }
+        if file.views.is_empty() {
+            return Err(err("`views` must list at least one view".into()));
+        }
+        let mut views = Vec::with_capacity(file.views.len());
+        let mut view_names = HashSet::new();
+        for (i, v) in file.views.iter().enumerate() {
+            let key = format!("views[{i}]");
+            if !is_valid_name(&v.name) || !view_names.insert(v.name.as_str()) {
+                return Err(err(format!(
+                    "`{key}.name` {:?} must match [a-z0-9_-]{{1,63}} and be unique",
+                    v.name
+                )));
+            }
+            let entity = file
+                .entities
+                .iter()
+                .find(|e| e.name == v.entity)
+                .ok_or_else(|| {
+                    err(format!(
+                        "`{key}.entity` {:?} is not one of `entities` ({:?})",
+                        v.entity,
+                        file.entities.iter().map(|e| &e.name).collect::<Vec<_>>()
+                    ))
+                })?
+                .clone();
+            let ttl = v
+                .ttl
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .map_err(|e| err(format!("`{key}.ttl`: {e}")))?;
+            if v.features.is_empty() {
+                return Err(err(format!(
+                    "`{key}.features` must list at least one feature"
+                )));
+            }
+            let mut names = HashSet::new();
+            let mut features = Vec::with_capacity(v.features.len());
+            for (j, f) in v.features.iter().enumerate() {
+                let fkey = format!("{key}.features[{j}]");
+                if f.name.is_empty() || f.name.starts_with('_') || !names.insert(f.name.as_str()) {
+                    return Err(err(format!(
+                        "`{fkey}.name` {:?} must be non-empty, unique in the view, and not start with `_` (reserved for `_ts`)",
+                        f.name
+                    )));
+                }
+                let dtype = FeatureType::parse(&f.dtype).ok_or_else(|| {
+                    err(format!(
+                        "`{fkey}.dtype` is {:?}; use one of float32, float64, int32, int64, bool, string",
+                        f.dtype
+                    ))
+                })?;
+                let default = match &f.default {
+                    None | Some(serde_yaml::Value::Null) => None,
+                    Some(value) => Some(
+                        FeatureValue::from_yaml(dtype, value)
+                            .map_err(|e| err(format!("`{fkey}.default`: {e}")))?,
+                    ),
+                };
+                features.push(Feature {
+                    name: f.name.clone(),
+                    dtype,
+                    default,
+                });
+            }
+            if v.source.format != "parquet" {
+                return Err(err(format!(
+                    "`{key}.source.format` is {:?}; only parquet is supported",
+                    v.source.format
+                )));
+            }
+            if v.source.path.is_empty() {
+                return Err(err(format!("`{key}.source.path` must not be empty")));
+            }
+            if v.source.timestamp.is_empty() {
+                return Err(err(format!("`{key}.source.timestamp` must not be empty")));
+            }
+            let raw = v
+                .source
+                .path
+                .strip_prefix("file://")
+                .unwrap_or(&v.source.path);
+            let resolved = if raw.contains("://") {
+                PathBuf::from(raw)
+            } else {
+                base.join(raw)
+            };
+            views.push(View {
+                name: v.name.clone(),
+                entity,
+                ttl,
+                features,
+                source: Source {
+                    path: v.source.path.clone(),
+                    resolved,
+                    timestamp: v.source.timestamp.clone(),
+                },
+            });
+        }
+        Ok(FeatureRepo {
+            project: file.project,
+            entities: file.entities,
+            views,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn view(&self, name: &str) -> Option<&View> {
+        self.views.iter().find(|v| v.name == name)
+    }
+
+    pub fn view_index(&self, name: &str) -> Result<usize, FeatureError> {
+        self.views
+            .iter()
+            .position(|v| v.name == name)
+            .ok_or_else(|| {
+                FeatureError::UnknownFeature(format!(
+                    "unknown feature view `{name}`; views in {}: {:?}",
+                    self.path.display(),
+                    self.views.iter().map(|v| &v.name).collect::<Vec<_>>()
+                ))
+            })
+    }
+
+    /// Resolves `view.feature`.
+    pub fn resolve(&self, reference: &str) -> Result<FeatureRef, FeatureError> {
+        let (view, feature) = reference.split_once('.').ok_or_else(|| {
+            FeatureError::UnknownFeature(format!(
+                "feature reference {reference:?} must be `view.feature`"
+            ))
+        })?;
+        let vi = self.view_index(view)?;
+        let fi = self.views[vi].feature_index(feature).ok_or_else(|| {
+            FeatureError::UnknownFeature(format!(
+                "view `{view}` has no feature `{feature}`; its features: {:?}",
+                self.views[vi]
+                    .features
+                    .iter()
+                    .map(|f| &f.name)
+                    .collect::<Vec<_>>()
+            ))
+        })?;
+        Ok(FeatureRef {
+            view: vi,
+            feature: fi,
+        })
+    }
+
+    pub fn feature(&self, r: FeatureRef) -> &Feature {
+        &self.views[r.view].features[r.feature]
+    }
+
+    pub fn ref_name(&self, r: FeatureRef) -> String {
+        format!("{}.{}", self.views[r.view].name, self.feature(r).name)
+    }
+
+    /// The Redis key of one (view, entity key): `ferry:<project>:<view>:<entity key>`.
+    pub fn online_key(&self, view: &View, entity_key: &str) -> String {
+        format!("ferry:{}:{}:{entity_key}", self.project, view.name)
+    }
+
+    /// Where materialization remembers which offline files it has written.
+    pub fn watermark_key(&self, view: &View) -> String {
+        format!("ferry:{}:_watermark:{}", self.project, view.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+project: shop
+entities:
+  - {name: user, join_key: user_id, dtype: string}
+views:
+  - name: user_stats
+    entity: user
+    ttl: 7d
+    features:
+      - {name: visits_7d, dtype: float32, default: 0}
+      - {name: spend_30d, dtype: float64}
+      - {name: country, dtype: string, default: "none"}
+    source: {path: data/user_stats/, format: parquet, timestamp: event_ts}
+"#;
+
+    #[test]
+    fn parses_the_design_example() {
+        let repo = FeatureRepo::parse(GOOD, Path::new("/repo/features.yaml")).unwrap();
+        let v = &repo.views[0];
+        assert_eq!(v.ttl, Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(v.source.resolved, PathBuf::from("/repo/data/user_stats/"));
+        assert_eq!(v.features[0].default, Some(FeatureValue::Float(0.0)));
+        assert_eq!(v.features[1].default, None);
+        let r = repo.resolve("user_stats.spend_30d").unwrap();
+        assert_eq!((r.view, r.feature), (0, 1));
+        assert_eq!(repo.online_key(v, "u1"), "ferry:shop:user_stats:u1");
+        assert!(repo.resolve("user_stats.nope").is_err());
+        assert!(repo.resolve("nope.x").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("ttl: 7d", "ttl: 7 weeks", "`views[0].ttl`"),
+            (
+                "dtype: float32",
+                "dtype: float16",
+                "`views[0].features[0].dtype`",
+            ),
+            (
+                "default: 0}",
+                "default: abc}",
+                "`views[0].features[0].default`",
+            ),
+            ("entity: user\n", "entity: usr\n", "`views[0].entity`"),
+            ("project: shop", "project: Shop!", "`project`"),
+            ("format: parquet", "format: csv", "`views[0].source.format`"),
+            ("ttl: 7d", "tll: 7d", "unknown field `tll`"),
+            (
+                "name: spend_30d",
+                "name: visits_7d",
+                "`views[0].features[1].name`",
+            ),
+        ];
+        for (from, to, needle) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "{from}");
+            let e = FeatureRepo::parse(&text, Path::new("f.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("20ms").unwrap(), Duration::from_millis(20));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3w").is_err());
+    }
+}

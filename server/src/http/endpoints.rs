@@ -1,0 +1,202 @@
+//! Business endpoints (`POST /v1/endpoints/{endpoint}/predict`) and features as a service
+//! (`POST /v1/features`). Handlers decode, call the pipeline / online store, encode.
+
+use crate::http::error::ApiError;
+use crate::http::{AppState, read_body};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use ferry_features::{FeatureRef, OnMissing};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::time::Instant;
+
+pub const VARIANT_HEADER: &str = "x-ferry-variant";
+pub const VERSION_HEADER: &str = "x-ferry-model-version";
+/// Present (with the count) when some feature values were defaulted.
+pub const DEFAULTED_HEADER: &str = "x-ferry-features-defaulted";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointRequest {
+    instances: Vec<Value>,
+}
+
+pub async fn predict(
+    State(state): State<AppState>,
+    Path(endpoint): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let result: Result<Response, ApiError> = async {
+        let body = read_body(&headers, body, state.max_body_bytes).await?;
+        let request: EndpointRequest = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the request is not a valid endpoint request: {e}; expected {{\"instances\": [{{\"<entity key>\": ..., \"<field>\": ...}}, ...]}}"
+            ))
+        })?;
+        let rows = request
+            .instances
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::Object(m) => Ok(m),
+                other => Err(ApiError::InvalidInput(format!(
+                    "instances[{i}] must be an object of entity key and request fields, got {other}"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let n = rows.len();
+        let p = state.pipeline.predict(&endpoint, rows).await?;
+        let version = p.version.to_string();
+        let span = tracing::Span::current();
+        span.record("model", p.model.as_str());
+        span.record("version", version.as_str());
+        state
+            .metrics
+            .endpoint_requests
+            .with_label_values(&[&p.endpoint, &p.variant, &p.model, &version])
+            .inc();
+        state
+            .metrics
+            .request_duration
+            .with_label_values(&[&p.model, &version])
+            .observe(started.elapsed().as_secs_f64());
+        let body = json!({
+            "predictions": p.predictions,
+            "endpoint": p.endpoint,
+            "variant": p.variant,
+            "model": p.model,
+            "version": version,
+            "variants": vec![&p.variant; n],
+            "versions": vec![&version; n],
+        });
+        let mut response = Json(body).into_response();
+        let h = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&p.variant) {
+            h.insert(VARIANT_HEADER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&version) {
+            h.insert(VERSION_HEADER, v);
+        }
+        if p.defaulted > 0 {
+            h.insert(DEFAULTED_HEADER, HeaderValue::from(p.defaulted));
+        }
+        Ok(response)
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        state
+            .metrics
+            .request_errors
+            .with_label_values(&[
+                &format!("endpoint:{}", endpoint_label(&state, &endpoint)),
+                e.error_type(),
+            ])
+            .inc();
+        e.into_response()
+    })
+}
+
+/// The endpoint name if it exists (bounded label values), else `_unknown`.
+fn endpoint_label<'a>(state: &AppState, endpoint: &'a str) -> &'a str {
+    if state.pipeline.endpoint(endpoint).is_ok() {
+        endpoint
+    } else {
+        crate::telemetry::metrics::UNKNOWN_MODEL
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeaturesRequest {
+    /// `{"<join key>": [key, ...]}`.
+    entities: Map<String, Value>,
+    /// `view.feature` references.
+    features: Vec<String>,
+}
+
+pub async fn features(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let result: Result<Response, ApiError> = async {
+        let Some(online) = state.pipeline.features.clone() else {
+            return Err(ApiError::RouteNotFound {
+                method: "POST".into(),
+                path: "/v1/features (this server has no `features` config)".into(),
+            });
+        };
+        let body = read_body(&headers, body, state.max_body_bytes).await?;
+        let request: FeaturesRequest = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the request is not a valid features request: {e}; expected {{\"entities\": {{\"user_id\": [\"u1\", ...]}}, \"features\": [\"view.feature\", ...]}}"
+            ))
+        })?;
+        if request.entities.len() != 1 {
+            return Err(ApiError::BadRequest(format!(
+                "`entities` must have exactly one join key, got {:?}",
+                request.entities.keys().collect::<Vec<_>>()
+            )));
+        }
+        let (join_key, keys) = request.entities.iter().next().expect("one entry");
+        let keys: Vec<String> = keys
+            .as_array()
+            .ok_or_else(|| ApiError::BadRequest(format!("`entities.{join_key}` must be an array of keys")))?
+            .iter()
+            .map(|k| match k {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+                other => Err(ApiError::BadRequest(format!(
+                    "`entities.{join_key}` holds {other}; keys are strings or integers"
+                ))),
+            })
+            .collect::<Result<_, _>>()?;
+        if request.features.is_empty() {
+            return Err(ApiError::BadRequest("`features` is empty: list `view.feature` references".into()));
+        }
+        let refs: Vec<FeatureRef> = request
+            .features
+            .iter()
+            .map(|r| online.repo.resolve(r))
+            .collect::<Result<_, _>>()?;
+        for (r, name) in refs.iter().zip(&request.features) {
+            let view = &online.repo.views[r.view];
+            if &view.entity.join_key != join_key {
+                return Err(ApiError::BadRequest(format!(
+                    "feature {name:?} is keyed by `{}`, not `{join_key}`; ask for one entity's features per request",
+                    view.entity.join_key
+                )));
+            }
+        }
+        // Statuses say what is missing; only an unavailable store fails (per `on_missing`).
+        let table = online.lookup_with(&keys, &refs, OnMissing::Default).await?;
+        if online.on_missing == OnMissing::Error
+            && table
+                .cells
+                .iter()
+                .flatten()
+                .any(|c| c.status == ferry_features::Status::Unavailable)
+        {
+            return Err(ApiError::FeatureStoreUnavailable(format!(
+                "the online feature store did not answer within {:?}",
+                online.timeout
+            )));
+        }
+        let results: Vec<Value> = keys
+            .iter()
+            .zip(&table.cells)
+            .map(|(k, cells)| {
+                json!({
+                    join_key.as_str(): k,
+                    "values": cells.iter().map(|c| c.value.as_ref().map(|v| v.to_json()).unwrap_or(Value::Null)).collect::<Vec<_>>(),
+                    "statuses": cells.iter().map(|c| c.status.as_str()).collect::<Vec<_>>(),
+                    "event_timestamps": cells.iter().map(|c| c.ts_ms.map(Value::from).unwrap_or(Value::Null)).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        Ok(Json(json!({ "features": request.features, "results": results })).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
