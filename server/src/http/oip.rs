@@ -6,30 +6,32 @@
 use crate::http::error::ApiError;
 use ferry_runtimes::{DataType, Tensor, TensorData, element_count};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 #[derive(Debug, Deserialize)]
-pub struct InferRequest {
+pub struct InferRequest<'a> {
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
-    pub inputs: Vec<InputWire>,
+    #[serde(borrow)]
+    pub inputs: Vec<InputWire<'a>>,
     #[serde(default)]
     pub outputs: Option<Vec<OutputWire>>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct InputWire {
+pub struct InputWire<'a> {
     pub name: String,
     pub shape: Vec<i64>,
     pub datatype: String,
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
-    #[serde(default)]
-    pub data: Option<Value>,
+    #[serde(default, borrow)]
+    pub data: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,7 +63,7 @@ pub fn split_body<'a>(
     Ok(body.split_at(n))
 }
 
-pub fn parse_request(json: &[u8]) -> Result<InferRequest, ApiError> {
+pub fn parse_request(json: &[u8]) -> Result<InferRequest<'_>, ApiError> {
     serde_json::from_slice(json).map_err(|e| {
         ApiError::BadRequest(format!(
             "the request is not a valid inference request: {e}; expected {{\"inputs\": [{{\"name\", \"shape\", \"datatype\", \"data\"}}]}}"
@@ -80,7 +82,7 @@ fn bool_param(params: &Option<Map<String, Value>>, key: &str) -> Result<Option<b
 }
 
 /// Decodes every input, consuming `binary` in input order.
-pub fn decode_inputs(request: &InferRequest, binary: &[u8]) -> Result<Vec<Tensor>, ApiError> {
+pub fn decode_inputs(request: &InferRequest<'_>, binary: &[u8]) -> Result<Vec<Tensor>, ApiError> {
     let mut offset = 0usize;
     let mut tensors = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
@@ -95,7 +97,11 @@ pub fn decode_inputs(request: &InferRequest, binary: &[u8]) -> Result<Vec<Tensor
     Ok(tensors)
 }
 
-fn decode_input(input: &InputWire, binary: &[u8], offset: &mut usize) -> Result<Tensor, ApiError> {
+fn decode_input(
+    input: &InputWire<'_>,
+    binary: &[u8],
+    offset: &mut usize,
+) -> Result<Tensor, ApiError> {
     let name = &input.name;
     let bad = |m: String| ApiError::BadRequest(format!("input `{name}`: {m}"));
     let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
@@ -154,7 +160,10 @@ fn decode_input(input: &InputWire, binary: &[u8], offset: &mut usize) -> Result<
             *offset += size;
             decode_binary(datatype, bytes, count).map_err(bad)?
         }
-        (None, Some(data)) => decode_json(datatype, data, count).map_err(bad)?,
+        (None, Some(data)) => {
+            let mut de = serde_json::Deserializer::from_str(data.get());
+            decode_json(datatype, &mut de, count).map_err(bad)?
+        }
     };
     Tensor::new(name.clone(), shape, data).map_err(|e| bad(e.to_string()))
 }
@@ -240,62 +249,97 @@ fn decode_binary(datatype: DataType, bytes: &[u8], count: usize) -> Result<Tenso
     })
 }
 
-/// Visits the leaves of a JSON value, flat or nested row-major, stopping after `limit` + 1.
-fn for_each_leaf(
-    data: &Value,
-    limit: usize,
-    mut visit: impl FnMut(&Value) -> Result<(), String>,
-) -> Result<usize, String> {
-    let mut seen = 0usize;
-    let mut stack: Vec<std::slice::Iter<'_, Value>> = Vec::new();
-    match data {
-        Value::Array(items) => stack.push(items.iter()),
-        leaf => {
-            visit(leaf)?;
-            return Ok(1);
-        }
-    }
-    while let Some(iter) = stack.last_mut() {
-        match iter.next() {
-            None => {
-                stack.pop();
-            }
-            Some(Value::Array(items)) => stack.push(items.iter()),
-            Some(leaf) => {
-                seen += 1;
-                if seen > limit {
-                    return Err(format!(
-                        "`data` has more than the {limit} elements the shape describes"
-                    ));
-                }
-                visit(leaf)?;
-            }
-        }
-    }
-    Ok(seen)
-}
-
-pub(crate) fn decode_json(
+/// Decodes a JSON tensor body (flat or nested row-major) straight into a typed buffer, without
+/// building an intermediate JSON tree; stops at the first element past `count`.
+pub(crate) fn decode_json<'de, D: serde::Deserializer<'de>>(
     datatype: DataType,
-    data: &Value,
+    data: D,
     count: usize,
 ) -> Result<TensorData, String> {
-    let mut out = TensorData::with_capacity(datatype, count.min(1 << 20));
-    let mut index = 0usize;
-    let seen = for_each_leaf(data, count, |v| {
-        let wrong = || format!("`data[{index}]` is {v}, which is not a {datatype} value");
+    let mut sink = Sink {
+        out: TensorData::with_capacity(datatype, count.min(1 << 20)),
+        datatype,
+        count,
+        index: 0,
+        error: None,
+    };
+    let outcome = data.deserialize_any(Element(&mut sink));
+    if let Some(e) = sink.error {
+        return Err(e);
+    }
+    outcome.map_err(|e| format!("`data` is not a valid tensor: {e}"))?;
+    if sink.index != count {
+        return Err(format!(
+            "`data` has {} elements but the shape needs {count}",
+            sink.index
+        ));
+    }
+    Ok(sink.out)
+}
+
+enum Leaf<'a> {
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Str(&'a str),
+    Other(&'static str),
+}
+
+impl std::fmt::Display for Leaf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Leaf::Bool(b) => write!(f, "{b}"),
+            Leaf::I64(n) => write!(f, "{n}"),
+            Leaf::U64(n) => write!(f, "{n}"),
+            Leaf::F64(x) => write!(f, "{x}"),
+            Leaf::Str(s) if s.len() > 40 => write!(f, "a string of {} bytes", s.len()),
+            Leaf::Str(s) => write!(f, "{s:?}"),
+            Leaf::Other(what) => f.write_str(what),
+        }
+    }
+}
+
+struct Sink {
+    out: TensorData,
+    datatype: DataType,
+    count: usize,
+    index: usize,
+    /// The first problem, in ferry's words (serde's own message would add noise).
+    error: Option<String>,
+}
+
+impl Sink {
+    fn push(&mut self, leaf: Leaf<'_>) -> Result<(), String> {
+        let (index, datatype) = (self.index, self.datatype);
+        if index >= self.count {
+            return Err(format!(
+                "`data` has more than the {} elements the shape describes",
+                self.count
+            ));
+        }
+        let wrong = || format!("`data[{index}]` is {leaf}, which is not a {datatype} value");
         macro_rules! int {
             ($vec:ident, $t:ty) => {{
-                let n = v
-                    .as_i64()
-                    .and_then(|n| <$t>::try_from(n).ok())
-                    .or_else(|| v.as_u64().and_then(|n| <$t>::try_from(n).ok()))
-                    .ok_or_else(wrong)?;
-                $vec.push(n)
+                let n = match leaf {
+                    Leaf::I64(n) => <$t>::try_from(n).ok(),
+                    Leaf::U64(n) => <$t>::try_from(n).ok(),
+                    _ => None,
+                };
+                $vec.push(n.ok_or_else(wrong)?)
             }};
         }
-        match &mut out {
-            TensorData::Bool(vec) => vec.push(v.as_bool().ok_or_else(wrong)?),
+        let float = || match leaf {
+            Leaf::I64(n) => Some(n as f64),
+            Leaf::U64(n) => Some(n as f64),
+            Leaf::F64(x) => Some(x),
+            _ => None,
+        };
+        match &mut self.out {
+            TensorData::Bool(vec) => match leaf {
+                Leaf::Bool(b) => vec.push(b),
+                _ => return Err(wrong()),
+            },
             TensorData::Uint8(vec) => int!(vec, u8),
             TensorData::Uint16(vec) => int!(vec, u16),
             TensorData::Uint32(vec) => int!(vec, u32),
@@ -305,31 +349,79 @@ pub(crate) fn decode_json(
             TensorData::Int32(vec) => int!(vec, i32),
             TensorData::Int64(vec) => int!(vec, i64),
             TensorData::Fp32(vec) => {
-                let x = v.as_f64().ok_or_else(wrong)? as f32;
+                let x = float().ok_or_else(wrong)? as f32;
                 if !x.is_finite() {
                     return Err(format!(
-                        "`data[{index}]` is {v}, which is out of range for FP32"
+                        "`data[{index}]` is {leaf}, which is out of range for FP32"
                     ));
                 }
                 vec.push(x)
             }
-            TensorData::Fp64(vec) => vec.push(v.as_f64().ok_or_else(wrong)?),
-            TensorData::Bytes(vec) => vec.push(v.as_str().ok_or_else(wrong)?.as_bytes().to_vec()),
+            TensorData::Fp64(vec) => vec.push(float().ok_or_else(wrong)?),
+            TensorData::Bytes(vec) => match leaf {
+                Leaf::Str(s) => vec.push(s.as_bytes().to_vec()),
+                _ => return Err(wrong()),
+            },
         }
-        index += 1;
+        self.index += 1;
         Ok(())
-    })?;
-    if seen != count {
-        return Err(format!(
-            "`data` has {seen} elements but the shape needs {count}"
-        ));
     }
-    Ok(out)
+}
+
+/// One JSON value inside `data`: an array (recursed into) or a leaf.
+struct Element<'s>(&'s mut Sink);
+
+impl Element<'_> {
+    fn leaf<E: serde::de::Error>(self, leaf: Leaf<'_>) -> Result<(), E> {
+        self.0.push(leaf).map_err(|message| {
+            self.0.error = Some(message);
+            E::custom("invalid tensor element")
+        })
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Element<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Element<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("tensor elements, flat or in nested arrays")
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.leaf(Leaf::Bool(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.leaf(Leaf::I64(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.leaf(Leaf::U64(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.leaf(Leaf::F64(v))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.leaf(Leaf::Str(v))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.leaf(Leaf::Other("null"))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+        self.leaf(Leaf::Other("an object"))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Element(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
 }
 
 /// Which outputs to return, and whether each goes in the binary tail.
 pub fn select_outputs(
-    request: &InferRequest,
+    request: &InferRequest<'_>,
     available: &[String],
 ) -> Result<Vec<(usize, bool)>, ApiError> {
     let default_binary = bool_param(&request.parameters, "binary_data_output")?.unwrap_or(false);
@@ -490,7 +582,7 @@ pub fn encode_response(
 mod tests {
     use super::*;
 
-    fn input(json: &str) -> InputWire {
+    fn input(json: &str) -> InputWire<'_> {
         serde_json::from_str(json).unwrap()
     }
 
@@ -674,6 +766,7 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         let body =
             format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":{deep}}}]}}"#);
-        assert!(parse_request(body.as_bytes()).is_err());
+        let decoded = parse_request(body.as_bytes()).and_then(|r| decode_inputs(&r, &[]));
+        assert!(decoded.is_err());
     }
 }

@@ -78,30 +78,53 @@ pub struct ComputeQueue {
     options: QueueOptions,
     job_tx: Option<crossbeam_channel::Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
-    labels: [String; 2],
-    metrics: Metrics,
+    metrics: QueueMetrics,
+}
+
+/// Metric handles of one model version, resolved once so the hot path does no label lookups.
+#[derive(Clone)]
+struct QueueMetrics {
+    pushed: prometheus::IntCounter,
+    popped: prometheus::IntCounter,
+    depth: prometheus::IntGauge,
+    rejected: prometheus::IntCounter,
+    queue_time: prometheus::Histogram,
+    infer_time: prometheus::Histogram,
+    batch_rows: prometheus::Histogram,
+}
+
+impl QueueMetrics {
+    fn new(metrics: &Metrics, model: &str, version: &str) -> QueueMetrics {
+        let labels = [model, version];
+        QueueMetrics {
+            pushed: metrics.queue_pushed.with_label_values(&labels),
+            popped: metrics.queue_popped.with_label_values(&labels),
+            depth: metrics.queue_depth.with_label_values(&labels),
+            rejected: metrics.queue_rejected.with_label_values(&labels),
+            queue_time: metrics
+                .stage_duration
+                .with_label_values(&[model, version, "queue"]),
+            infer_time: metrics
+                .stage_duration
+                .with_label_values(&[model, version, "infer"]),
+            batch_rows: metrics.batch_rows.with_label_values(&labels),
+        }
+    }
 }
 
 #[derive(Clone)]
 struct WorkerContext {
     runtime: Arc<dyn Runtime>,
-    metrics: Metrics,
-    labels: [String; 2],
+    metrics: QueueMetrics,
 }
 
 impl WorkerContext {
-    fn label_refs(&self) -> [&str; 2] {
-        [self.labels[0].as_str(), self.labels[1].as_str()]
-    }
-
     /// Counts a job as leaving the queue.
     fn popped(&self, job: &Job) {
-        let labels = self.label_refs();
-        self.metrics.queue_popped.with_label_values(&labels).inc();
-        self.metrics.queue_depth.with_label_values(&labels).dec();
+        self.metrics.popped.inc();
+        self.metrics.depth.dec();
         self.metrics
-            .stage_duration
-            .with_label_values(&[labels[0], labels[1], "queue"])
+            .queue_time
             .observe(job.enqueued.elapsed().as_secs_f64());
     }
 }
@@ -115,11 +138,10 @@ impl ComputeQueue {
         metrics: Metrics,
     ) -> std::io::Result<ComputeQueue> {
         let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(options.capacity.max(1));
-        let labels = [model.to_string(), version.to_string()];
+        let queue_metrics = QueueMetrics::new(&metrics, model, &version.to_string());
         let context = WorkerContext {
             runtime,
-            metrics: metrics.clone(),
-            labels: labels.clone(),
+            metrics: queue_metrics.clone(),
         };
         let mut threads = Vec::new();
         let batching = options
@@ -172,8 +194,7 @@ impl ComputeQueue {
             options,
             job_tx: Some(job_tx),
             threads,
-            labels,
-            metrics,
+            metrics: queue_metrics,
         })
     }
 
@@ -207,7 +228,6 @@ impl ComputeQueue {
             span: Span::current(),
             enqueued: Instant::now(),
         };
-        let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
         let Some(job_tx) = &self.job_tx else {
             return Err(ScheduleError::Closed {
                 model: self.label.clone(),
@@ -215,11 +235,11 @@ impl ComputeQueue {
         };
         match job_tx.try_send(job) {
             Ok(()) => {
-                self.metrics.queue_pushed.with_label_values(&labels).inc();
-                self.metrics.queue_depth.with_label_values(&labels).inc();
+                self.metrics.pushed.inc();
+                self.metrics.depth.inc();
             }
             Err(crossbeam_channel::TrySendError::Full(_)) => {
-                self.metrics.queue_rejected.with_label_values(&labels).inc();
+                self.metrics.rejected.inc();
                 return Err(ScheduleError::QueueFull {
                     model: self.label.clone(),
                     capacity: self.options.capacity,
@@ -306,16 +326,9 @@ fn batcher(
 /// Runs one batch: merges inputs along axis 0 when there are several jobs, runs the engine
 /// once, and answers each job with exactly its own rows.
 fn run_batch(ctx: &WorkerContext, jobs: Vec<Job>) {
-    let labels = ctx.label_refs();
     let rows: usize = jobs.iter().map(|j| j.rows).sum();
-    ctx.metrics
-        .batch_rows
-        .with_label_values(&labels)
-        .observe(rows as f64);
-    let infer_time = ctx
-        .metrics
-        .stage_duration
-        .with_label_values(&[labels[0], labels[1], "infer"]);
+    ctx.metrics.batch_rows.observe(rows as f64);
+    let infer_time = &ctx.metrics.infer_time;
     let batch_span = tracing::debug_span!("batch", rows, jobs = jobs.len());
     for job in &jobs {
         batch_span.follows_from(&job.span);
@@ -457,13 +470,7 @@ mod tests {
             async move { q.submit(x(2.0)).await }
         });
         // Wait until the second job sits in the queue.
-        while queue
-            .metrics
-            .queue_depth
-            .with_label_values(&["m", "1"])
-            .get()
-            != 1
-        {
+        while queue.metrics.depth.get() != 1 {
             tokio::task::yield_now().await;
         }
         let third = queue.submit(x(3.0)).await;
@@ -476,14 +483,7 @@ mod tests {
         assert_eq!(first.await.unwrap().unwrap(), x(1.0));
         assert_eq!(second.await.unwrap().unwrap(), x(2.0));
         assert_eq!(runtime.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
-        assert_eq!(
-            queue
-                .metrics
-                .queue_rejected
-                .with_label_values(&["m", "1"])
-                .get(),
-            1
-        );
+        assert_eq!(queue.metrics.rejected.get(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,13 +507,7 @@ mod tests {
             let q = queue.clone();
             async move { q.submit(x(2.0)).await }
         });
-        while queue
-            .metrics
-            .queue_depth
-            .with_label_values(&["m", "1"])
-            .get()
-            != 1
-        {
+        while queue.metrics.depth.get() != 1 {
             tokio::task::yield_now().await;
         }
         abandoned.abort();
