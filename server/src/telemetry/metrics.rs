@@ -15,8 +15,18 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 const ROWS_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
+/// Cheap to clone: handlers and threads share one set of metric families.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(std::sync::Arc<MetricFamilies>);
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricFamilies;
+    fn deref(&self) -> &MetricFamilies {
+        &self.0
+    }
+}
+
+pub struct MetricFamilies {
     registry: Registry,
     /// Inference requests by protocol (`v2`, `v1`), model and version.
     pub requests: IntCounterVec,
@@ -78,7 +88,7 @@ impl Metrics {
                 .expect("metric names are unique. This is a bug.");
             h
         };
-        Metrics {
+        Metrics(std::sync::Arc::new(MetricFamilies {
             requests: counter(
                 "ferry_requests_total",
                 "Inference requests received.",
@@ -158,7 +168,7 @@ impl Metrics {
                 &["endpoint"],
             ),
             registry,
-        }
+        }))
     }
 
     /// The Prometheus text exposition of every metric.
