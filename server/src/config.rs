@@ -50,6 +50,10 @@ pub struct ServerConfig {
     /// Threads one inference may use inside the engine (ONNX Runtime intra-op threads).
     #[serde(default = "default_one")]
     pub intra_op_threads: usize,
+    /// Inference requests handled at once (all models and endpoints); beyond it new requests
+    /// get 429 at once instead of queueing in the HTTP layer.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
     /// Dynamic batching defaults for models whose signature has a variable batch dimension.
     #[serde(default)]
     pub batching: BatchingConfig,
@@ -332,6 +336,9 @@ fn default_queue_capacity() -> usize {
 fn default_one() -> usize {
     1
 }
+fn default_max_concurrent_requests() -> usize {
+    1024
+}
 fn default_max_batch_size() -> usize {
     64
 }
@@ -359,6 +366,7 @@ impl ServerConfig {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             instances: 1,
             intra_op_threads: 1,
+            max_concurrent_requests: default_max_concurrent_requests(),
             batching: BatchingConfig::default(),
             request_timeout_ms: default_request_timeout_ms(),
             admin_token_file: None,
@@ -484,6 +492,11 @@ impl ServerConfig {
         }
         for (key, value, max) in [
             ("queue_capacity", self.queue_capacity, 1 << 20),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests,
+                1 << 20,
+            ),
             ("instances", self.instances, 256),
             ("intra_op_threads", self.intra_op_threads, 1024),
         ] {

@@ -65,6 +65,7 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         max_body_bytes: config.max_body_bytes,
         shutting_down: Arc::new(AtomicBool::new(false)),
         admin_token,
+        inflight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
     })
 }
 

@@ -308,3 +308,29 @@ async fn model_control_is_off_without_a_token_and_checks_the_token() {
     let (status, _, _) = send(&state, post("/v2/models/churn/infer", churn_request(1))).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn inference_beyond_the_inflight_limit_is_shed_but_probes_answer() {
+    let (mut state, _dir) = state_with(1 << 20).await;
+    state.inflight = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let (status, headers, body) =
+        send(&state, post("/v2/models/churn/infer", churn_request(1))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.contains_key("retry-after"));
+    assert!(error_message(&body).contains("max_concurrent_requests"));
+    let (status, _, _) = send(
+        &state,
+        post("/v1/models/churn:predict", r#"{"instances": []}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    for probe in [
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/metrics",
+        "/v2/models/churn",
+    ] {
+        let (status, _, _) = send(&state, Request::get(probe).body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{probe}");
+    }
+}

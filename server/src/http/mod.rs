@@ -43,6 +43,8 @@ pub struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     /// Enables the model control API when set.
     pub admin_token: control::AdminToken,
+    /// Inference requests being handled; when none is free, new ones get 429 at once.
+    pub inflight: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -52,7 +54,24 @@ impl AppState {
 }
 
 pub fn app(state: AppState) -> Router {
+    // Inference routes share one in-flight limit; health, metadata and metrics stay outside
+    // it so probes and scrapes answer under overload.
+    let inference = Router::new()
+        .route("/v2/models/{model}/infer", post(oip_v2::infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(oip_v2::infer),
+        )
+        // `{model}:predict` is one path segment: the handler splits off the verb.
+        .route("/v1/models/{model_verb}", post(oip_v2::v1_predict))
+        .route("/v1/endpoints/{endpoint}/predict", post(endpoints::predict))
+        .route("/v1/features", post(endpoints::features))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_inflight,
+        ));
     Router::new()
+        .merge(inference)
         .route("/v2/health/live", get(oip_v2::live))
         .route("/v2/health/ready", get(oip_v2::ready))
         .route("/v2", get(oip_v2::server_metadata))
@@ -66,21 +85,12 @@ pub fn app(state: AppState) -> Router {
             "/v2/models/{model}/versions/{version}/ready",
             get(oip_v2::model_ready),
         )
-        .route("/v2/models/{model}/infer", post(oip_v2::infer))
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(oip_v2::infer),
-        )
         .route("/v2/repository/index", post(oip_v2::repository_index))
         .route("/v2/repository/models/{model}/load", post(control::load))
         .route(
             "/v2/repository/models/{model}/unload",
             post(control::unload),
         )
-        // `{model}:predict` is one path segment: the handler splits off the verb.
-        .route("/v1/models/{model_verb}", post(oip_v2::v1_predict))
-        .route("/v1/endpoints/{endpoint}/predict", post(endpoints::predict))
-        .route("/v1/features", post(endpoints::features))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::openapi))
         .fallback(route_not_found)
@@ -90,6 +100,18 @@ pub fn app(state: AppState) -> Router {
             panic_response,
         ))
         .with_state(state)
+}
+
+/// Sheds load before any work is done: beyond `max_concurrent_requests` inference requests in
+/// flight, the answer is an immediate 429, so accepted requests keep their latency.
+async fn limit_inflight(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match state.inflight.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::Overloaded(
+            "the server is at its limit of concurrent inference requests (`max_concurrent_requests`)".into(),
+        )
+        .into_response(),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
