@@ -1,6 +1,7 @@
 //! The HTTP API (axum). Handlers only convert wire formats to and from model calls; errors
 //! become responses in `error.rs` alone.
 
+pub mod auth;
 pub mod control;
 pub mod endpoints;
 pub mod error;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     /// Enables the model control API when set.
     pub admin_token: control::AdminToken,
+    /// Required on inference routes when set.
+    pub api_keys: auth::ApiKeys,
 }
 
 impl AppState {
@@ -52,6 +55,21 @@ impl AppState {
 }
 
 pub fn app(state: AppState) -> Router {
+    // Inference routes, behind the optional API keys.
+    let inference = Router::new()
+        .route("/v2/models/{model}/infer", post(oip_v2::infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(oip_v2::infer),
+        )
+        // `{model}:predict` is one path segment: the handler splits off the verb.
+        .route("/v1/models/{model_verb}", post(oip_v2::v1_predict))
+        .route("/v1/endpoints/{endpoint}/predict", post(endpoints::predict))
+        .route("/v1/features", post(endpoints::features))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        ));
     Router::new()
         .route("/v2/health/live", get(oip_v2::live))
         .route("/v2/health/ready", get(oip_v2::ready))
@@ -66,21 +84,13 @@ pub fn app(state: AppState) -> Router {
             "/v2/models/{model}/versions/{version}/ready",
             get(oip_v2::model_ready),
         )
-        .route("/v2/models/{model}/infer", post(oip_v2::infer))
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(oip_v2::infer),
-        )
         .route("/v2/repository/index", post(oip_v2::repository_index))
         .route("/v2/repository/models/{model}/load", post(control::load))
         .route(
             "/v2/repository/models/{model}/unload",
             post(control::unload),
         )
-        // `{model}:predict` is one path segment: the handler splits off the verb.
-        .route("/v1/models/{model_verb}", post(oip_v2::v1_predict))
-        .route("/v1/endpoints/{endpoint}/predict", post(endpoints::predict))
-        .route("/v1/features", post(endpoints::features))
+        .merge(inference)
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::openapi))
         .fallback(route_not_found)

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
+/// Most elements reserved up front for a JSON tensor before its data is seen.
+const MAX_PREALLOCATED_ELEMENTS: usize = 4096;
 
 #[derive(Debug, Deserialize)]
 pub struct InferRequest {
@@ -280,7 +282,9 @@ pub(crate) fn decode_json(
     data: &Value,
     count: usize,
 ) -> Result<TensorData, String> {
-    let mut out = TensorData::with_capacity(datatype, count.min(1 << 20));
+    // The shape is the client's word: reserve a bounded amount and let the vector grow with
+    // the elements that really arrive.
+    let mut out = TensorData::with_capacity(datatype, count.min(MAX_PREALLOCATED_ELEMENTS));
     let mut index = 0usize;
     let seen = for_each_leaf(data, count, |v| {
         let wrong = || format!("`data[{index}]` is {v}, which is not a {datatype} value");
