@@ -22,10 +22,26 @@ python3 -c 'import moto.server, boto3' || {
 if ! command -v redis-server >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq redis-server >/dev/null || {
+  { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq redis-server >/dev/null; } || {
     echo "could not install redis-server (apt-get install -y redis-server)" >&2
     exit 1
   }
+fi
+# The load-balancer test runs Debian's nginx on loopback; shellcheck lints the scripts.
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null; } || {
+    echo "could not install ${missing[*]} (apt-get install -y ${missing[*]})" >&2
+    exit 1
+  }
+fi
+# The Debian package starts a system nginx on port 80; the tests start their own.
+if [ -x /usr/sbin/nginx ] && command -v systemctl >/dev/null 2>&1; then
+  systemctl stop nginx >/dev/null 2>&1 || true
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 # The ONNX Runtime library ferry loads at run time comes from the onnxruntime wheel.

@@ -13,6 +13,22 @@ export FERRY_ORT_LIB="${FERRY_ORT_LIB:-$(python3 scripts/find-ort-lib.py)}"
 export PYTHONWARNINGS=ignore
 
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
+shellcheck scripts/*.sh .ci/run
+# Deployment files, offline: manifests render (kustomize, no cluster), the dashboard is JSON,
+# nginx accepts the load-balancer config (the LB test runs it for real).
+if command -v kubectl >/dev/null 2>&1; then
+  kubectl kustomize deploy/k8s >/dev/null
+else
+  echo "kubectl not found: skipping the offline manifest render (pytest still checks them)" >&2
+fi
+python3 -m json.tool deploy/grafana/ferry-dashboard.json >/dev/null
+# Supply chain: advisories, licenses and sources of Cargo.lock (deny.toml).
+if command -v cargo-deny >/dev/null 2>&1; then
+  cargo deny --locked check
+else
+  echo "cargo-deny not installed: skipping 'cargo deny check' (cargo install cargo-deny --locked)" >&2
+fi
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --locked
 cargo test --workspace --locked

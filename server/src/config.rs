@@ -64,6 +64,10 @@ pub struct ServerConfig {
     /// File holding the admin bearer token (`FERRY_ADMIN_TOKEN` takes precedence).
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
+    /// File of API keys (one per line) required on inference routes (`FERRY_API_KEYS`,
+    /// comma-separated, takes precedence); without keys inference is open.
+    #[serde(default)]
+    pub api_keys_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
@@ -370,6 +374,7 @@ impl ServerConfig {
             batching: BatchingConfig::default(),
             request_timeout_ms: default_request_timeout_ms(),
             admin_token_file: None,
+            api_keys_file: None,
         }
     }
 

@@ -7,6 +7,8 @@ compile_error!("ferry needs at least one engine: enable cargo feature `ort` or `
 pub mod cli;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod models;
 pub mod pipeline;
@@ -46,6 +48,7 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
     let metrics = Metrics::new();
     let models = Arc::new(ModelManager::new(registry, config.clone(), metrics.clone()));
     let admin_token = http::control::AdminToken::from_config(config)?;
+    let api_keys = http::auth::ApiKeys::from_config(config)?;
     let features = match &config.features {
         Some(f) => Some(Arc::new(
             pipeline::open_features(f).map_err(ServeError::Features)?,
@@ -66,6 +69,7 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         shutting_down: Arc::new(AtomicBool::new(false)),
         admin_token,
         inflight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
+        api_keys,
     })
 }
 

@@ -399,6 +399,82 @@ def test_redis_down_follows_policy_and_recovers(tmp_path, redis_server, demo_env
         strict.stop()
 
 
+def test_redis_killed_under_load_policy_holds_and_recovers(tmp_path, redis_server, demo_env):
+    """Continuous load on a lenient (`on_missing: default`) and a strict (`error`) endpoint
+    while Redis is SIGKILLed and later restarted: lenient answers 200 throughout, strict
+    answers 200 or 503 + Retry-After (never anything else, never a hang), and both serve
+    fresh features again after the restart without restarting ferry."""
+    import threading
+    _, registry, features = demo_env
+    repo = str(features / "features.yaml")
+    run_ferry("features", "--features", repo, "--redis", redis_server.url, "materialize")
+    srv = endpoint_server(tmp_path, registry, features, redis_server.url, "default", "load-lenient")
+    strict = endpoint_server(tmp_path, registry, features, redis_server.url, "error", "load-strict")
+    one = [{"user_id": "u1", "amount": 5.0}]
+    results = {"lenient": [], "strict": []}
+    stop = threading.Event()
+
+    def drive(kind, server):
+        session = requests.Session()
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                r = session.post(server.url + "/v1/endpoints/risk/predict",
+                                 json={"instances": one}, timeout=10)
+                results[kind].append((t0, time.monotonic() - t0, r.status_code,
+                                      r.headers.get("retry-after"),
+                                      r.headers.get("x-ferry-features-defaulted")))
+            except requests.RequestException as e:
+                results[kind].append((t0, time.monotonic() - t0, repr(e), None, None))
+
+    threads = [threading.Thread(target=drive, args=(k, s), daemon=True)
+               for k, s in [("lenient", srv), ("lenient", srv), ("strict", strict)]]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        redis_server.stop()               # SIGKILL
+        t_down = time.monotonic()
+        time.sleep(3.0)
+        t_restart = time.monotonic()
+        redis_server.start()
+        run_ferry("features", "--features", repo, "--redis", redis_server.url, "materialize")
+        t_up = time.monotonic()
+        deadline = t_up + 20
+        while time.monotonic() < deadline:
+            recent = [r for r in results["strict"] if r[0] > time.monotonic() - 0.5]
+            if recent and all(r[2] == 200 for r in recent):
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        srv.stop()
+        strict.stop()
+    lenient, strict_r = results["lenient"], results["strict"]
+    down_lenient = [r for r in lenient if t_down + 0.2 < r[0] < t_up - 0.2]
+    print(f"\nRedis fault figures: lenient sent={len(lenient)} non-200={sum(r[2] != 200 for r in lenient)} "
+          f"(defaulted while down={sum(bool(r[4]) for r in down_lenient)}/{len(down_lenient)}); "
+          f"strict sent={len(strict_r)} 503={sum(r[2] == 503 for r in strict_r)} "
+          f"other={sum(r[2] not in (200, 503) for r in strict_r)}")
+    assert len(lenient) > 20 and len(strict_r) > 10
+    assert all(r[2] == 200 for r in lenient), [r for r in lenient if r[2] != 200][:5]
+    assert down_lenient and all(r[4] == "2" for r in down_lenient)
+    # Redis comes back empty until the materialization finishes: in that window the strict
+    # policy rightly answers 404 for the (not yet reloaded) entity, and only then.
+    unexpected = [r for r in strict_r if r[2] not in (200, 503)
+                  and not (r[2] == 404 and t_restart <= r[0] <= t_up + 0.5)]
+    assert not unexpected, unexpected[:5]
+    assert all(r[3] for r in strict_r if r[2] == 503), "503 without Retry-After"
+    assert any(r[2] == 503 for r in strict_r), "the strict endpoint never saw Redis down"
+    # The feature timeout is 20 ms; 5 s leaves room for a loaded machine and still catches a hang.
+    assert all(r[1] < 5.0 for r in lenient + strict_r), "a request hung while Redis was down"
+    tail = [r for r in strict_r if r[0] > t_up][-5:]
+    assert tail and all(r[2] == 200 for r in tail), f"strict endpoint did not recover: {tail}"
+
+
 def test_embedded_demo_endpoint_without_redis(tmp_path):
     """`ferry serve` with no config serves the `risk` endpoint from the in-process store."""
     port = free_port()

@@ -24,6 +24,26 @@ struct EndpointRequest {
     instances: Vec<Value>,
 }
 
+/// Decodes a business endpoint request body into its rows (one JSON object per instance).
+pub fn decode_request(body: &[u8]) -> Result<Vec<Map<String, Value>>, ApiError> {
+    let request: EndpointRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the request is not a valid endpoint request: {e}; expected {{\"instances\": [{{\"<entity key>\": ..., \"<field>\": ...}}, ...]}}"
+        ))
+    })?;
+    request
+        .instances
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::Object(m) => Ok(m),
+            other => Err(ApiError::InvalidInput(format!(
+                "instances[{i}] must be an object of entity key and request fields, got {other}"
+            ))),
+        })
+        .collect()
+}
+
 pub async fn predict(
     State(state): State<AppState>,
     Path(endpoint): Path<String>,
@@ -33,22 +53,7 @@ pub async fn predict(
     let started = Instant::now();
     let result: Result<Response, ApiError> = async {
         let body = read_body(&headers, body, state.max_body_bytes).await?;
-        let request: EndpointRequest = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::BadRequest(format!(
-                "the request is not a valid endpoint request: {e}; expected {{\"instances\": [{{\"<entity key>\": ..., \"<field>\": ...}}, ...]}}"
-            ))
-        })?;
-        let rows = request
-            .instances
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::Object(m) => Ok(m),
-                other => Err(ApiError::InvalidInput(format!(
-                    "instances[{i}] must be an object of entity key and request fields, got {other}"
-                ))),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = decode_request(&body)?;
         let n = rows.len();
         let p = state.pipeline.predict(&endpoint, rows).await?;
         let version = p.version.to_string();

@@ -1,6 +1,7 @@
 //! The HTTP API (axum). Handlers only convert wire formats to and from model calls; errors
 //! become responses in `error.rs` alone.
 
+pub mod auth;
 pub mod control;
 pub mod endpoints;
 pub mod error;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub admin_token: control::AdminToken,
     /// Inference requests being handled; when none is free, new ones get 429 at once.
     pub inflight: Arc<tokio::sync::Semaphore>,
+    /// Required on inference routes when set.
+    pub api_keys: auth::ApiKeys,
 }
 
 impl AppState {
@@ -54,8 +57,8 @@ impl AppState {
 }
 
 pub fn app(state: AppState) -> Router {
-    // Inference routes share one in-flight limit; health, metadata and metrics stay outside
-    // it so probes and scrapes answer under overload.
+    // Inference routes, behind the optional API keys and one in-flight limit; health,
+    // metadata and metrics stay outside so probes and scrapes answer under overload.
     let inference = Router::new()
         .route("/v2/models/{model}/infer", post(oip_v2::infer))
         .route(
@@ -69,6 +72,10 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             limit_inflight,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
         ));
     Router::new()
         .merge(inference)

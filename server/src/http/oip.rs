@@ -10,6 +10,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
+/// Most elements reserved up front for a JSON tensor before its data is seen.
+const MAX_PREALLOCATED_ELEMENTS: usize = 4096;
 
 #[derive(Debug, Deserialize)]
 pub struct InferRequest<'a> {
@@ -257,7 +259,7 @@ pub(crate) fn decode_json<'de, D: serde::Deserializer<'de>>(
     count: usize,
 ) -> Result<TensorData, String> {
     let mut sink = Sink {
-        out: TensorData::with_capacity(datatype, count.min(1 << 20)),
+        out: TensorData::with_capacity(datatype, count.min(MAX_PREALLOCATED_ELEMENTS)),
         datatype,
         count,
         index: 0,

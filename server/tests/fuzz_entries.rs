@@ -1,0 +1,68 @@
+//! The fuzz targets' entry points over their seed corpus and hand-made hostile inputs: the
+//! same code `cargo fuzz` drives (fuzz/), run in every `cargo test` so it cannot rot.
+
+use ferry_server::fuzzing::{endpoint_request, oip_request};
+
+fn seeds(target: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/seeds")
+        .join(target);
+    let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    out.sort();
+    out
+}
+
+fn framed(header: &[u8], tail: &[u8], declared: u16) -> Vec<u8> {
+    let mut v = vec![1u8];
+    v.extend_from_slice(&declared.to_le_bytes());
+    v.extend_from_slice(header);
+    v.extend_from_slice(tail);
+    v
+}
+
+#[test]
+fn oip_seeds_and_mutations_never_panic() {
+    let seeds = seeds("oip_request");
+    assert!(seeds.len() >= 4);
+    for seed in &seeds {
+        oip_request(seed);
+        // every truncation and a few byte flips of every seed
+        for cut in 0..seed.len() {
+            oip_request(&seed[..cut]);
+        }
+        for i in (0..seed.len()).step_by(3) {
+            let mut m = seed.clone();
+            m[i] ^= 0xff;
+            oip_request(&m);
+        }
+    }
+    let lying = br#"{"inputs":[{"name":"X","shape":[4611686018427387904,4],"datatype":"FP64","parameters":{"binary_data_size":8}}]}"#;
+    oip_request(&framed(lying, &[0; 8], lying.len() as u16));
+    let bytes = br#"{"inputs":[{"name":"b","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":8}}]}"#;
+    oip_request(&framed(
+        bytes,
+        &[0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4],
+        bytes.len() as u16,
+    ));
+    oip_request(&framed(bytes, &[], u16::MAX));
+    let mut deep = vec![0u8];
+    deep.extend(std::iter::repeat_n(b'[', 100_000));
+    oip_request(&deep);
+}
+
+#[test]
+fn endpoint_seeds_and_mutations_never_panic() {
+    for seed in seeds("endpoint_request") {
+        endpoint_request(&seed);
+        for cut in 0..seed.len() {
+            endpoint_request(&seed[..cut]);
+        }
+    }
+    endpoint_request(b"");
+    endpoint_request(&[0xff, 0xfe, 0x00]);
+    endpoint_request(br#"{"instances": [1, "a", null, []]}"#);
+    endpoint_request(&[b'['; 100_000]);
+}

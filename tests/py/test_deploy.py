@@ -1,0 +1,105 @@
+"""deploy/ checked offline: Kubernetes manifests agree with DESIGN.md's health endpoints and
+ferry's drain, the Dockerfile runs non-root with a healthcheck, the Grafana dashboard only
+queries metrics ferry exports, and the ConfigMap's ferry.yaml uses known config keys."""
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+DEPLOY = os.path.join(ROOT, "deploy")
+
+
+def manifests():
+    docs = {}
+    for path in sorted(glob.glob(os.path.join(DEPLOY, "k8s", "*.yaml"))):
+        if path.endswith("kustomization.yaml"):
+            continue
+        for doc in yaml.safe_load_all(open(path)):
+            assert doc.get("apiVersion") and doc.get("kind") and doc["metadata"].get("name"), path
+            docs[doc["kind"]] = doc
+    return docs
+
+
+def test_every_kind_is_there():
+    assert set(manifests()) >= {"Deployment", "Service", "HorizontalPodAutoscaler",
+                                "PodDisruptionBudget", "ConfigMap", "ServiceAccount"}
+
+
+def test_probes_drain_and_resources():
+    d = manifests()["Deployment"]
+    spec = d["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    ferry_cfg = yaml.safe_load(manifests()["ConfigMap"]["data"]["ferry.yaml"])
+    drain = ferry_cfg["request_timeout_ms"] / 1000
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + drain, \
+        "grace period must cover preStop plus the longest in-flight request"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    labels = d["spec"]["template"]["metadata"]["labels"]
+    for kind in ["Service", "PodDisruptionBudget"]:
+        m = manifests()[kind]
+        sel = m["spec"]["selector"].get("matchLabels", m["spec"]["selector"])
+        assert all(labels.get(k) == v for k, v in sel.items()), kind
+    assert manifests()["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == d["metadata"]["name"]
+    sa = manifests()["ServiceAccount"]
+    assert "eks.amazonaws.com/role-arn" in sa["metadata"]["annotations"]
+    assert spec["serviceAccountName"] == sa["metadata"]["name"]
+
+
+def test_configmap_uses_known_config_keys():
+    cfg = yaml.safe_load(manifests()["ConfigMap"]["data"]["ferry.yaml"])
+    src = open(os.path.join(ROOT, "server", "src", "config.rs")).read()
+    struct = src[src.index("pub struct ServerConfig"):]
+    struct = struct[:struct.index("\n}\n")]
+    known = set(re.findall(r"pub (\w+):", struct))
+    assert set(cfg) <= known, set(cfg) - known
+
+
+def test_kubectl_renders_offline():
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl not installed")
+    r = subprocess.run(["kubectl", "kustomize", os.path.join(DEPLOY, "k8s")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\nkind: ") + r.stdout.startswith("kind: ") >= 6
+
+
+def test_dockerfile():
+    text = open(os.path.join(DEPLOY, "Dockerfile")).read()
+    assert len(re.findall(r"^FROM ", text, re.M)) >= 3, "multi-stage build"
+    assert re.search(r"^USER 10001", text, re.M), "runs as non-root"
+    assert "HEALTHCHECK" in text and "/v2/health/live" in text
+    assert "libonnxruntime.so" in text and "onnxruntime==" in text
+    req = open(os.path.join(ROOT, "tests", "py", "requirements.txt")).read()
+    pinned = re.search(r"onnxruntime==([\d.]+)", req).group(1)
+    assert f"onnxruntime=={pinned}" in text, "Dockerfile and tests use the same ORT wheel"
+
+
+def test_dashboard_queries_only_exported_metrics():
+    dash = json.load(open(os.path.join(DEPLOY, "grafana", "ferry-dashboard.json")))
+    exported = set(re.findall(r'"(ferry_\w+)"',
+                              open(os.path.join(ROOT, "server", "src", "telemetry", "metrics.rs")).read()))
+    used = set()
+    for panel in dash["panels"]:
+        for t in panel["targets"]:
+            used |= set(re.findall(r"ferry_\w+", t["expr"]))
+    base = {re.sub(r"_(bucket|sum|count)$", "", m) for m in used}
+    assert base <= exported, base - exported
+    assert len(dash["panels"]) >= 8
+
+
+def test_nginx_config_retries_idempotent_inference():
+    text = open(os.path.join(DEPLOY, "nginx", "ferry.conf")).read()
+    nu = re.search(r"proxy_next_upstream ([^;]+);", text).group(1).split()
+    assert {"error", "timeout", "non_idempotent"} <= set(nu)
+    assert "max_fails=" in text
