@@ -52,26 +52,16 @@ impl ApiKeys {
 
     /// `FERRY_API_KEYS`, else the contents of `api_keys_file`, else disabled.
     pub fn from_config(config: &ServerConfig) -> Result<ApiKeys, crate::ServeError> {
-        if let Ok(keys) = std::env::var(API_KEYS_ENV)
-            && !keys.trim().is_empty()
-        {
-            return Ok(ApiKeys::parse(&keys));
-        }
-        let Some(path) = &config.api_keys_file else {
-            return Ok(ApiKeys::default());
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            crate::ServeError::Config(format!(
-                "could not read `api_keys_file` {}: {e}",
-                path.display()
-            ))
-        })?;
-        let keys = ApiKeys::parse(&text);
-        if !keys.is_enabled() {
-            return Err(crate::ServeError::Config(format!(
-                "`api_keys_file` {} holds no key; put one key per line or remove the setting",
-                path.display()
-            )));
+        let text = read_secret(
+            API_KEYS_ENV,
+            config.api_keys_file.as_deref(),
+            "api_keys_file",
+        )?;
+        let keys = ApiKeys::parse(text.as_deref().unwrap_or_default());
+        if text.is_some() && !keys.is_enabled() {
+            return Err(crate::ServeError::Config(
+                "`api_keys_file` holds no key; put one key per line or remove the setting".into(),
+            ));
         }
         Ok(keys)
     }
@@ -157,4 +147,31 @@ mod tests {
             assert_eq!(e.status(), axum::http::StatusCode::UNAUTHORIZED);
         }
     }
+}
+
+/// A secret from the environment variable `env` or, if unset or blank, from the file named by
+/// the config key `key`; `None` when neither is set. An empty file is an error naming the key.
+pub(crate) fn read_secret(
+    env: &str,
+    file: Option<&std::path::Path>,
+    key: &str,
+) -> Result<Option<String>, crate::ServeError> {
+    if let Ok(value) = std::env::var(env)
+        && !value.trim().is_empty()
+    {
+        return Ok(Some(value));
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        crate::ServeError::Config(format!("could not read `{key}` {}: {e}", path.display()))
+    })?;
+    if text.trim().is_empty() {
+        return Err(crate::ServeError::Config(format!(
+            "`{key}` {} is empty",
+            path.display()
+        )));
+    }
+    Ok(Some(text))
 }

@@ -41,27 +41,12 @@ impl AdminToken {
 
     /// `FERRY_ADMIN_TOKEN`, else the contents of `admin_token_file`, else disabled.
     pub fn from_config(config: &ServerConfig) -> Result<AdminToken, crate::ServeError> {
-        if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV)
-            && !token.trim().is_empty()
-        {
-            return Ok(AdminToken::new(Some(&token)));
-        }
-        let Some(path) = &config.admin_token_file else {
-            return Ok(AdminToken::default());
-        };
-        let token = std::fs::read_to_string(path).map_err(|e| {
-            crate::ServeError::Config(format!(
-                "could not read `admin_token_file` {}: {e}",
-                path.display()
-            ))
-        })?;
-        if token.trim().is_empty() {
-            return Err(crate::ServeError::Config(format!(
-                "`admin_token_file` {} is empty",
-                path.display()
-            )));
-        }
-        Ok(AdminToken::new(Some(&token)))
+        let token = crate::http::auth::read_secret(
+            ADMIN_TOKEN_ENV,
+            config.admin_token_file.as_deref(),
+            "admin_token_file",
+        )?;
+        Ok(AdminToken::new(token.as_deref()))
     }
 
     pub fn is_enabled(&self) -> bool {
