@@ -110,6 +110,33 @@ pub async fn require_api_key(
     }
 }
 
+/// A secret from the environment variable `env` or, if unset or blank, from the file named by
+/// the config key `key`; `None` when neither is set. An empty file is an error naming the key.
+pub(crate) fn read_secret(
+    env: &str,
+    file: Option<&std::path::Path>,
+    key: &str,
+) -> Result<Option<String>, crate::ServeError> {
+    if let Ok(value) = std::env::var(env)
+        && !value.trim().is_empty()
+    {
+        return Ok(Some(value));
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        crate::ServeError::Config(format!("could not read `{key}` {}: {e}", path.display()))
+    })?;
+    if text.trim().is_empty() {
+        return Err(crate::ServeError::Config(format!(
+            "`{key}` {} is empty",
+            path.display()
+        )));
+    }
+    Ok(Some(text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,31 +174,4 @@ mod tests {
             assert_eq!(e.status(), axum::http::StatusCode::UNAUTHORIZED);
         }
     }
-}
-
-/// A secret from the environment variable `env` or, if unset or blank, from the file named by
-/// the config key `key`; `None` when neither is set. An empty file is an error naming the key.
-pub(crate) fn read_secret(
-    env: &str,
-    file: Option<&std::path::Path>,
-    key: &str,
-) -> Result<Option<String>, crate::ServeError> {
-    if let Ok(value) = std::env::var(env)
-        && !value.trim().is_empty()
-    {
-        return Ok(Some(value));
-    }
-    let Some(path) = file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        crate::ServeError::Config(format!("could not read `{key}` {}: {e}", path.display()))
-    })?;
-    if text.trim().is_empty() {
-        return Err(crate::ServeError::Config(format!(
-            "`{key}` {} is empty",
-            path.display()
-        )));
-    }
-    Ok(Some(text))
 }
