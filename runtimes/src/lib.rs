@@ -1,5 +1,6 @@
 //! ferry's engine layer: one small synchronous [`Runtime`] trait, the tensor vocabulary, and
-//! adapters for ONNX Runtime (`ort` feature) and tract (`tract` feature).
+//! adapters for ONNX Runtime (`ort` feature), tract (`tract` feature) and Candle (`candle`
+//! feature, `format: safetensors` models), plus device discovery and placement.
 //!
 //! Engines never batch or schedule for themselves: the server's scheduler owns that, and calls
 //! [`Runtime::run`] from its own compute threads.
@@ -7,6 +8,9 @@
 // Without engine features the crate is the tensor vocabulary alone (what `ferry-registry`
 // uses); the server refuses to build without an engine.
 
+#[cfg(feature = "candle")]
+pub mod candle;
+pub mod device;
 mod error;
 mod loader;
 #[cfg(feature = "ort")]
@@ -15,8 +19,9 @@ mod tensor;
 #[cfg(feature = "tract")]
 pub mod tract;
 
+pub use device::{Device, DeviceRequest, Devices, Placement};
 pub use error::RuntimeError;
-pub use loader::{LoadOptions, OnnxEngine, load_onnx};
+pub use loader::{LoadOptions, OnnxEngine, load_onnx, load_safetensors};
 pub use tensor::{
     DataType, InputError, ShapeMismatch, Signature, Tensor, TensorData, TensorSpec, element_count,
 };
@@ -30,6 +35,7 @@ use std::fmt;
 pub enum Engine {
     Ort,
     Tract,
+    Candle,
 }
 
 impl Engine {
@@ -37,6 +43,7 @@ impl Engine {
         match self {
             Engine::Ort => "ort",
             Engine::Tract => "tract",
+            Engine::Candle => "candle",
         }
     }
 }
@@ -63,6 +70,11 @@ pub trait Runtime: Send + Sync {
     /// Runs one batch. `inputs` are in signature order and already validated against
     /// [`Runtime::signature`]; the outputs come back in signature order.
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError>;
+
+    /// Where the model runs; engines without GPU support run on the CPU.
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
 }
 
 #[cfg_attr(not(any(feature = "ort", feature = "tract")), allow(dead_code))]

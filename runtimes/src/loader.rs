@@ -1,4 +1,4 @@
-use crate::{Runtime, RuntimeError, Signature};
+use crate::{Device, Runtime, RuntimeError, Signature};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -24,6 +24,8 @@ pub struct LoadOptions {
     pub intra_op_spinning: bool,
     /// ONNX Runtime sessions to create (each holds a copy of the weights); tract shares one plan.
     pub sessions: usize,
+    /// Where the model runs (Candle only; ONNX engines run on the CPU).
+    pub device: Device,
 }
 
 impl Default for LoadOptions {
@@ -33,6 +35,7 @@ impl Default for LoadOptions {
             intra_op_threads: 1,
             intra_op_spinning: false,
             sessions: 1,
+            device: Device::Cpu,
         }
     }
 }
@@ -105,6 +108,35 @@ fn load_tract(
         Err(RuntimeError::NotCompiled {
             engine: "tract",
             feature: "tract",
+        })
+    }
+}
+
+/// Loads a `format: safetensors` model with the Candle engine: the network `architecture`
+/// describes, weights from `dir/artifact`, checked against `signature`.
+pub fn load_safetensors(
+    dir: &Path,
+    artifact: &str,
+    architecture: &serde_json::Value,
+    signature: &Signature,
+    options: &LoadOptions,
+) -> Result<Arc<dyn Runtime>, RuntimeError> {
+    #[cfg(feature = "candle")]
+    {
+        Ok(Arc::new(crate::candle::CandleRuntime::load(
+            dir,
+            artifact,
+            architecture,
+            signature,
+            options,
+        )?))
+    }
+    #[cfg(not(feature = "candle"))]
+    {
+        let _ = (dir, artifact, architecture, signature, options);
+        Err(RuntimeError::NotCompiled {
+            engine: "candle",
+            feature: "candle",
         })
     }
 }

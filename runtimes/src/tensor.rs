@@ -279,6 +279,8 @@ pub enum InputError {
         name: String,
         rows: usize,
     },
+    #[error("input `{name}`: {message}")]
+    Value { name: String, message: String },
 }
 
 impl Signature {

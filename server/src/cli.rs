@@ -206,7 +206,9 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_INSTANCES")]
     pub instances: Option<usize>,
 
-    /// Threads one inference may use inside ONNX Runtime (overrides `intra_op_threads`).
+    /// Threads one inference may use inside the engine (ONNX Runtime intra-op threads, Candle's
+    /// pool); 0 = automatic: usable cores (cgroup quota applied) shared among served models and
+    /// their compute threads, so they never oversubscribe the machine (overrides `intra_op_threads`).
     #[arg(long, env = "FERRY_INTRA_OP_THREADS")]
     pub intra_op_threads: Option<usize>,
 

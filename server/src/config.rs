@@ -3,7 +3,7 @@
 
 use ferry_features::OnMissing;
 use ferry_registry::{ModelRef, RegistryOptions, S3Options};
-use ferry_runtimes::OnnxEngine;
+use ferry_runtimes::{DeviceRequest, OnnxEngine};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,8 +47,11 @@ pub struct ServerConfig {
     /// Compute threads per model version.
     #[serde(default = "default_one")]
     pub instances: usize,
-    /// Threads one inference may use inside the engine (ONNX Runtime intra-op threads).
-    #[serde(default = "default_one")]
+    /// Threads one inference may use inside the engine (ONNX Runtime intra-op threads, the
+    /// Candle model's rayon pool). 0 (the default) sizes them automatically: the usable cores
+    /// (affinity and cgroup quota) divided among the served models and their compute threads,
+    /// so the models together never oversubscribe the machine. tract runs single-threaded.
+    #[serde(default)]
     pub intra_op_threads: usize,
     /// Inference requests handled at once (all models and endpoints); beyond it new requests
     /// get 429 at once instead of queueing in the HTTP layer.
@@ -251,6 +254,14 @@ pub struct ModelSettings {
     pub queue_capacity: Option<usize>,
     #[serde(default)]
     pub batching: Option<BatchingConfig>,
+    /// Where the model runs: `auto` (first CUDA device if usable, else CPU), `cpu`, `cuda:N`.
+    /// Only Candle models (`format: safetensors`) use a GPU; ONNX models run on the CPU.
+    #[serde(default)]
+    pub device: Option<DeviceRequest>,
+    /// With `device: cuda:N`: refuse to load when that device is not usable, instead of
+    /// falling back to the CPU with a warning.
+    #[serde(default)]
+    pub device_strict: bool,
 }
 
 /// Triton-style dynamic batching: requests queued together are merged along the batch
@@ -320,6 +331,8 @@ impl ModelEntry {
                 intra_op_threads: None,
                 queue_capacity: None,
                 batching: None,
+                device: None,
+                device_strict: false,
             },
             ModelEntry::Detailed(s) => s.clone(),
         }
@@ -369,7 +382,7 @@ impl ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             instances: 1,
-            intra_op_threads: 1,
+            intra_op_threads: 0,
             max_concurrent_requests: default_max_concurrent_requests(),
             batching: BatchingConfig::default(),
             request_timeout_ms: default_request_timeout_ms(),
@@ -503,11 +516,16 @@ impl ServerConfig {
                 1 << 20,
             ),
             ("instances", self.instances, 256),
-            ("intra_op_threads", self.intra_op_threads, 1024),
         ] {
             if value == 0 || value > max {
                 return err(format!("`{key}` must be between 1 and {max}, got {value}"));
             }
+        }
+        if self.intra_op_threads > 1024 {
+            return err(format!(
+                "`intra_op_threads` must be between 0 (automatic) and 1024, got {}",
+                self.intra_op_threads
+            ));
         }
         self.batching.validate("batching")?;
         if self.max_body_bytes < 1024 {

@@ -11,11 +11,6 @@ use ferry_server::config::{FeaturesConfig, ModelEntry, ServerConfig};
 use std::io::IsTerminal;
 use std::time::Duration;
 
-// NOTE: glibc malloc showed up at ~14% of server CPU under load (malloc_consolidate,
-// unlink_chunk); mimalloc handles the many small per-request allocations better.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {

@@ -8,9 +8,10 @@ use crate::config::{ModelEntry, ModelSettings, ServerConfig};
 use crate::scheduler::{ComputeQueue, QueueOptions};
 use crate::telemetry::metrics::Metrics;
 use ferry_registry::{Manifest, ModelFormat, ModelRef, Registry, RegistryError, Selector};
+use ferry_runtimes::device::intra_op_share;
 use ferry_runtimes::{
-    DataType, LoadOptions, OnnxEngine, Runtime, RuntimeError, Signature, Tensor, TensorData,
-    load_onnx,
+    DataType, DeviceRequest, Devices, LoadOptions, OnnxEngine, Runtime, RuntimeError, Signature,
+    Tensor, TensorData, load_onnx, load_safetensors,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +25,8 @@ pub struct LoadedModel {
     pub manifest: Manifest,
     pub runtime: Arc<dyn Runtime>,
     pub queue: ComputeQueue,
+    /// Engine intra-op threads this version was given.
+    pub intra_op_threads: usize,
 }
 
 impl LoadedModel {
@@ -124,6 +127,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 pub struct ModelManager {
     registry: Registry,
+    devices: Devices,
     config: ServerConfig,
     metrics: Metrics,
     slots: RwLock<BTreeMap<String, ModelSlot>>,
@@ -147,8 +151,18 @@ impl ModelManager {
                 served.push(settings);
             }
         }
+        let devices = Devices::discover();
+        metrics
+            .devices
+            .with_label_values(&["cpu"])
+            .set(devices.cpu.usable_cores as i64);
+        metrics
+            .devices
+            .with_label_values(&["cuda"])
+            .set(devices.cuda.len() as i64);
         ModelManager {
             registry,
+            devices,
             config,
             metrics,
             slots: RwLock::new(slots),
@@ -160,6 +174,27 @@ impl ModelManager {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The CPU cores and CUDA devices found at start-up.
+    pub fn devices(&self) -> &Devices {
+        &self.devices
+    }
+
+    /// Intra-op threads for a model version: its own setting, the server's, or (0 = automatic)
+    /// the usable cores shared among the served models and their compute threads.
+    fn intra_op_threads(&self, settings: &ModelSettings, instances: usize) -> usize {
+        match settings
+            .intra_op_threads
+            .unwrap_or(self.config.intra_op_threads)
+        {
+            0 => intra_op_share(
+                self.devices.cpu.usable_cores,
+                self.served().len(),
+                instances,
+            ),
+            n => n,
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelSlot>> {
@@ -335,6 +370,8 @@ impl ModelManager {
                     version,
                     reference = %reference,
                     engine = %loaded.runtime.engine(),
+                    device = %loaded.runtime.device(),
+                    intra_op_threads = loaded.intra_op_threads,
                     source = if from_cache { "cache" } else if self.registry.cache_dir().is_some() { "download" } else { "registry" },
                     seconds = started.elapsed().as_secs_f64(),
                     "Model version loaded and warmed up."
@@ -344,6 +381,11 @@ impl ModelManager {
                     .with_label_values(&[labels[0], labels[1], "ready"])
                     .inc();
                 self.metrics.model_ready.with_label_values(&labels).set(1);
+                let device = loaded.runtime.device().to_string();
+                self.metrics
+                    .model_threads
+                    .with_label_values(&[labels[0], labels[1], device.as_str()])
+                    .set(loaded.intra_op_threads as i64);
                 self.report(&reference, None);
                 self.write()
                     .entry(key.clone())
@@ -437,6 +479,11 @@ impl ModelManager {
             .model_ready
             .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
             .set(0);
+        let device = old.runtime.device().to_string();
+        self.metrics
+            .model_threads
+            .with_label_values(&[labels[0].as_str(), labels[1].as_str(), device.as_str()])
+            .set(0);
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             // Nobody can take a new reference (it left the map), so the count only goes down.
@@ -456,17 +503,38 @@ impl ModelManager {
         settings: &ModelSettings,
     ) -> Result<(LoadedModel, bool), LoadError> {
         let verified = self.registry.fetch(name, version).await?;
+        let instances = settings.instances.unwrap_or(self.config.instances);
+        let requested = settings.device.unwrap_or_default();
+        let placement = match verified.manifest.format {
+            // Only Candle has GPU code paths; ONNX models run on the CPU whatever they ask.
+            ModelFormat::Onnx if requested != DeviceRequest::Auto => ferry_runtimes::Placement {
+                device: ferry_runtimes::Device::Cpu,
+                fallback: (requested != DeviceRequest::Cpu).then(|| {
+                    format!(
+                        "{requested} is not available: ONNX models run on the CPU in this build"
+                    )
+                }),
+            },
+            ModelFormat::Onnx => ferry_runtimes::Placement::cpu(),
+            ModelFormat::Safetensors => self
+                .devices
+                .place(requested, settings.device_strict)
+                .map_err(RuntimeError::from)?,
+        };
+        if let Some(reason) = &placement.fallback {
+            tracing::warn!(model = %name, version, requested = %requested, reason = %reason, "Model asked for a GPU that is not available. Using CPU instead.");
+        }
         let options = LoadOptions {
             onnx_engine: settings.onnx_engine.unwrap_or(self.config.onnx_engine),
-            intra_op_threads: settings
-                .intra_op_threads
-                .unwrap_or(self.config.intra_op_threads),
+            intra_op_threads: self.intra_op_threads(settings, instances),
             intra_op_spinning: false,
             sessions: 1,
+            device: placement.device,
         };
+        let intra_op_threads = options.intra_op_threads;
         let batching = settings.batching.as_ref().unwrap_or(&self.config.batching);
         let queue_options = QueueOptions {
-            threads: settings.instances.unwrap_or(self.config.instances),
+            threads: instances,
             capacity: settings
                 .queue_capacity
                 .unwrap_or(self.config.queue_capacity),
@@ -482,12 +550,13 @@ impl ModelManager {
                 ModelFormat::Onnx => {
                     load_onnx(&verified.artifact_path(), &manifest.signature(), &options)?
                 }
-                ModelFormat::Safetensors => {
-                    return Err(LoadError::Other(
-                        "format `safetensors` needs the Candle engine, which this build does not include; export the model to ONNX"
-                            .into(),
-                    ));
-                }
+                ModelFormat::Safetensors => load_safetensors(
+                    &verified.dir,
+                    &manifest.artifact,
+                    &manifest.architecture,
+                    &manifest.signature(),
+                    &options,
+                )?,
             };
             warm_up(runtime.as_ref())?;
             if queue_options.batching.is_some() && !runtime.signature().has_batch_dim() {
@@ -508,6 +577,7 @@ impl ModelManager {
                 manifest,
                 runtime,
                 queue,
+                intra_op_threads,
             })
         });
         let loaded = task

@@ -67,7 +67,10 @@ def test_concurrent_requests_get_their_own_rows(basic_server, fixtures):
 
 @pytest.fixture(scope="module")
 def tiny_queue_server(ferry):
-    with ferry.running("tiny-queue", ["mlp@1"], onnx_engine="ort", queue_capacity=1) as srv:
+    # Batching off and one engine thread: the queue of one is then the only buffer between
+    # the clients and the compute thread, so concurrent requests must overflow it.
+    with ferry.running("tiny-queue", ["mlp@1"], onnx_engine="ort", queue_capacity=1,
+                       batching={"max_batch_size": 1}, intra_op_threads=1) as srv:
         srv.wait_ready()
         yield srv
 

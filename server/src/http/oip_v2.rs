@@ -63,11 +63,12 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-pub async fn server_metadata() -> Json<serde_json::Value> {
+pub async fn server_metadata(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
         "name": "ferry",
         "version": env!("CARGO_PKG_VERSION"),
         "extensions": ["binary_tensor_data", "model_repository"],
+        "devices": state.models.devices(),
     }))
 }
 
@@ -101,7 +102,8 @@ pub async fn model_metadata(
         "parameters": {
             "version": model.version.to_string(),
             "engine": model.runtime.engine().as_str(),
-            "device": "cpu",
+            "device": model.runtime.device().to_string(),
+            "intra_op_threads": model.intra_op_threads,
             "metadata": model.manifest.metadata,
         },
     }))

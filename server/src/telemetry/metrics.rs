@@ -48,6 +48,10 @@ pub struct MetricFamilies {
     pub model_loads: IntCounterVec,
     /// 1 when a model version is loaded and warmed up.
     pub model_ready: IntGaugeVec,
+    /// Devices found at start-up: usable CPU cores (`kind="cpu"`), CUDA devices (`kind="cuda"`).
+    pub devices: IntGaugeVec,
+    /// Engine intra-op threads of a loaded model version, by the device it runs on.
+    pub model_threads: IntGaugeVec,
     /// HTTP responses by matched route and status code.
     pub http_responses: IntCounterVec,
     /// Endpoint requests by endpoint, variant, model and version.
@@ -146,6 +150,16 @@ impl Metrics {
                 "ferry_model_ready",
                 "1 when the model version is loaded and warmed up.",
                 &["model", "version"],
+            ),
+            devices: gauge(
+                "ferry_devices",
+                "Compute devices found at start-up: usable CPU cores (kind=cpu, cgroup quota applied) and CUDA devices (kind=cuda).",
+                &["kind"],
+            ),
+            model_threads: gauge(
+                "ferry_model_intra_op_threads",
+                "Engine intra-op threads of a loaded model version, with the device it runs on (0 once unloaded).",
+                &["model", "version", "device"],
             ),
             http_responses: counter(
                 "ferry_http_responses_total",
