@@ -462,11 +462,12 @@ def test_redis_killed_under_load_policy_holds_and_recovers(tmp_path, redis_serve
     assert len(lenient) > 20 and len(strict_r) > 10
     assert all(r[2] == 200 for r in lenient), [r for r in lenient if r[2] != 200][:5]
     assert down_lenient and all(r[4] == "2" for r in down_lenient)
-    # Redis comes back empty until the materialization is done: from the restart on, the
-    # strict policy rightly answers 404 for the not yet reloaded entity (never before it);
-    # recovery to 200 is checked below.
+    # Redis comes back empty until the materialization is done: a request still running when
+    # Redis restarts may already read the empty store, where the strict policy rightly answers
+    # 404 for the not yet reloaded entity. Never a 404 for a request that ended before the
+    # restart; recovery to 200 is checked below.
     unexpected = [r for r in strict_r if r[2] not in (200, 503)
-                  and not (r[2] == 404 and r[0] >= t_restart)]
+                  and not (r[2] == 404 and r[0] + r[1] >= t_restart)]
     assert not unexpected, unexpected[:5]
     assert all(r[3] for r in strict_r if r[2] == 503), "503 without Retry-After"
     assert any(r[2] == 503 for r in strict_r), "the strict endpoint never saw Redis down"
