@@ -60,6 +60,10 @@ pub struct MetricFamilies {
     pub feature_values: IntCounterVec,
     /// Feature values served as defaults (missing, stale or store unavailable), by endpoint.
     pub features_defaulted: IntCounterVec,
+    /// Prediction capture records by endpoint and outcome (`written`, `dropped`, `failed`).
+    pub capture_records: IntCounterVec,
+    /// Capture records accepted but not yet written, by endpoint.
+    pub capture_queue: IntGaugeVec,
 }
 
 impl Metrics {
@@ -179,6 +183,16 @@ impl Metrics {
             features_defaulted: counter(
                 "ferry_features_defaulted_total",
                 "Feature values replaced by their default (missing, stale, or store unavailable).",
+                &["endpoint"],
+            ),
+            capture_records: counter(
+                "ferry_capture_records_total",
+                "Prediction capture records by outcome: written, dropped (queue full or shut down), failed (write failed after retries).",
+                &["endpoint", "outcome"],
+            ),
+            capture_queue: gauge(
+                "ferry_capture_queue_records",
+                "Prediction capture records accepted and waiting to be written.",
                 &["endpoint"],
             ),
             registry,
