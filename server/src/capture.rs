@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -37,6 +37,10 @@ use tokio::time::Instant;
 const WRITE_ATTEMPTS: u32 = 3;
 /// Wait before the second attempt; multiplied by 4 for each further one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How long shutdown may spend writing what is left: an unreachable destination (an S3
+/// connect timeout is 5 s, with the SDK's own retries) must not hold the process past its
+/// termination grace period. Batches not written by then are counted as failed.
+const SHUTDOWN_WRITE_BUDGET: Duration = Duration::from_secs(10);
 
 /// The `capture:` section of an endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,7 +271,8 @@ fn object_key(
     )
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch, for [`CaptureRecord::timestamp_ms`].
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -361,6 +366,15 @@ pub struct Capture {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("endpoint", &self.shared.endpoint)
+            .field("sample_percent", &self.shared.sample_percent)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Shared {
     endpoint: String,
     sample_percent: f64,
@@ -371,6 +385,8 @@ struct Shared {
     /// Set while requests are being dropped, so the warning is logged once per episode.
     dropping: AtomicBool,
     tx: mpsc::UnboundedSender<Message>,
+    /// Set by shutdown: when writes still running must give up.
+    give_up_at: watch::Sender<Option<Instant>>,
     writer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     dropped: IntCounter,
     queued: IntGauge,
@@ -431,6 +447,7 @@ impl Capture {
         let queued = metrics.capture_queue.with_label_values(&[endpoint]);
         let pending = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::unbounded_channel();
+        let (give_up_tx, give_up_rx) = watch::channel(None);
         let writer = Writer {
             endpoint: endpoint.to_string(),
             format: config.format,
@@ -441,6 +458,7 @@ impl Capture {
             written: records("written"),
             failed: records("failed"),
             queued: queued.clone(),
+            give_up_at: give_up_rx,
         };
         let handle = tokio::spawn(writer.run(rx));
         Ok(Capture {
@@ -452,6 +470,7 @@ impl Capture {
                 closed: AtomicBool::new(false),
                 dropping: AtomicBool::new(false),
                 tx,
+                give_up_at: give_up_tx,
                 writer: tokio::sync::Mutex::new(Some(handle)),
                 dropped: records("dropped"),
                 queued,
@@ -507,10 +526,16 @@ impl Capture {
     }
 
     /// Writes everything accepted so far and stops the writer; returns after the last write
-    /// (including its retries). Later `record` calls drop and count. Idempotent.
+    /// (including its retries, 10 s at most in all). Later `record` calls drop and count.
+    /// Idempotent.
     pub async fn shutdown(&self) {
         let s = &*self.shared;
         s.closed.store(true, Ordering::Release);
+        s.give_up_at.send_if_modified(|at| {
+            at.is_none()
+                .then(|| *at = Some(Instant::now() + SHUTDOWN_WRITE_BUDGET))
+                .is_some()
+        });
         let _ = s.tx.send(Message::Shutdown);
         let mut writer = s.writer.lock().await;
         if let Some(handle) = writer.take()
@@ -532,6 +557,9 @@ struct Writer {
     written: IntCounter,
     failed: IntCounter,
     queued: IntGauge,
+    /// Set on shutdown (also while a write is in flight): writes still running then are
+    /// abandoned.
+    give_up_at: watch::Receiver<Option<Instant>>,
 }
 
 impl Writer {
@@ -616,6 +644,22 @@ impl Writer {
         self.queued.sub(n as i64);
     }
 
+    /// Resolves when shutdown's write budget is spent; never before shutdown.
+    async fn shutdown_deadline(&self) {
+        let mut give_up_at = self.give_up_at.clone();
+        loop {
+            let at = *give_up_at.borrow_and_update();
+            if let Some(at) = at {
+                tokio::time::sleep_until(at).await;
+                return;
+            }
+            if give_up_at.changed().await.is_err() {
+                // Every handle is gone without a shutdown: keep trying as usual.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     async fn put_with_retries(&self, bytes: Arc<Vec<u8>>) -> Result<(), String> {
         let key = object_key(
             &self.endpoint,
@@ -627,9 +671,17 @@ impl Writer {
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
         loop {
-            match self.destination.put(&key, bytes.clone()).await {
+            let result = tokio::select! {
+                r = self.destination.put(&key, bytes.clone()) => r,
+                () = self.shutdown_deadline() => Err("not written before the shutdown deadline".into()),
+            };
+            let out_of_time = self
+                .give_up_at
+                .borrow()
+                .is_some_and(|at| Instant::now() + backoff >= at);
+            match result {
                 Ok(()) => return Ok(()),
-                Err(e) if attempt >= WRITE_ATTEMPTS => {
+                Err(e) if attempt >= WRITE_ATTEMPTS || out_of_time => {
                     return Err(format!("writing {key} failed {attempt} times, last: {e}"));
                 }
                 Err(e) => {
