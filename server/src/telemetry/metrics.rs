@@ -67,6 +67,10 @@ pub struct MetricFamilies {
     /// Shadow copies by outcome: ok, error, timeout, dropped (queue full).
     pub shadow_requests: IntCounterVec,
     pub shadow_duration: HistogramVec,
+    /// Prediction capture records by endpoint and outcome (`written`, `dropped`, `failed`).
+    pub capture_records: IntCounterVec,
+    /// Capture records accepted but not yet written, by endpoint.
+    pub capture_queue: IntGaugeVec,
 }
 
 impl Metrics {
@@ -209,6 +213,16 @@ impl Metrics {
                 "Time a shadow variant took (up to its timeout).",
                 &["endpoint", "variant"],
                 LATENCY_BUCKETS,
+            ),
+            capture_records: counter(
+                "ferry_capture_records_total",
+                "Prediction capture records by outcome: written, dropped (queue full or shut down), failed (write failed after retries).",
+                &["endpoint", "outcome"],
+            ),
+            capture_queue: gauge(
+                "ferry_capture_queue_records",
+                "Prediction capture records accepted and waiting to be written.",
+                &["endpoint"],
             ),
             registry,
         }))
