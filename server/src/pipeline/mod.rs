@@ -56,7 +56,7 @@ pub enum PredictError {
     Transform {
         endpoint: String,
         variant: String,
-        error: TransformError,
+        error: Box<TransformError>,
     },
     #[error("{0}")]
     Misconfigured(String),
@@ -299,7 +299,7 @@ impl Core {
         let transform_err = |error| PredictError::Transform {
             endpoint: endpoint.to_string(),
             variant: variant.to_string(),
-            error,
+            error: Box::new(error),
         };
         let model_pre = self.model_chain(&model)?;
         let named = !pre.is_empty() || !model_pre.is_empty() || keep_features;
