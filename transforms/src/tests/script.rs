@@ -410,3 +410,31 @@ fn allocation_bombs_fail_fast() {
         assert_eq!(e.kind, kind, "{name}: {e}");
     }
 }
+
+#[test]
+fn expensive_operations_hit_the_time_limit() {
+    // Few operations, each sorting 10000 elements: the operation limit alone would let this
+    // run for a long time.
+    let c = inline(
+        Stage::Pre,
+        "sorter",
+        "fn transform(row) { let a = []; a.pad(10000, 1); loop { a.sort(); a.reverse(); } row }",
+        "{max_operations: 100000000, max_time_ms: 50}",
+    );
+    let started = Instant::now();
+    let e = run_pre(&c, json!([{}])).unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.kind, ErrorKind::Limit, "{e}");
+    assert!(e.message.contains("max_time_ms (50 ms)"), "{e}");
+    assert!(took >= Duration::from_millis(50), "took {took:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // the deadline is per call: the next row gets a fresh budget
+    let c = inline(
+        Stage::Pre,
+        "quick",
+        "fn transform(row) { row.n = 1; row }",
+        "max_time_ms: 50",
+    );
+    let out = run_pre(&c, json!([{}, {}])).unwrap();
+    assert_eq!(as_value(out), json!([{"n": 1}, {"n": 1}]));
+}
