@@ -1,7 +1,9 @@
 //! `script` steps: business rules written in Rhai, compiled once at build and run per row in a
 //! sandbox (no file, network or module access; operation, call-depth and data-size limits).
 
+use std::cell::Cell;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rhai::{AST, Array, CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Scope};
 use serde::Deserialize;
@@ -22,6 +24,17 @@ pub(crate) const MAX_CALL_LEVELS_CEILING: usize = 32;
 pub(crate) const DEFAULT_MAX_STRING_SIZE: usize = 65_536;
 pub(crate) const DEFAULT_MAX_ARRAY_SIZE: usize = 10_000;
 pub(crate) const DEFAULT_MAX_MAP_SIZE: usize = 10_000;
+/// Backstop for rows whose operations are individually expensive (sorting big arrays, say):
+/// the operation limit alone does not bound wall time.
+pub(crate) const DEFAULT_MAX_TIME_MS: u64 = 1_000;
+/// The clock is read every this many operations, keeping the check off the per-op cost.
+const CLOCK_EVERY_OPS: u64 = 256;
+
+thread_local! {
+    /// Deadline of the script call running on this thread; the engine's progress callback is
+    /// shared by all threads, so the per-call state lives here.
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +47,7 @@ pub(crate) struct ScriptConfig {
     max_string_size: Option<usize>,
     max_array_size: Option<usize>,
     max_map_size: Option<usize>,
+    max_time_ms: Option<u64>,
 }
 
 pub(crate) struct Script {
@@ -42,6 +56,7 @@ pub(crate) struct Script {
     ast: AST,
     stage: Stage,
     max_operations: u64,
+    max_time: Duration,
     sizes: Sizes,
 }
 
@@ -103,6 +118,7 @@ impl Script {
         let max_array_size =
             positive(cfg.max_array_size, DEFAULT_MAX_ARRAY_SIZE, "max_array_size")?;
         let max_map_size = positive(cfg.max_map_size, DEFAULT_MAX_MAP_SIZE, "max_map_size")?;
+        let max_time_ms = positive(cfg.max_time_ms, DEFAULT_MAX_TIME_MS, "max_time_ms")?;
 
         let mut engine = Engine::new();
         engine
@@ -118,6 +134,13 @@ impl Script {
             .set_strict_variables(true)
             // `eval` would compile new code per request, outside the checks done here.
             .disable_symbol("eval");
+        engine.on_progress(|ops| {
+            if ops % CLOCK_EVERY_OPS != 0 {
+                return None;
+            }
+            let late = DEADLINE.with(|d| d.get().is_some_and(|t| Instant::now() > t));
+            late.then(|| Dynamic::from("max_time_ms"))
+        });
         let print_label = label.clone();
         engine.on_print(move |s| {
             tracing::info!(target: "ferry_transforms::script", script = %print_label, "{s}");
@@ -152,6 +175,7 @@ impl Script {
             ast,
             stage,
             max_operations,
+            max_time: Duration::from_millis(max_time_ms),
             sizes: Sizes {
                 string: max_string_size,
                 array: max_array_size,
@@ -162,31 +186,34 @@ impl Script {
 
     fn run_row(&self, i: usize, row: &mut Row, ctx: &Context<'_>) -> Result<(), TransformError> {
         let arg = row_to_dynamic(row).map_err(|m| TransformError::input(i, m))?;
+        let input = match (self.stage, ctx.input(i)) {
+            (Stage::Post, Some(r)) => {
+                Some(row_to_dynamic(r).map_err(|m| TransformError::input(i, m))?)
+            }
+            (Stage::Post, None) => Some(Dynamic::UNIT),
+            (Stage::Pre, _) => None,
+        };
         let mut scope = Scope::new();
         // Top-level statements are not re-run per row; only the function is called.
         let opts = CallFnOptions::new().eval_ast(false).rewind_scope(false);
-        let result = match self.stage {
-            Stage::Pre => self.engine.call_fn_with_options::<Dynamic>(
+        DEADLINE.with(|d| d.set(Some(Instant::now() + self.max_time)));
+        let result = match input {
+            None => self.engine.call_fn_with_options::<Dynamic>(
                 opts,
                 &mut scope,
                 &self.ast,
                 "transform",
                 (arg,),
             ),
-            Stage::Post => {
-                let input = match ctx.input(i) {
-                    Some(r) => row_to_dynamic(r).map_err(|m| TransformError::input(i, m))?,
-                    None => Dynamic::UNIT,
-                };
-                self.engine.call_fn_with_options::<Dynamic>(
-                    opts,
-                    &mut scope,
-                    &self.ast,
-                    "transform",
-                    (arg, input),
-                )
-            }
+            Some(input) => self.engine.call_fn_with_options::<Dynamic>(
+                opts,
+                &mut scope,
+                &self.ast,
+                "transform",
+                (arg, input),
+            ),
         };
+        DEADLINE.with(|d| d.set(None));
         let out = result.map_err(|e| self.runtime_error(i, &e))?;
         let type_name = out.type_name();
         let Some(map) = out.flatten().try_cast::<Map>() else {
@@ -220,6 +247,13 @@ impl Script {
                 format!(
                     "script ran past max_operations ({}){at}; simplify the rule or raise the limit",
                     self.max_operations
+                ),
+            ),
+            EvalAltResult::ErrorTerminated(..) => TransformError::limit(
+                i,
+                format!(
+                    "script ran past max_time_ms ({} ms){at}; simplify the rule or raise the limit",
+                    self.max_time.as_millis()
                 ),
             ),
             EvalAltResult::ErrorStackOverflow(_) => TransformError::limit(

@@ -153,3 +153,29 @@ fn every_documented_example_builds() {
         }
     }
 }
+
+#[test]
+fn readme_step_table_examples_build() {
+    let readme = include_str!("../../README.md");
+    let mut stage = None;
+    let mut seen = 0;
+    for line in readme.lines() {
+        if line.starts_with("### Pre stage") {
+            stage = Some(Stage::Pre);
+        } else if line.starts_with("### Post stage") {
+            stage = Some(Stage::Post);
+        } else if line.starts_with("### ") {
+            stage = None;
+        }
+        let (Some(stage), Some(rest)) = (stage, line.strip_prefix("| `")) else {
+            continue;
+        };
+        let Some(example) = rest.split("| `").nth(1).and_then(|s| s.split('`').next()) else {
+            continue;
+        };
+        let c = build(stage, &format!("- {example}"));
+        assert_eq!(c.len(), 1, "{example}");
+        seen += 1;
+    }
+    assert_eq!(seen, 17, "every built-in step has a README example");
+}

@@ -369,3 +369,72 @@ fn script_build_checks() {
     );
     assert!(e.contains("unknown field `max_ops`"), "{e}");
 }
+
+#[test]
+fn allocation_bombs_fail_fast() {
+    // Each would allocate gigabytes if the size limits were not checked before allocating.
+    for (name, body, kind) in [
+        ("blob", "let b = blob(2000000000);", ErrorKind::Limit),
+        (
+            "pad_string",
+            "let s = \"x\"; s.pad(2000000000, \"y\");",
+            ErrorKind::Limit,
+        ),
+        (
+            "pad_array",
+            "let a = []; a.pad(2000000000, 0);",
+            ErrorKind::Limit,
+        ),
+        // 60000 bytes fit max_string_size; the 60000 pieces do not fit max_array_size
+        (
+            "split_many",
+            "let s = \"x\"; s.pad(60000, \",\"); let parts = s.split(\",\");",
+            ErrorKind::Limit,
+        ),
+        // no string repetition operator in Rhai: a Fault, not an allocation
+        (
+            "repeat_string",
+            "let s = \"xy\" * 2000000000;",
+            ErrorKind::Fault,
+        ),
+    ] {
+        let src = format!("fn transform(row) {{ {body} row }}");
+        let c = inline(Stage::Pre, name, &src, "");
+        let started = Instant::now();
+        let e = run_pre(&c, json!([{}])).expect_err(name);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{name} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(e.kind, kind, "{name}: {e}");
+    }
+}
+
+#[test]
+fn expensive_operations_hit_the_time_limit() {
+    // Few operations, each sorting 10000 elements: the operation limit alone would let this
+    // run for a long time.
+    let c = inline(
+        Stage::Pre,
+        "sorter",
+        "fn transform(row) { let a = []; a.pad(10000, 1); loop { a.sort(); a.reverse(); } row }",
+        "{max_operations: 100000000, max_time_ms: 50}",
+    );
+    let started = Instant::now();
+    let e = run_pre(&c, json!([{}])).unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.kind, ErrorKind::Limit, "{e}");
+    assert!(e.message.contains("max_time_ms (50 ms)"), "{e}");
+    assert!(took >= Duration::from_millis(50), "took {took:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // the deadline is per call: the next row gets a fresh budget
+    let c = inline(
+        Stage::Pre,
+        "quick",
+        "fn transform(row) { row.n = 1; row }",
+        "max_time_ms: 50",
+    );
+    let out = run_pre(&c, json!([{}, {}])).unwrap();
+    assert_eq!(as_value(out), json!([{"n": 1}, {"n": 1}]));
+}
