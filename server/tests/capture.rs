@@ -495,7 +495,8 @@ async fn a_full_queue_drops_and_counts_without_blocking() {
     capture.record((60..120).map(record).collect());
     assert_eq!(count(&metrics, "e", "dropped"), 60);
     assert_eq!(metrics.capture_queue.with_label_values(&["e"]).get(), 60);
-    // Hammering a full queue returns at once every time.
+    // Hammering a full queue returns at once every time. (A blocked call would wait for the
+    // 1h flush interval; the bounds only leave room for a busy CI machine's scheduling.)
     let mut total = Duration::ZERO;
     let mut slowest = Duration::ZERO;
     for i in 0..10_000 {
@@ -508,11 +509,11 @@ async fn a_full_queue_drops_and_counts_without_blocking() {
     }
     assert_eq!(count(&metrics, "e", "dropped"), 60 + 41 * 10_000);
     assert!(
-        slowest < Duration::from_millis(50),
+        slowest < Duration::from_millis(250),
         "slowest record() call {slowest:?}"
     );
     assert!(
-        total < Duration::from_secs(2),
+        total < Duration::from_secs(5),
         "10k record() calls took {total:?}"
     );
     // 40 more fit exactly and complete the batch.
@@ -550,7 +551,7 @@ async fn an_unwritable_directory_counts_failures_and_never_blocks() {
         }
     }
     assert!(
-        slowest < Duration::from_millis(50),
+        slowest < Duration::from_millis(250),
         "slowest record() {slowest:?}"
     );
     let t = Instant::now();
@@ -566,8 +567,9 @@ async fn an_unwritable_directory_counts_failures_and_never_blocks() {
         count(&metrics, "e", "dropped"),
     );
     assert_eq!(count(&metrics, "e", "written"), 0);
+    // At least the first full batch was attempted; how many later records found room in the
+    // queue depends on how long the failing attempts took.
     assert!(failed >= 10, "failed {failed}");
-    assert_eq!(failed % 10, 0, "whole batches fail: {failed}");
     assert_eq!(failed + dropped, 200, "failed {failed} + dropped {dropped}");
     assert_eq!(metrics.capture_queue.with_label_values(&["e"]).get(), 0);
 }
@@ -648,7 +650,7 @@ async fn s3_child() {
         slowest = slowest.max(t.elapsed());
     }
     assert!(
-        slowest < Duration::from_millis(50),
+        slowest < Duration::from_millis(250),
         "slowest record() {slowest:?}"
     );
     capture.shutdown().await;
@@ -657,7 +659,7 @@ async fn s3_child() {
         count(&metrics, "churn", "dropped"),
     );
     assert_eq!(count(&metrics, "churn", "written"), 0);
-    assert!(failed >= 5 && failed % 5 == 0, "failed {failed}");
+    assert!(failed >= 5, "failed {failed}");
     assert_eq!(failed + dropped, 50);
 }
 
@@ -694,7 +696,7 @@ async fn s3_child_unresponsive() {
         slowest = slowest.max(t.elapsed());
     }
     assert!(
-        slowest < Duration::from_millis(50),
+        slowest < Duration::from_millis(250),
         "slowest record() {slowest:?}"
     );
     let t = Instant::now();
