@@ -75,8 +75,19 @@ fn expected(i: u64) -> Value {
     })
 }
 
-/// (key relative to the destination, contents) of every file under `root`, in write order.
+/// (key relative to the destination, contents) of every complete file under `root`, in write
+/// order. Like a dataset reader, skips `.`-prefixed names: a write in progress.
 fn local_files(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = local_files_and_temps(root)
+        .into_iter()
+        .filter(|(key, _)| !key.rsplit('/').next().unwrap().starts_with('.'))
+        .collect::<Vec<_>>();
+    files.sort_by_key(|(key, _)| file_order(key));
+    files
+}
+
+/// Every file, temp files included.
+fn local_files_and_temps(root: &Path) -> Vec<(String, Vec<u8>)> {
     fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, Vec<u8>)>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -97,7 +108,7 @@ fn local_files(root: &Path) -> Vec<(String, Vec<u8>)> {
     }
     let mut out = Vec::new();
     walk(root, root, &mut out);
-    out.sort_by_key(|(key, _)| file_order(key));
+    out.sort_by_key(|(key, _)| key.clone());
     out
 }
 
@@ -294,6 +305,11 @@ async fn local_round_trip(format: CaptureFormat, ext: &str) {
     let to = now_ms();
 
     let files = local_files(dir.path());
+    assert_eq!(
+        local_files_and_temps(dir.path()).len(),
+        files.len(),
+        "no temp files are left"
+    );
     let sizes: Vec<usize> = files
         .iter()
         .map(|(key, bytes)| {
