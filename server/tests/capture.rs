@@ -75,8 +75,19 @@ fn expected(i: u64) -> Value {
     })
 }
 
-/// (key relative to the destination, contents) of every file under `root`, in write order.
+/// (key relative to the destination, contents) of every complete file under `root`, in write
+/// order. Like a dataset reader, skips `.`-prefixed names: a write in progress.
 fn local_files(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = local_files_and_temps(root)
+        .into_iter()
+        .filter(|(key, _)| !key.rsplit('/').next().unwrap().starts_with('.'))
+        .collect::<Vec<_>>();
+    files.sort_by_key(|(key, _)| file_order(key));
+    files
+}
+
+/// Every file, temp files included.
+fn local_files_and_temps(root: &Path) -> Vec<(String, Vec<u8>)> {
     fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, Vec<u8>)>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -97,7 +108,7 @@ fn local_files(root: &Path) -> Vec<(String, Vec<u8>)> {
     }
     let mut out = Vec::new();
     walk(root, root, &mut out);
-    out.sort_by_key(|(key, _)| file_order(key));
+    out.sort_by_key(|(key, _)| key.clone());
     out
 }
 
@@ -294,6 +305,11 @@ async fn local_round_trip(format: CaptureFormat, ext: &str) {
     let to = now_ms();
 
     let files = local_files(dir.path());
+    assert_eq!(
+        local_files_and_temps(dir.path()).len(),
+        files.len(),
+        "no temp files are left"
+    );
     let sizes: Vec<usize> = files
         .iter()
         .map(|(key, bytes)| {
@@ -495,7 +511,8 @@ async fn a_full_queue_drops_and_counts_without_blocking() {
     capture.record((60..120).map(record).collect());
     assert_eq!(count(&metrics, "e", "dropped"), 60);
     assert_eq!(metrics.capture_queue.with_label_values(&["e"]).get(), 60);
-    // Hammering a full queue returns at once every time.
+    // Hammering a full queue returns at once every time. (A blocked call would wait for the
+    // 1h flush interval; the bounds only leave room for a busy CI machine's scheduling.)
     let mut total = Duration::ZERO;
     let mut slowest = Duration::ZERO;
     for i in 0..10_000 {
@@ -508,11 +525,11 @@ async fn a_full_queue_drops_and_counts_without_blocking() {
     }
     assert_eq!(count(&metrics, "e", "dropped"), 60 + 41 * 10_000);
     assert!(
-        slowest < Duration::from_millis(50),
+        slowest < Duration::from_millis(250),
         "slowest record() call {slowest:?}"
     );
     assert!(
-        total < Duration::from_secs(2),
+        total < Duration::from_secs(5),
         "10k record() calls took {total:?}"
     );
     // 40 more fit exactly and complete the batch.
@@ -550,7 +567,7 @@ async fn an_unwritable_directory_counts_failures_and_never_blocks() {
         }
     }
     assert!(
-        slowest < Duration::from_millis(50),
+        slowest < Duration::from_millis(250),
         "slowest record() {slowest:?}"
     );
     let t = Instant::now();
@@ -566,8 +583,9 @@ async fn an_unwritable_directory_counts_failures_and_never_blocks() {
         count(&metrics, "e", "dropped"),
     );
     assert_eq!(count(&metrics, "e", "written"), 0);
+    // At least the first full batch was attempted; how many later records found room in the
+    // queue depends on how long the failing attempts took.
     assert!(failed >= 10, "failed {failed}");
-    assert_eq!(failed % 10, 0, "whole batches fail: {failed}");
     assert_eq!(failed + dropped, 200, "failed {failed} + dropped {dropped}");
     assert_eq!(metrics.capture_queue.with_label_values(&["e"]).get(), 0);
 }
@@ -648,7 +666,7 @@ async fn s3_child() {
         slowest = slowest.max(t.elapsed());
     }
     assert!(
-        slowest < Duration::from_millis(50),
+        slowest < Duration::from_millis(250),
         "slowest record() {slowest:?}"
     );
     capture.shutdown().await;
@@ -657,7 +675,7 @@ async fn s3_child() {
         count(&metrics, "churn", "dropped"),
     );
     assert_eq!(count(&metrics, "churn", "written"), 0);
-    assert!(failed >= 5 && failed % 5 == 0, "failed {failed}");
+    assert!(failed >= 5, "failed {failed}");
     assert_eq!(failed + dropped, 50);
 }
 
@@ -694,7 +712,7 @@ async fn s3_child_unresponsive() {
         slowest = slowest.max(t.elapsed());
     }
     assert!(
-        slowest < Duration::from_millis(50),
+        slowest < Duration::from_millis(250),
         "slowest record() {slowest:?}"
     );
     let t = Instant::now();
