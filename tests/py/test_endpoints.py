@@ -47,6 +47,12 @@ def env(tmp_path_factory):
     manifest["name"] = "riskbad"
     manifest["features"]["columns"][-1] = "request.nobody_sends_this"
     (bad / "model.yaml").write_text(json.dumps(manifest))
+    # risk@3: the same model with a `preprocess` of its own (it travels with the version).
+    mod.build(str(registry), str(features), version=3)
+    v3 = registry / "risk" / "3" / "model.yaml"
+    manifest = json.loads(v3.read_text())
+    manifest["preprocess"] = [{"scale": {"amount": {"factor": 2.0, "offset": 1.0}}}]
+    v3.write_text(json.dumps(manifest))
     return root, registry, features
 
 
@@ -196,6 +202,23 @@ def test_transforms_shape_inputs_and_answers(env):
         bad = predict(srv, "priced", [{"user_id": "u1", "amount": 1.0}, {"user_id": "u1", "amount": "x"}])
         assert bad.status_code == 400, bad.text
         assert "clip" in bad.json()["error"] and "row 1" in bad.json()["error"]
+    finally:
+        srv.stop()
+
+
+def test_model_owned_preprocess_travels_with_the_version(env):
+    root, registry, features = env
+    endpoints = [{"name": "v1", "variants": [{"name": "a", "model": "risk@1"}]},
+                 {"name": "v3", "variants": [{"name": "a", "model": "risk@3"}]}]
+    srv = start(root, "model-preprocess", base_config(registry, features, endpoints))
+    try:
+        sent = [{"user_id": f"u{i}", "amount": 4.0 * i} for i in range(1, 8)]
+        scaled = [dict(r, amount=r["amount"] * 2.0 + 1.0) for r in sent]
+        got = predict(srv, "v3", sent)
+        assert got.status_code == 200, got.text
+        ref = predict(srv, "v1", scaled).json()["predictions"]
+        assert [p["probabilities"] for p in got.json()["predictions"]] == [p["probabilities"] for p in ref]
+        assert got.json()["versions"] == ["3"] * len(sent)
     finally:
         srv.stop()
 
