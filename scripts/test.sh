@@ -23,12 +23,9 @@ else
   echo "kubectl not found: skipping the offline manifest render (pytest still checks them)" >&2
 fi
 python3 -m json.tool deploy/grafana/ferry-dashboard.json >/dev/null
-# Supply chain: advisories, licenses and sources of Cargo.lock (deny.toml).
-if command -v cargo-deny >/dev/null 2>&1; then
-  cargo deny --locked check
-else
-  echo "cargo-deny not installed: skipping 'cargo deny check' (cargo install cargo-deny --locked)" >&2
-fi
+# Supply chain: licenses, bans, sources and (when the RustSec DB is reachable or cached)
+# advisories of Cargo.lock (deny.toml); setup-test-deps.sh installs cargo-deny.
+bash scripts/deny.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --locked
 cargo test --workspace --locked

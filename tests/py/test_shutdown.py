@@ -9,7 +9,7 @@ import time
 import numpy as np
 import requests
 
-from conftest import STOP_TIMEOUT, TOL, infer_path, ref_array
+from conftest import STOP_TIMEOUT, TOL, infer_path, json_infer_body, ref_array
 
 N_REQUESTS = 50
 ROWS = 2000
@@ -84,5 +84,53 @@ def test_graceful_shutdown_drains_in_flight(ferry, fixtures):
         assert kinds.get("ok"), f"no in-flight request was drained: {summary}; " \
                                 f"{kinds.get('no-response', [])[:3]}"
         assert code == 0, f"exit code {code} after SIGTERM; log:\n{srv.log()}"
+    finally:
+        srv.kill()
+
+
+def test_drain_delay_keeps_serving_with_readiness_off(ferry, fixtures):
+    """`drain.delay`: after SIGTERM readiness is 503 at once while inference is still answered
+    (each response asking the client to close its connection) until the delay has passed;
+    then new connections are refused and the process exits 0."""
+    case = fixtures.case("churn")
+    delay = 2.0
+    srv = ferry.new("drain-delay", ["churn@champion"], drain={"delay": f"{delay}s",
+                                                              "timeout": "10s"})
+    srv.start()
+    try:
+        srv.wait_ready()
+        url = srv.url + infer_path("churn")
+        body = json_infer_body(case)
+        session = requests.Session()
+        r = session.post(url, json=body, timeout=30)
+        assert r.status_code == 200 and r.headers.get("connection", "") != "close", r.headers
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        during = []        # (seconds after SIGTERM, infer status, Connection header, ready status)
+        while time.monotonic() - t0 < delay - 0.5:
+            inf = requests.post(url, json=body, timeout=30)
+            ready = requests.get(srv.url + "/v2/health/ready", timeout=30)
+            during.append((time.monotonic() - t0, inf.status_code,
+                           inf.headers.get("connection"), ready.status_code))
+            time.sleep(0.1)
+        assert len(during) >= 5, during
+        assert all(s == 200 and c == "close" and rd == 503 for _, s, c, rd in during), during
+        # After the delay: connections are refused, and the process exits 0.
+        refused_at = None
+        while time.monotonic() - t0 < delay + 10:
+            try:
+                requests.post(url, json=body, timeout=5)
+            except requests.RequestException:
+                refused_at = time.monotonic() - t0
+                break
+            time.sleep(0.05)
+        code = srv.proc.wait(timeout=STOP_TIMEOUT)
+        exited_at = time.monotonic() - t0
+        print(f"\ndrain: {len(during)} requests answered during the {delay}s delay; "
+              f"refused from {refused_at:.2f}s; exited at {exited_at:.2f}s")
+        assert refused_at is not None and refused_at >= delay - 0.1, refused_at
+        assert exited_at >= delay
+        assert code == 0, f"exit code {code}; log:\n{srv.log()}"
+        assert "Draining: no new connections" in srv.log()
     finally:
         srv.kill()
