@@ -2,6 +2,7 @@
 gets a complete, correct 200 (no 5xx), and the process exits 0."""
 import json
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -132,5 +133,29 @@ def test_drain_delay_keeps_serving_with_readiness_off(ferry, fixtures):
         assert exited_at >= delay
         assert code == 0, f"exit code {code}; log:\n{srv.log()}"
         assert "Draining: no new connections" in srv.log()
+    finally:
+        srv.kill()
+
+
+def test_drain_timeout_bounds_the_wait_for_stuck_requests(ferry, fixtures):
+    """A request that never completes (its body stops arriving) cannot hold the process past
+    `drain.timeout`: ferry exits 0 once it runs out, saying so."""
+    srv = ferry.new("drain-timeout", ["churn@champion"], drain={"delay": "0s", "timeout": "1s"})
+    srv.start()
+    try:
+        srv.wait_ready()
+        stuck = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        stuck.sendall(b"POST /v2/models/churn/infer HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"inputs\"")
+        time.sleep(0.5)   # the server is now waiting for the rest of the body
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        code = srv.proc.wait(timeout=STOP_TIMEOUT)
+        took = time.monotonic() - t0
+        stuck.close()
+        print(f"\ndrain timeout 1s: exited after {took:.2f}s with a stuck request")
+        assert code == 0, srv.log()
+        assert 1.0 <= took < 5.0, took
+        assert "drain timeout ran out" in srv.log(), srv.log()
     finally:
         srv.kill()
