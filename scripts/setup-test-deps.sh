@@ -31,6 +31,8 @@ fi
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+# deploy/k8s is rendered offline (`kubectl kustomize`, no cluster) by test.sh and test_deploy.py.
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

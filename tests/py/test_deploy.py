@@ -75,7 +75,8 @@ def test_configmap_uses_known_config_keys():
 
 def test_kubectl_renders_offline():
     if not shutil.which("kubectl"):
-        pytest.skip("kubectl not installed")
+        pytest.fail("kubectl not installed (scripts/setup-test-deps.sh installs Debian's "
+                    "kubernetes-client)")
     r = subprocess.run(["kubectl", "kustomize", os.path.join(DEPLOY, "k8s")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
