@@ -3,11 +3,11 @@ deploy/nginx/ferry.conf. Under continuous load: replica A gets SIGTERM (drains, 
 client request may fail; later replica B is SIGKILLed and restarted: only requests in flight
 on B at that moment may fail, and each failure is counted.
 
-Phases start only once nginx's access log shows both replicas answering 200s: a replica that
-was just restarted answers 503 while its model loads, which nginx counts against it
-(`max_fails`), and the next phase must not begin while nginx still holds that against it (the
-cause of this test's earlier flakiness on a loaded machine: B was killed while nginx still
-considered the freshly restarted A failed, so a request found no live upstream)."""
+Phases start only once nginx's access log shows each replica answering 200s, not after fixed
+sleeps: a replica that was just restarted answers 503 while its model loads, which nginx
+counts against it (`max_fails`, `fail_timeout`), and a phase must not begin while nginx may
+still hold that against it (if B is killed then, a request can find no live upstream). Fixed
+sleeps on a loaded machine were the suspected cause of this test's earlier flakiness."""
 import os
 import shutil
 import signal
