@@ -19,10 +19,12 @@ shellcheck scripts/*.sh .ci/run
 # nginx accepts the load-balancer config (the LB test runs it for real).
 if command -v kubectl >/dev/null 2>&1; then
   kubectl kustomize deploy/k8s >/dev/null
+  kubectl kustomize deploy/batch >/dev/null
 else
   echo "kubectl not found: skipping the offline manifest render (pytest still checks them)" >&2
 fi
 python3 -m json.tool deploy/grafana/ferry-dashboard.json >/dev/null
+python3 -m py_compile deploy/airflow/ferry_batch_dag.py
 # Supply chain: advisories, licenses and sources of Cargo.lock (deny.toml).
 if command -v cargo-deny >/dev/null 2>&1; then
   cargo deny --locked check
