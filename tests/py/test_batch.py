@@ -381,6 +381,13 @@ def test_s3_inputs_outputs_and_incremental(env, moto_s3):
     etag = s3.head_object(Bucket="batch-in", Key="data/c.csv")["ETag"]
     assert marker["fingerprint"]["etag"] == etag and marker["rows"] == 30
 
+    # One S3 object as the input.
+    batch(env, "--endpoint", "risk", "--input", "s3://batch-in/data/p.parquet", "--output",
+          str(tmp / "one"))
+    got_one = read_output(tmp / "one")
+    assert [(x["user_id"], x["amount"]) for x in got_one] == \
+        [(x["user_id"], x["amount"]) for x in rows[:30]]
+
     # A glob from S3 to a local directory, as JSON Lines.
     batch(env, "--endpoint", "risk", "--input", "s3://batch-in/data/*.csv", "--output",
           str(tmp / "local"), "--format", "jsonl")

@@ -209,3 +209,38 @@ impl LocalStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_write_from_file_delete_and_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        assert_eq!(store.head("a/b.txt").unwrap(), None);
+        let src = dir.path().join("src.txt");
+        std::fs::write(&src, b"hello").unwrap();
+        store.write_from_file("a/b.txt", &src).unwrap();
+        let info = store.head("a/b.txt").unwrap().unwrap();
+        assert_eq!(
+            (info.key.as_str(), info.size, info.etag),
+            ("a/b.txt", 5, None)
+        );
+        assert!(info.modified.is_some());
+        // Overwrites, and leaves no temporary file next to it.
+        std::fs::write(&src, b"hello, world").unwrap();
+        store.write_from_file("a/b.txt", &src).unwrap();
+        assert_eq!(store.read("a/b.txt").unwrap().unwrap(), b"hello, world");
+        assert_eq!(store.children("a").unwrap(), vec!["b.txt".to_string()]);
+        // A directory is not an object.
+        assert_eq!(store.head("a").unwrap(), None);
+        let dest = dir.path().join("copy.txt");
+        assert!(store.copy_to("a/b.txt", &dest).unwrap());
+        assert_eq!(std::fs::read(&dest).unwrap(), b"hello, world");
+        assert!(!store.copy_to("a/missing", &dest).unwrap());
+        store.delete("a/b.txt").unwrap();
+        store.delete("a/b.txt").unwrap();
+        assert_eq!(store.head("a/b.txt").unwrap(), None);
+    }
+}

@@ -37,6 +37,9 @@ impl OutputFormat {
 /// Columns batch adds after the id columns.
 pub const RESULT_COLUMNS: [&str; 5] = ["prediction", "variant", "model", "version", "scored_at"];
 
+/// Rows per output row group: the writer buffers one row group, so this bounds its memory.
+pub const OUTPUT_ROW_GROUP_ROWS: usize = 131_072;
+
 enum Sink {
     Parquet(Box<ArrowWriter<File>>),
     Jsonl(BufWriter<File>),
@@ -92,6 +95,7 @@ impl OutputWriter {
             OutputFormat::Parquet => {
                 let props = WriterProperties::builder()
                     .set_compression(Compression::SNAPPY)
+                    .set_max_row_group_row_count(Some(OUTPUT_ROW_GROUP_ROWS))
                     .build();
                 Sink::Parquet(Box::new(
                     ArrowWriter::try_new(file, schema.clone(), Some(props))
