@@ -330,6 +330,22 @@ def test_bad_rows_go_to_the_error_file_and_the_rest_are_scored(env):
     marker = json.load(open(tmp / "out" / "_markers" / "bad.json"))
     assert (marker["rows"], marker["scored"], marker["failed"]) == (9, 5, 4)
 
+    # Parquet rows are bisected the same way: a null X and a too-short X among good rows.
+    pgood = churn_rows(6, 8)
+    prow = pgood[:2] + [{"id": 9101, "X": None}] + pgood[2:5] + [{"id": 9102, "X": [0.5] * 7}] \
+        + pgood[5:]
+    write_parquet(str(tmp / "inp" / "bad.parquet"), prow)
+    batch(env, "--endpoint", "churn", "--input", str(tmp / "inp"), "--output",
+          str(tmp / "outp"), "--chunk-rows", "8", expect=2)
+    got = read_output(tmp / "outp")
+    assert [x["id"] for x in got] == [g["id"] for g in pgood]
+    label, _ = sess.run(None, {"X": np.array([g["X"] for g in pgood], dtype=np.float32)})
+    assert [x["prediction"]["label"] for x in got] == [int(v) for v in label]
+    with open(tmp / "outp" / "_errors" / "bad.jsonl") as f:
+        errors = [json.loads(line) for line in f]
+    assert [(e["row"], e["value"]["id"]) for e in errors] == [(2, 9101), (6, 9102)]
+    assert all("X" in e["reason"] for e in errors), errors
+
     # Features endpoint: a row without its entity key and one with a wrong-typed amount.
     risk = risk_rows(4, 6)
     write_jsonl(str(tmp / "in2" / "r.jsonl"),

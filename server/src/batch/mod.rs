@@ -559,11 +559,14 @@ async fn run_unit(
                 match rx.recv().await {
                     Some(chunk) => {
                         let mut chunk = chunk?;
-                        let rows = std::mem::take(&mut chunk.rows);
+                        let rows = match chunk.batch.take() {
+                            Some(b) => score::Rows::Arrow(b),
+                            None => score::Rows::Json(std::mem::take(&mut chunk.rows)),
+                        };
                         let p = pipeline.clone();
                         let endpoint = options.endpoint.clone();
                         let handle = tokio::spawn(async move {
-                            if rows.is_empty() {
+                            if chunk_is_empty(&rows) {
                                 return Ok((Vec::new(), Vec::new()));
                             }
                             score::score_isolating(&p, &endpoint, rows).await
@@ -652,6 +655,13 @@ async fn run_unit(
         )
         .await?;
     Ok(marker)
+}
+
+fn chunk_is_empty(rows: &score::Rows) -> bool {
+    match rows {
+        score::Rows::Json(r) => r.is_empty(),
+        score::Rows::Arrow(b) => b.num_rows() == 0,
+    }
 }
 
 fn output_uri_of_input(store: &Store, key: &str) -> String {

@@ -31,6 +31,9 @@ pub struct Chunk {
     /// Unit row index of each entry of `rows`.
     pub index: Vec<u64>,
     pub rows: Vec<Map<String, Value>>,
+    /// Parquet: the record batch the rows come from; `rows` stays empty and the scoring task
+    /// converts it (off the reader thread, and again per half when isolating bad rows).
+    pub batch: Option<RecordBatch>,
     /// The id columns for `rows`, in `ids_schema` order.
     pub ids: Vec<ArrayRef>,
     pub bad: Vec<RowError>,
@@ -146,11 +149,11 @@ fn open_parquet(
         let batch = batch.map_err(|e| io_err(&path, e))?;
         let first = next_row;
         next_row += batch.num_rows() as u64;
-        let rows = batch_to_rows(&batch).map_err(BatchError::Input)?;
         Ok(Chunk {
             index: (first..next_row).collect(),
-            rows,
+            rows: Vec::new(),
             ids: picked.iter().map(|&i| batch.column(i).clone()).collect(),
+            batch: Some(batch),
             bad: Vec::new(),
         })
     });
@@ -492,6 +495,7 @@ fn open_text(
         let mut chunk = Chunk {
             index: Vec::new(),
             rows: Vec::new(),
+            batch: None,
             ids: Vec::new(),
             bad: Vec::new(),
         };

@@ -2,6 +2,7 @@
 //! isolation of bad rows when a call fails because of some of its rows.
 
 use crate::pipeline::{Pipeline, PredictError};
+use arrow_array::RecordBatch;
 use ferry_features::FeatureError;
 use serde_json::{Map, Value};
 
@@ -52,39 +53,98 @@ pub struct FailedRow {
     pub reason: String,
 }
 
+/// Rows to score: JSON objects, or a record batch converted on demand (so a range can be
+/// rebuilt after a failure instead of keeping a copy of every row).
+pub enum Rows {
+    Json(Vec<Map<String, Value>>),
+    Arrow(RecordBatch),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Json(r) => r.len(),
+            Rows::Arrow(b) => b.num_rows(),
+        }
+    }
+}
+
+/// A range of the rows being scored.
+enum Part {
+    Json(Vec<Map<String, Value>>),
+    Arrow { offset: usize, len: usize },
+}
+
 /// Scores `rows`; when the call fails because of rows, bisects until every bad row is alone,
 /// so all good rows are scored exactly as in one call and each bad row gets its own reason.
 /// Returns one `Some(scored)` per good row (position-aligned) and the failed rows.
 pub async fn score_isolating(
     pipeline: &Pipeline,
     endpoint: &str,
-    rows: Vec<Map<String, Value>>,
+    rows: Rows,
 ) -> Result<(Vec<Option<ScoredRow>>, Vec<FailedRow>), PredictError> {
     let mut scored: Vec<Option<ScoredRow>> = vec![None; rows.len()];
     let mut failed = Vec::new();
-    let mut work = vec![(0usize, rows)];
-    while let Some((start, rows)) = work.pop() {
-        // The pipeline consumes its rows; keep a copy only to retry halves after a failure.
-        let retry = rows.clone();
-        match score_chunk(pipeline, endpoint, rows).await {
+    let (batch, first) = match rows {
+        Rows::Json(r) => (None, Part::Json(r)),
+        Rows::Arrow(b) => {
+            let len = b.num_rows();
+            (Some(b), Part::Arrow { offset: 0, len })
+        }
+    };
+    let to_rows = |offset: usize, len: usize| -> Result<Vec<Map<String, Value>>, PredictError> {
+        let b = batch.as_ref().expect("arrow parts come with a batch");
+        super::read::batch_to_rows(&b.slice(offset, len))
+            .map_err(|e| PredictError::Input(crate::http::error::ApiError::InvalidInput(e)))
+    };
+    let mut work = vec![(0usize, first)];
+    while let Some((start, part)) = work.pop() {
+        // The pipeline consumes its rows: JSON rows are copied to retry halves after a
+        // failure; Arrow rows are rebuilt from the batch instead.
+        let (call, retry) = match part {
+            Part::Json(r) => {
+                let copy = r.clone();
+                (r, Part::Json(copy))
+            }
+            Part::Arrow { offset, len } => (to_rows(offset, len)?, Part::Arrow { offset, len }),
+        };
+        let n = call.len();
+        match score_chunk(pipeline, endpoint, call).await {
             Ok(out) => {
                 for (i, s) in out.into_iter().enumerate() {
                     scored[start + i] = Some(s);
                 }
             }
             Err(e) if row_caused(&e) => {
-                let mut retry = retry;
-                if retry.len() == 1 {
+                if n == 1 {
+                    let row = match retry {
+                        Part::Json(mut r) => r.pop().expect("one row"),
+                        Part::Arrow { offset, len } => {
+                            to_rows(offset, len)?.pop().expect("one row")
+                        }
+                    };
                     failed.push(FailedRow {
                         position: start,
-                        row: retry.pop().expect("one row"),
+                        row,
                         reason: e.to_string(),
                     });
                 } else {
-                    let right = retry.split_off(retry.len() / 2);
-                    let mid = start + retry.len();
-                    work.push((mid, right));
-                    work.push((start, retry));
+                    let half = n / 2;
+                    let (left, right) = match retry {
+                        Part::Json(mut r) => {
+                            let right = r.split_off(half);
+                            (Part::Json(r), Part::Json(right))
+                        }
+                        Part::Arrow { offset, len } => (
+                            Part::Arrow { offset, len: half },
+                            Part::Arrow {
+                                offset: offset + half,
+                                len: len - half,
+                            },
+                        ),
+                    };
+                    work.push((start + half, right));
+                    work.push((start, left));
                 }
             }
             Err(e) => return Err(e),
