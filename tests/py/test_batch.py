@@ -244,9 +244,16 @@ def test_union_of_shards_equals_single_run(env):
     cols = ["user_id", "amount"]
     assert len(sharded) == 420
     assert sorted(key(r, cols) for r in sharded) == sorted(key(r, cols) for r in single)
-    # No duplicate rows (rows are distinct by (user, amount, prediction) in the input).
-    assert len({key(r, cols) for r in sharded}) == len({key(r, cols) for r in rows and single})
+    # No duplicates: the input rows are distinct, so every output row must be too.
+    assert len({(r["user_id"], r["amount"]) for r in rows}) == len(rows)
+    assert len({key(r, cols) for r in sharded}) == len(sharded)
     assert_risk_matches(env, sharded)
+
+    # An output under the input directory is never read back as input.
+    for _ in range(2):
+        r = batch(env, "--endpoint", "risk", "--input", str(inp), "--output", str(inp / "scored"))
+        assert "batch: 7 units" in r.stdout, r.stdout
+    assert "0 scored, 7 skipped" in r.stdout, r.stdout
 
 
 def test_killed_run_resumes_without_duplicates_or_leftovers(env):

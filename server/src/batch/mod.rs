@@ -276,9 +276,20 @@ pub async fn run(config: ServerConfig, options: BatchOptions) -> Result<Summary,
     let s3 = s3_options(&config);
 
     // Plan before loading models: a typo in a URI fails fast.
-    let inputs = storage::list_inputs(&options.input, &s3).await?;
+    let mut inputs = storage::list_inputs(&options.input, &s3).await?;
     let input_store = Location::open(&options.input, &s3).await?.store;
     let output = Location::open(options.output.trim_end_matches('/'), &s3).await?;
+    // An output inside the input prefix must not be read back as input by the next run.
+    if same_root(&input_store, &output.store) {
+        let under = format!("{}/", output.key);
+        inputs.retain(|f| !f.key.starts_with(&under));
+        if inputs.is_empty() {
+            return Err(BatchError::Input(format!(
+                "no input files at {} outside the output {}",
+                options.input, options.output
+            )));
+        }
+    }
     let scratch = std::env::temp_dir();
     let mut single_download: Option<Arc<LocalInput>> = None;
     let mut units = Vec::new();
@@ -655,6 +666,14 @@ async fn run_unit(
         )
         .await?;
     Ok(marker)
+}
+
+fn same_root(a: &Store, b: &Store) -> bool {
+    match (a, b) {
+        (Store::Local(_), Store::Local(_)) => true,
+        (Store::S3(x), Store::S3(y)) => x.bucket() == y.bucket(),
+        _ => false,
+    }
 }
 
 fn chunk_is_empty(rows: &score::Rows) -> bool {
