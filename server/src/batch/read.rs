@@ -171,13 +171,85 @@ pub fn batch_to_rows(batch: &RecordBatch) -> Result<Vec<Map<String, Value>>, Str
         .map(|_| Map::with_capacity(schema.fields().len()))
         .collect();
     for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        for (i, row) in rows.iter_mut().enumerate() {
-            let v = array_value(column.as_ref(), i)
-                .map_err(|e| format!("column `{}`: {e}", field.name()))?;
+        let values = column_values(column.as_ref())
+            .map_err(|e| format!("column `{}`: {e}", field.name()))?;
+        for (row, v) in rows.iter_mut().zip(values) {
             row.insert(field.name().clone(), v);
         }
     }
     Ok(rows)
+}
+
+/// A whole column as JSON values. Numeric columns and lists of numbers (feature vectors) take a
+/// direct path: `array_value` on a list slices a child array per row, which dominated the cost.
+fn column_values(a: &dyn Array) -> Result<Vec<Value>, String> {
+    fn prim<T: ArrowPrimitiveType>(a: &dyn Array, f: impl Fn(T::Native) -> Value) -> Vec<Value> {
+        let p = a.as_primitive::<T>();
+        (0..p.len())
+            .map(|i| {
+                if p.is_null(i) {
+                    Value::Null
+                } else {
+                    f(p.value(i))
+                }
+            })
+            .collect()
+    }
+    /// Rows of a list column whose child is numeric: `offsets[i]..offsets[i+1]` per row.
+    fn lists(a: &dyn Array, child: &dyn Array, offsets: &[usize]) -> Option<Vec<Value>> {
+        let leaf: Vec<Value> = match child.data_type() {
+            DataType::Float32 | DataType::Float64 | DataType::Int64 | DataType::Int32 => {
+                column_values(child).ok()?
+            }
+            _ => return None,
+        };
+        let mut leaf = leaf.into_iter();
+        let mut out = Vec::with_capacity(a.len());
+        let mut pos = offsets.first().copied().unwrap_or(0);
+        // Skip values before the first offset (a sliced list array).
+        for _ in 0..pos {
+            leaf.next();
+        }
+        for i in 0..a.len() {
+            let end = offsets[i + 1];
+            let items: Vec<Value> = leaf.by_ref().take(end - pos).collect();
+            pos = end;
+            out.push(if a.is_null(i) {
+                Value::Null
+            } else {
+                Value::Array(items)
+            });
+        }
+        Some(out)
+    }
+    let fast = match a.data_type() {
+        DataType::Float32 => Some(prim::<Float32Type>(a, |x| float(x as f64))),
+        DataType::Float64 => Some(prim::<Float64Type>(a, float)),
+        DataType::Int32 => Some(prim::<Int32Type>(a, Value::from)),
+        DataType::Int64 => Some(prim::<Int64Type>(a, Value::from)),
+        DataType::List(_) => {
+            let l = a.as_list::<i32>();
+            let offsets: Vec<usize> = l.value_offsets().iter().map(|&o| o as usize).collect();
+            lists(a, l.values().as_ref(), &offsets)
+        }
+        DataType::LargeList(_) => {
+            let l = a.as_list::<i64>();
+            let offsets: Vec<usize> = l.value_offsets().iter().map(|&o| o as usize).collect();
+            lists(a, l.values().as_ref(), &offsets)
+        }
+        DataType::FixedSizeList(_, n) => {
+            let l = a.as_fixed_size_list();
+            let n = *n as usize;
+            let base = l.offset() * n;
+            let offsets: Vec<usize> = (0..=l.len()).map(|i| base + i * n).collect();
+            lists(a, l.values().as_ref(), &offsets)
+        }
+        _ => None,
+    };
+    match fast {
+        Some(v) => Ok(v),
+        None => (0..a.len()).map(|i| array_value(a, i)).collect(),
+    }
 }
 
 fn float(x: f64) -> Value {
@@ -534,6 +606,43 @@ fn open_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn columns_convert_like_single_values() {
+        use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, ListBuilder};
+        let mut l = ListBuilder::new(Float32Builder::new());
+        l.values().append_value(1.5);
+        l.values().append_value(2.0);
+        l.append(true);
+        l.append(false);
+        l.values().append_value(-3.0);
+        l.values().append_null();
+        l.append(true);
+        let list: ArrayRef = Arc::new(l.finish());
+        let mut f = FixedSizeListBuilder::new(Int64Builder::new(), 2);
+        for (a, b, valid) in [(1, 2, true), (0, 0, false), (5, 6, true)] {
+            f.values().append_value(a);
+            f.values().append_value(b);
+            f.append(valid);
+        }
+        let fixed: ArrayRef = Arc::new(f.finish());
+        for a in [&list, &fixed] {
+            for arr in [a.clone(), a.slice(1, 2)] {
+                let want: Vec<Value> = (0..arr.len())
+                    .map(|i| array_value(arr.as_ref(), i).unwrap())
+                    .collect();
+                assert_eq!(column_values(arr.as_ref()).unwrap(), want);
+            }
+        }
+        assert_eq!(
+            column_values(list.as_ref()).unwrap(),
+            vec![
+                serde_json::json!([1.5, 2.0]),
+                Value::Null,
+                serde_json::json!([-3.0, null])
+            ]
+        );
+    }
 
     #[test]
     fn csv_cells_and_column_types() {
