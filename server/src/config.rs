@@ -71,6 +71,42 @@ pub struct ServerConfig {
     /// comma-separated, takes precedence); without keys inference is open.
     #[serde(default)]
     pub api_keys_file: Option<PathBuf>,
+    /// What SIGTERM does: readiness turns 503 at once, requests keep being served for
+    /// `drain.delay` (so load balancers stop routing here), then no new connections and
+    /// in-flight requests get up to `drain.timeout` to finish.
+    #[serde(default)]
+    pub drain: DrainConfig,
+}
+
+/// Graceful shutdown on SIGTERM / Ctrl-C.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainConfig {
+    /// How long to keep accepting and serving after the signal, with readiness already 503
+    /// and every response carrying `Connection: close`, e.g. `5s`. Behind a load balancer
+    /// that polls readiness (Kubernetes), set it to the time the LB needs to take a replica
+    /// out of rotation; `0s` (default) stops accepting at once.
+    #[serde(default, with = "humantime_serde")]
+    pub delay: Duration,
+    /// Longest wait for in-flight requests once accepting stopped; the process exits when it
+    /// runs out even if some are still running. Default 30s (the default request timeout).
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn default_drain_timeout() -> Duration {
+    DEFAULT_DRAIN_TIMEOUT
+}
+
+impl Default for DrainConfig {
+    fn default() -> DrainConfig {
+        DrainConfig {
+            delay: Duration::ZERO,
+            timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
 }
 
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
@@ -388,6 +424,7 @@ impl ServerConfig {
             request_timeout_ms: default_request_timeout_ms(),
             admin_token_file: None,
             api_keys_file: None,
+            drain: DrainConfig::default(),
         }
     }
 
@@ -601,6 +638,25 @@ mod tests {
         let cfg = ServerConfig::load(&path).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.models.len(), 2);
+    }
+
+    #[test]
+    fn drain_defaults_and_durations() {
+        let cfg: ServerConfig =
+            serde_yaml::from_str("registry: {uri: /m}\nmodels: [a@1]\n").unwrap();
+        assert_eq!(cfg.drain.delay, Duration::ZERO);
+        assert_eq!(cfg.drain.timeout, Duration::from_secs(30));
+        let cfg: ServerConfig = serde_yaml::from_str(
+            "registry: {uri: /m}\nmodels: [a@1]\ndrain: {delay: 5s, timeout: 1m 30s}\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.drain.delay, Duration::from_secs(5));
+        assert_eq!(cfg.drain.timeout, Duration::from_secs(90));
+        let err = serde_yaml::from_str::<ServerConfig>(
+            "registry: {uri: /m}\nmodels: [a@1]\ndrain: {dealy: 5s}\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("dealy"), "{err}");
     }
 
     #[test]

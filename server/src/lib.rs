@@ -21,7 +21,7 @@ use config::ServerConfig;
 use ferry_registry::Registry;
 use http::AppState;
 use models::ModelManager;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use telemetry::metrics::Metrics;
@@ -74,10 +74,13 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
     })
 }
 
-/// Serves `config` on `listener` until `shutdown` resolves, then stops accepting, lets
-/// in-flight requests finish, and returns. Models load in the background: the server answers
-/// liveness at once and reports ready when every configured model is warmed up. With a
-/// non-zero `registry.poll_interval`, served references are then followed for changes.
+/// Serves `config` on `listener` until `shutdown` resolves, then drains (see `DrainConfig`):
+/// readiness turns 503 at once while requests are still served for `drain.delay`, each
+/// response asking the client to close its connection; then no new connections, and
+/// in-flight requests get up to `drain.timeout` before this returns. Models load in the
+/// background: the server answers liveness at once and reports ready when every configured
+/// model is warmed up. With a non-zero `registry.poll_interval`, served references are then
+/// followed for changes.
 pub async fn serve(
     config: ServerConfig,
     listener: TcpListener,
@@ -94,12 +97,64 @@ pub async fn serve(
         }
     });
     let shutting_down = state.shutting_down.clone();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            shutting_down.store(true, Ordering::Relaxed);
-            tracing::info!("Shutdown requested: no new connections; finishing in-flight requests.");
-        })
-        .await?;
+    let router = app(state).layer(axum::middleware::from_fn_with_state(
+        shutting_down.clone(),
+        close_while_draining,
+    ));
+    let drain = config.drain.clone();
+    // Set once accepting has stopped: from then on in-flight requests have `drain.timeout`.
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        shutting_down.store(true, Ordering::Relaxed);
+        if !drain.delay.is_zero() {
+            tracing::info!(
+                delay_seconds = drain.delay.as_secs_f64(),
+                "Shutdown requested: readiness reports 503; still serving during the drain delay so load balancers stop routing here."
+            );
+            tokio::time::sleep(drain.delay).await;
+        }
+        tracing::info!(
+            timeout_seconds = drain.timeout.as_secs_f64(),
+            "Draining: no new connections; finishing in-flight requests."
+        );
+        let _ = stopped_tx.send(());
+    });
+    let timeout = config.drain.timeout;
+    let deadline = async move {
+        if stopped_rx.await.is_ok() {
+            tokio::time::sleep(timeout).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server.into_future() => result?,
+        () = deadline => {
+            tracing::warn!(
+                timeout_seconds = timeout.as_secs_f64(),
+                "Requests still in flight when the drain timeout ran out; stopping anyway."
+            );
+        }
+    }
     Ok(())
+}
+
+/// While draining, every response tells the client to close its connection: keep-alive
+/// clients (a proxy's upstream pool, a kube-proxy'd client) open a new one, which a load
+/// balancer that took this replica out of rotation sends elsewhere, and no idle connection
+/// is left to race against the close when accepting stops.
+async fn close_while_draining(
+    axum::extract::State(draining): axum::extract::State<Arc<AtomicBool>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    if draining.load(Ordering::Relaxed) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }

@@ -83,10 +83,9 @@ async fn documented_error_statuses_match_the_error_mapping() {
     let doc: Value = serde_json::from_str(OPENAPI_JSON).unwrap();
     let infer = &doc["paths"]["/v2/models/{model}/infer"]["post"]["responses"];
     for status in ferry_server::http::error::ApiError::STATUSES {
-        // 405 is answered for any documented path with another method; 401/403 only by the
-        // control API.
-        if status == 405 || ferry_server::http::error::ApiError::CONTROL_STATUSES.contains(&status)
-        {
+        // 405 is answered for any documented path with another method; 403 only by the
+        // control API (401 by both: the admin token there, API keys here).
+        if status == 405 || status == 403 {
             continue;
         }
         assert!(
@@ -94,6 +93,60 @@ async fn documented_error_statuses_match_the_error_mapping() {
             "status {status} is not documented for infer"
         );
     }
+}
+
+#[tokio::test]
+async fn routes_behind_api_keys_document_the_401_and_the_others_do_not_ask() {
+    let (mut state, _dir) = state_with(1 << 20).await;
+    state.api_keys = ferry_server::http::auth::ApiKeys::parse("key-1");
+    let doc: Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+    let mut keyed = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{model}", "churn")
+            .replace("{version}", "1")
+            .replace("{endpoint}", "risk");
+        for (method, op) in ops.as_object().unwrap() {
+            let req = || {
+                Request::builder()
+                    .method(method.to_uppercase().as_str())
+                    .uri(&concrete)
+                    .body(Body::from(churn_request(1)))
+                    .unwrap()
+            };
+            let (status, _, body) = send(&state, req()).await;
+            let schemes: Vec<&str> = op["security"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_object()?.keys().next().map(String::as_str))
+                .collect();
+            let wants_key = schemes.contains(&"apiKey");
+            if status == StatusCode::UNAUTHORIZED && !schemes.contains(&"adminToken") {
+                keyed += 1;
+                assert!(
+                    wants_key && schemes.contains(&"apiKeyHeader"),
+                    "{method} {path} asks for an API key, but its security is {schemes:?}"
+                );
+                assert!(
+                    op["responses"].get("401").is_some(),
+                    "{method} {path} answers 401 without a key, undocumented"
+                );
+                assert!(error_message(&body).contains("API key"));
+                // `{}` first: the route is open when no keys are configured.
+                assert_eq!(op["security"][0], json!({}), "{method} {path}");
+            } else {
+                assert!(
+                    !wants_key,
+                    "{method} {path} documents an API key it does not ask for"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        keyed, 5,
+        "infer (2), v1 predict, endpoint predict, features"
+    );
 }
 
 #[tokio::test]

@@ -39,11 +39,19 @@ def test_probes_drain_and_resources():
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["resources"]["requests"] and c["resources"]["limits"]
-    pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    # ferry drains by itself (drain.delay, then drain.timeout): a preStop sleep would only
+    # add to it; the grace period must cover every step before SIGKILL.
+    pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     ferry_cfg = yaml.safe_load(manifests()["ConfigMap"]["data"]["ferry.yaml"])
-    drain = ferry_cfg["request_timeout_ms"] / 1000
-    assert spec["terminationGracePeriodSeconds"] >= pre_stop + drain, \
-        "grace period must cover preStop plus the longest in-flight request"
+    seconds = {"s": 1, "ms": 0.001, "m": 60}
+    delay, timeout = (float(v[:-len(u)]) * seconds[u]
+                      for v in (ferry_cfg["drain"]["delay"], ferry_cfg["drain"]["timeout"])
+                      for u in [re.search(r"(ms|s|m)$", v).group(1)])
+    assert delay > 0, "behind a Service the pod must keep serving while it leaves the endpoints"
+    assert timeout >= ferry_cfg["request_timeout_ms"] / 1000, \
+        "the drain must let the longest request finish"
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + delay + timeout, \
+        "grace period must cover preStop, the drain delay and the drain timeout"
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     labels = d["spec"]["template"]["metadata"]["labels"]
@@ -68,7 +76,8 @@ def test_configmap_uses_known_config_keys():
 
 def test_kubectl_renders_offline():
     if not shutil.which("kubectl"):
-        pytest.skip("kubectl not installed")
+        pytest.fail("kubectl not installed (scripts/setup-test-deps.sh installs Debian's "
+                    "kubernetes-client)")
     r = subprocess.run(["kubectl", "kustomize", os.path.join(DEPLOY, "k8s")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -138,7 +147,8 @@ def test_batch_indexed_job_and_airflow_dag():
 
 def test_batch_job_renders_with_kubectl():
     if not shutil.which("kubectl"):
-        pytest.skip("kubectl not installed")
+        pytest.fail("kubectl not installed (scripts/setup-test-deps.sh installs Debian's "
+                    "kubernetes-client)")
     r = subprocess.run(["kubectl", "kustomize", os.path.join(DEPLOY, "batch")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

@@ -285,3 +285,93 @@ def test_restart_reuses_the_verified_cache(ferry, moto_s3, tmp_path):
     assert served_version(warm) == "1"
     warm.stop()
     print(f"\nCOLD START: from S3 {from_s3:.3f}s, from cache {from_cache:.3f}s (to ready)")
+
+
+CACHE_FS_BYTES = 1 << 20     # the whole cache filesystem: 1 MiB
+LEFT_FREE = 16 << 10         # room left for version 2: less than its 57 kB artifact
+
+
+def privileged(cmd):
+    return cmd if os.geteuid() == 0 else ["sudo", "-n", *cmd]
+
+
+@pytest.fixture
+def small_cache_fs(tmp_path):
+    """A real 1 MiB tmpfs as the cache directory, so writes beyond it fail with ENOSPC."""
+    mnt = tmp_path / "small-cache"
+    mnt.mkdir()
+    r = subprocess.run(privileged(["mount", "-t", "tmpfs", "-o",
+                                   f"size={CACHE_FS_BYTES},mode=1777", "ferry-test-cache",
+                                   str(mnt)]), capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail("the disk-full test mounts a 1 MiB tmpfs (root or passwordless sudo): "
+                    f"{r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(privileged(["umount", "-l", str(mnt)]), capture_output=True)
+
+
+def fill_leaving(path, free_bytes):
+    """Fills the filesystem of `path` up to ENOSPC, then frees `free_bytes`."""
+    filler = path / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError as e:
+            assert e.errno == 28, e
+    size = filler.stat().st_size
+    os.truncate(filler, size - free_bytes)
+    st = os.statvfs(path)
+    return filler, st.f_bavail * st.f_frsize
+
+
+def test_full_cache_disk_keeps_serving_the_old_version(ferry, moto_s3, tmp_path,
+                                                       small_cache_fs, monkeypatch):
+    monkeypatch.setenv("FERRY_ADMIN_TOKEN", "disk-full-admin")
+    moto_s3.client().create_bucket(Bucket=BUCKET)
+    assert push(tmp_path, alias="champion") == 1
+    cfg = s3_config(ferry, tmp_path, ["churn@champion"], cache_dir=small_cache_fs)
+    with ferry.running("s3-disk-full", cfg["models"], registry=cfg["registry"]) as srv:
+        srv.wait_ready()
+        assert served_version(srv) == "1"
+        filler, free = fill_leaving(small_cache_fs, LEFT_FREE)
+        artifact = os.path.getsize(os.path.join(DEMO_CHURN, "model.onnx"))
+        assert 0 < free < artifact, (free, artifact)
+        with Client(srv, threads=2) as client:
+            # Version 2 starts downloading, writes what fits, then gets ENOSPC mid-file.
+            assert push(tmp_path) == 2
+            models_cli("alias", "churn", "champion", 2)
+            entry = wait_for("version 2 to fail", lambda: (
+                e if (e := srv.index_entry("churn", 2)) and e["state"] == "UNAVAILABLE"
+                else None), srv)
+            time.sleep(1.0)  # several polls and requests with the disk still full
+            served_during = served_version(srv)
+        assert "No space left on device" in entry["reason"], entry
+        assert "model cache" in entry["reason"] and "full" in entry["reason"], entry
+        log = full_log(srv)
+        assert "No space left on device" in log and "previous version keeps serving" in log
+        # Nothing half-written is left where a later lookup could find it.
+        assert not list(small_cache_fs.glob("*/churn/2")), "a partial download reached the cache"
+        assert not list(small_cache_fs.glob("*/churn/.tmp-*")), "partial download left behind"
+        assert served_during == "1"
+        print(f"\nDISK FULL: sent={client.sent} failed={len(client.failures)} "
+              f"not_ready={client.not_ready} free_before={free}B artifact={artifact}B\n"
+              f"  reason: {entry['reason']}")
+        assert client.failures == [], client.failures[:5]
+        assert client.not_ready == 0
+        assert client.sent > 10
+        assert {v for _, v in client.versions} == {"1"}
+
+        # Space freed: the operator reloads and version 2 is downloaded, verified and served.
+        filler.unlink()
+        r = srv.post("/v2/repository/models/churn/load",
+                     headers={"Authorization": "Bearer disk-full-admin"}, json={}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert served_version(srv) == "2"
+        [v2] = list(small_cache_fs.glob("*/churn/2"))
+        assert (v2 / ".ferry-verified").is_file()
+        assert (v2 / "model.onnx").stat().st_size == artifact

@@ -2,6 +2,7 @@
 gets a complete, correct 200 (no 5xx), and the process exits 0."""
 import json
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -9,7 +10,7 @@ import time
 import numpy as np
 import requests
 
-from conftest import STOP_TIMEOUT, TOL, infer_path, ref_array
+from conftest import STOP_TIMEOUT, TOL, infer_path, json_infer_body, ref_array
 
 N_REQUESTS = 50
 ROWS = 2000
@@ -84,5 +85,77 @@ def test_graceful_shutdown_drains_in_flight(ferry, fixtures):
         assert kinds.get("ok"), f"no in-flight request was drained: {summary}; " \
                                 f"{kinds.get('no-response', [])[:3]}"
         assert code == 0, f"exit code {code} after SIGTERM; log:\n{srv.log()}"
+    finally:
+        srv.kill()
+
+
+def test_drain_delay_keeps_serving_with_readiness_off(ferry, fixtures):
+    """`drain.delay`: after SIGTERM readiness is 503 at once while inference is still answered
+    (each response asking the client to close its connection) until the delay has passed;
+    then new connections are refused and the process exits 0."""
+    case = fixtures.case("churn")
+    delay = 2.0
+    srv = ferry.new("drain-delay", ["churn@champion"], drain={"delay": f"{delay}s",
+                                                              "timeout": "10s"})
+    srv.start()
+    try:
+        srv.wait_ready()
+        url = srv.url + infer_path("churn")
+        body = json_infer_body(case)
+        session = requests.Session()
+        r = session.post(url, json=body, timeout=30)
+        assert r.status_code == 200 and r.headers.get("connection", "") != "close", r.headers
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        during = []        # (seconds after SIGTERM, infer status, Connection header, ready status)
+        while time.monotonic() - t0 < delay - 0.5:
+            inf = requests.post(url, json=body, timeout=30)
+            ready = requests.get(srv.url + "/v2/health/ready", timeout=30)
+            during.append((time.monotonic() - t0, inf.status_code,
+                           inf.headers.get("connection"), ready.status_code))
+            time.sleep(0.1)
+        assert len(during) >= 5, during
+        assert all(s == 200 and c == "close" and rd == 503 for _, s, c, rd in during), during
+        # After the delay: connections are refused, and the process exits 0.
+        refused_at = None
+        while time.monotonic() - t0 < delay + 10:
+            try:
+                requests.post(url, json=body, timeout=5)
+            except requests.RequestException:
+                refused_at = time.monotonic() - t0
+                break
+            time.sleep(0.05)
+        code = srv.proc.wait(timeout=STOP_TIMEOUT)
+        exited_at = time.monotonic() - t0
+        print(f"\ndrain: {len(during)} requests answered during the {delay}s delay; "
+              f"refused from {refused_at:.2f}s; exited at {exited_at:.2f}s")
+        assert refused_at is not None and refused_at >= delay - 0.1, refused_at
+        assert exited_at >= delay
+        assert code == 0, f"exit code {code}; log:\n{srv.log()}"
+        assert "Draining: no new connections" in srv.log()
+    finally:
+        srv.kill()
+
+
+def test_drain_timeout_bounds_the_wait_for_stuck_requests(ferry, fixtures):
+    """A request that never completes (its body stops arriving) cannot hold the process past
+    `drain.timeout`: ferry exits 0 once it runs out, saying so."""
+    srv = ferry.new("drain-timeout", ["churn@champion"], drain={"delay": "0s", "timeout": "1s"})
+    srv.start()
+    try:
+        srv.wait_ready()
+        stuck = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        stuck.sendall(b"POST /v2/models/churn/infer HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"inputs\"")
+        time.sleep(0.5)   # the server is now waiting for the rest of the body
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        code = srv.proc.wait(timeout=STOP_TIMEOUT)
+        took = time.monotonic() - t0
+        stuck.close()
+        print(f"\ndrain timeout 1s: exited after {took:.2f}s with a stuck request")
+        assert code == 0, srv.log()
+        assert 1.0 <= took < 5.0, took
+        assert "drain timeout ran out" in srv.log(), srv.log()
     finally:
         srv.kill()

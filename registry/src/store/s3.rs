@@ -375,7 +375,7 @@ impl S3Store {
             }
             Err(e) => return Err(self.error("GetObject", key, e)),
         };
-        let io = |e: std::io::Error| RegistryError::io(dest, e);
+        let io = |e: std::io::Error| RegistryError::cache_write(dest, e);
         let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
         let mut hasher = Sha256::new();
         loop {
