@@ -4,6 +4,7 @@
 #[cfg(not(any(feature = "ort", feature = "tract", feature = "candle")))]
 compile_error!("ferry needs at least one engine: enable cargo feature `ort`, `tract` or `candle`");
 
+pub mod batch;
 pub mod capture;
 pub mod cli;
 pub mod config;
