@@ -42,6 +42,7 @@ def env(tmp_path, redis_server):
     registry = tmp_path / "registry"
     features = tmp_path / "features"
     mod.build(str(registry), str(features))
+    mod.build(str(registry), str(features), version=2)  # the same model, as a second version
     shutil.copytree(os.path.join(DEMO_REGISTRY, "churn"), str(registry / "churn"))
     run_ferry("features", "--features", str(features / "features.yaml"), "--redis",
               redis_server.url, "materialize")
@@ -52,7 +53,10 @@ def env(tmp_path, redis_server):
         "features": {"repo": str(features / "features.yaml"), "redis": redis_server.url,
                      "timeout": "2s", "on_missing": "default"},
         "endpoints": [
-            {"name": "risk", "variants": [{"name": "control", "model": "risk@1", "weight": 100}]},
+            # An A/B split by user: batch must assign rows exactly as the server does.
+            {"name": "risk", "sticky_key": "user_id",
+             "variants": [{"name": "control", "model": "risk@1", "weight": 70},
+                          {"name": "treatment", "model": "risk@2", "weight": 30}]},
             {"name": "churn", "variants": [{"name": "main", "model": "churn@champion",
                                             "weight": 100}]},
         ],
@@ -171,13 +175,14 @@ def test_online_batch_parity_with_features_and_plain(env):
         # ONNX Runtime's tree kernels sum in an order that depends on the batch size and the
         # thread count (pinned to 1 in the config), so the last float32 bit could differ.
         for name, rows, size in (("risk", risk, len(risk)), ("churn", churn, 64)):
-            online[name] = {"predictions": [], "variants": []}
+            online[name] = {"predictions": [], "variants": [], "versions": []}
             for i in range(0, len(rows), size):
                 r = requests.post(f"{srv.url}/v1/endpoints/{name}/predict",
                                   json={"instances": rows[i:i + size]}, timeout=60)
                 assert r.status_code == 200, r.text
                 online[name]["predictions"] += r.json()["predictions"]
                 online[name]["variants"] += r.json()["variants"]
+                online[name]["versions"] += [int(v) for v in r.json()["versions"]]
     finally:
         srv.stop()
 
@@ -189,7 +194,9 @@ def test_online_batch_parity_with_features_and_plain(env):
         [(r["user_id"], r["amount"]) for r in risk]
     assert [r["prediction"] for r in got] == online["risk"]["predictions"]
     assert [r["variant"] for r in got] == online["risk"]["variants"]
-    assert {(r["model"], r["version"]) for r in got} == {("risk", 1)}
+    assert [r["version"] for r in got] == online["risk"]["versions"]
+    assert {r["model"] for r in got} == {"risk"}
+    assert set(online["risk"]["variants"]) == {"control", "treatment"}
     assert_risk_matches(env, got)
 
     # A single Parquet file with 4 row groups: one unit per row group, ids kept as typed.
