@@ -18,7 +18,9 @@ shellcheck scripts/*.sh .ci/run
 # Deployment files, offline: manifests render (kustomize, no cluster), the dashboard is JSON,
 # nginx accepts the load-balancer config (the LB test runs it for real).
 kubectl kustomize deploy/k8s >/dev/null
+kubectl kustomize deploy/batch >/dev/null
 python3 -m json.tool deploy/grafana/ferry-dashboard.json >/dev/null
+python3 -m py_compile deploy/airflow/ferry_batch_dag.py
 # Supply chain: licenses, bans, sources and (when the RustSec DB is reachable or cached)
 # advisories of Cargo.lock (deny.toml); setup-test-deps.sh installs cargo-deny.
 bash scripts/deny.sh

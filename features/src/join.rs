@@ -25,6 +25,8 @@ pub struct JoinPlan {
     columns: Vec<Column>,
     /// Distinct feature refs, in first-use order.
     pub refs: Vec<FeatureRef>,
+    /// `view.feature` of each ref: the field name feature values get in a named row.
+    pub names: Vec<String>,
 }
 
 /// The joined rows.
@@ -66,6 +68,7 @@ impl JoinPlan {
             join_key: ent.join_key.clone(),
             columns: Vec::with_capacity(columns.len()),
             refs: Vec::new(),
+            names: Vec::new(),
         };
         for (i, c) in columns.iter().enumerate() {
             if let Some(field) = c.strip_prefix(REQUEST_PREFIX) {
@@ -94,6 +97,7 @@ impl JoinPlan {
                 Some(k) => k,
                 None => {
                     plan.refs.push(r);
+                    plan.names.push(c.clone());
                     plan.refs.len() - 1
                 }
             };
@@ -163,6 +167,64 @@ impl JoinPlan {
             columns: self.columns.len(),
             table,
         })
+    }
+}
+
+impl JoinPlan {
+    /// Looks up the feature values of every row (one store call), without assembling the
+    /// matrix: for pipelines that transform named rows before the model. None when the plan
+    /// reads only request fields.
+    pub async fn lookup(
+        &self,
+        online: &OnlineFeatures,
+        rows: &[Map<String, Value>],
+    ) -> Result<Option<FeatureTable>, FeatureError> {
+        let keys = self.entity_keys(rows)?;
+        if self.refs.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(online.lookup(&keys, &self.refs).await?))
+    }
+
+    /// Writes each row's feature values into the row as `view.feature` fields (null when
+    /// missing without a default), so transforms and capture see them by name.
+    pub fn name_features(&self, rows: &mut [Map<String, Value>], table: &FeatureTable) {
+        for (row, cells) in rows.iter_mut().zip(&table.cells) {
+            for (name, cell) in self.names.iter().zip(cells) {
+                let value = cell
+                    .value
+                    .as_ref()
+                    .map(|v| v.to_json())
+                    .unwrap_or(Value::Null);
+                row.insert(name.clone(), value);
+            }
+        }
+    }
+
+    /// The matrix from named rows: `request.<field>` reads `<field>`, `view.feature` reads the
+    /// field of that name (null → NaN, as a missing value without default).
+    pub fn matrix_from_rows(&self, rows: &[Map<String, Value>]) -> Result<Vec<f64>, FeatureError> {
+        let width = self.columns.len();
+        let mut matrix = vec![f64::NAN; rows.len() * width];
+        for (i, row) in rows.iter().enumerate() {
+            for (j, c) in self.columns.iter().enumerate() {
+                matrix[i * width + j] = match c {
+                    Column::Request(field) => request_number(row, field, i)?,
+                    Column::Feature(k) => match row.get(&self.names[*k]) {
+                        None | Some(Value::Null) => f64::NAN,
+                        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+                        Some(Value::Bool(b)) => f64::from(u8::from(*b)),
+                        Some(other) => {
+                            return Err(FeatureError::InvalidRow(format!(
+                                "instances[{i}].{} must be a number after preprocessing, got {other}",
+                                self.names[*k]
+                            )));
+                        }
+                    },
+                };
+            }
+        }
+        Ok(matrix)
     }
 }
 

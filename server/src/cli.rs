@@ -30,6 +30,93 @@ pub enum Command {
     /// Feature store jobs: materialize offline Parquet into Redis, read one entity's online
     /// values, export a point-in-time correct training set.
     Features(FeaturesArgs),
+    /// Score files through an endpoint's pipeline (the same code as
+    /// POST /v1/endpoints/{e}/predict): Parquet, CSV or JSON Lines, local or S3, one file, a
+    /// prefix or a glob. Sharded (`--shard I/N`, or JOB_COMPLETION_INDEX + FERRY_SHARDS),
+    /// resumable and exactly-once per unit (each file, or each row group of a single Parquet
+    /// file). Exit codes: 0 all rows scored, 1 fatal error, 2 some rows failed (see
+    /// `<output>/_errors/`), 3 some units failed (re-run to retry them).
+    Batch(BatchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BatchFormat {
+    Parquet,
+    Jsonl,
+}
+
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// Config file (ferry.yaml) defining the endpoint, the registry and the features. Without
+    /// one, the embedded demo registry and its `risk` endpoint are used.
+    #[arg(long, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Registry URI (overrides `registry.uri`).
+    #[arg(long, env = "FERRY_REGISTRY")]
+    pub registry: Option<String>,
+
+    /// Feature repo file (features.yaml); overrides `features.repo`.
+    #[arg(long = "features", env = "FERRY_FEATURES")]
+    pub features_repo: Option<PathBuf>,
+
+    /// Redis URL of the online feature store; overrides `features.redis`.
+    #[arg(long, env = "FERRY_REDIS")]
+    pub redis: Option<String>,
+
+    /// Endpoint (from the config's `endpoints`) whose pipeline scores the rows.
+    #[arg(long, env = "FERRY_BATCH_ENDPOINT")]
+    pub endpoint: String,
+
+    /// Input: a file, a directory/prefix (every *.parquet, *.csv, *.jsonl under it; names
+    /// starting with `_` or `.` are skipped) or a glob (`*`, `?`, `[..]`, `**`), local or
+    /// s3://bucket/key.
+    #[arg(long, env = "FERRY_BATCH_INPUT")]
+    pub input: String,
+
+    /// Output directory or s3://bucket/prefix: `<unit>.parquet|jsonl`, `_markers/<unit>.json`,
+    /// `_errors/<unit>.jsonl`.
+    #[arg(long, env = "FERRY_BATCH_OUTPUT")]
+    pub output: String,
+
+    /// This process's shard, `I/N` (0-based). Default: JOB_COMPLETION_INDEX (Kubernetes
+    /// Indexed Jobs) of FERRY_SHARDS when both are set, else 0/1. Unit u belongs to shard
+    /// fnv1a64(u) mod N.
+    #[arg(long)]
+    pub shard: Option<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "parquet")]
+    pub format: BatchFormat,
+
+    /// Input columns copied to the output, comma-separated (default: every input column).
+    #[arg(long, value_delimiter = ',')]
+    pub id_columns: Option<Vec<String>>,
+
+    /// Also redo units whose input changed (size, ETag or modification time) since their
+    /// marker was written; without it every unit with a marker is skipped.
+    #[arg(long)]
+    pub incremental: bool,
+
+    /// Rows per chunk sent through the pipeline; with --inflight it bounds memory.
+    #[arg(long, default_value_t = 8192)]
+    pub chunk_rows: usize,
+
+    /// Chunks scored at once (more keeps the compute threads busy while rows are converted).
+    #[arg(long, default_value_t = 2)]
+    pub inflight: usize,
+
+    /// Engine for ONNX models (overrides `onnx_engine`).
+    #[arg(long, env = "FERRY_ONNX_ENGINE", value_enum)]
+    pub onnx_engine: Option<EngineArg>,
+
+    /// Path of libonnxruntime.so (overrides `onnxruntime_lib`).
+    #[arg(long, env = "FERRY_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+
+    /// Log format on stderr.
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Args)]

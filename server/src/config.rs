@@ -32,6 +32,13 @@ pub struct ServerConfig {
     /// Business endpoints (`POST /v1/endpoints/{name}/predict`): features joined, then a model.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointConfig>,
+    /// Directory of the config file: relative transform script paths resolve against it.
+    #[serde(skip)]
+    pub config_dir: Option<PathBuf>,
+    /// The config file, when there is one: endpoints are reloaded from it on SIGHUP or when
+    /// its content changes.
+    #[serde(skip)]
+    pub config_path: Option<PathBuf>,
     /// Engine for ONNX models: `ort`, `tract`, or `auto` (ort when its library loads).
     #[serde(default)]
     pub onnx_engine: OnnxEngine,
@@ -216,14 +223,39 @@ impl FeaturesConfig {
     }
 }
 
-/// One business endpoint. This build serves exactly one variant per endpoint; A/B splits,
-/// sticky keys, shadows and transforms come with the endpoints issue.
+/// One business endpoint: features → pre-transforms → model → post-transforms, with traffic
+/// split between weighted variants (see `pipeline::assign` for the sticky hash).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// `[a-z0-9][a-z0-9_-]{0,62}`, the `{endpoint}` in the URL.
     pub name: String,
+    /// Request field whose value picks the variant (same value → same variant, on every
+    /// replica and in batch mode). Rows without it are assigned at random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_key: Option<String>,
+    /// Mixed into the sticky hash; change it to re-randomize an experiment. Default: the
+    /// endpoint name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
     pub variants: Vec<VariantConfig>,
+    /// Models that get a sampled copy of the traffic; answers are captured, never returned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<ShadowConfig>,
+    /// Shadow jobs waiting per endpoint; when full, new copies are dropped and counted.
+    #[serde(default = "default_shadow_queue")]
+    pub shadow_queue_capacity: usize,
+    /// Transform steps on request + feature rows before the model (after the model version's
+    /// own `preprocess`). See transforms/README.md.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preprocess: Vec<serde_json::Value>,
+    /// Transform steps on each prediction (a map of output name → value).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub postprocess: Vec<serde_json::Value>,
+    /// Prediction capture: a sample of requests with their features and answers, written in
+    /// batches to a directory or S3 prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<crate::capture::CaptureConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,9 +264,160 @@ pub struct VariantConfig {
     pub name: String,
     /// `name@alias` or `name@version`; loaded like the `models` list.
     pub model: String,
-    /// Share of traffic (only one variant today, so it receives everything).
+    /// Relative share of traffic among the endpoint's variants (integers; 90 and 10 = 90%/10%).
     #[serde(default = "default_weight")]
     pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// `name@alias` or `name@version`.
+    pub model: String,
+    /// Label in metrics and capture records; default `shadow-<model name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Share of requests copied to the shadow, 0..=1.
+    pub sample: f64,
+    /// A shadow answer slower than this is abandoned and counted as a timeout.
+    #[serde(default = "default_shadow_timeout")]
+    pub timeout: String,
+}
+
+impl ShadowConfig {
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let model = ModelRef::parse(&self.model)
+                .map(|m| m.name)
+                .unwrap_or_else(|_| self.model.clone());
+            format!("shadow-{model}")
+        })
+    }
+
+    pub fn timeout(&self) -> Result<Duration, String> {
+        humantime::parse_duration(&self.timeout).map_err(|e| e.to_string())
+    }
+}
+
+impl EndpointConfig {
+    /// An endpoint with these variants and nothing else (no sticky key, shadows, transforms
+    /// or capture).
+    pub fn new(name: &str, variants: Vec<VariantConfig>) -> EndpointConfig {
+        EndpointConfig {
+            name: name.to_string(),
+            sticky_key: None,
+            salt: None,
+            variants,
+            shadow: Vec::new(),
+            shadow_queue_capacity: default_shadow_queue(),
+            preprocess: Vec::new(),
+            postprocess: Vec::new(),
+            capture: None,
+        }
+    }
+
+    /// The model references the endpoint serves: variants, then shadows.
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        self.variants
+            .iter()
+            .map(|v| v.model.as_str())
+            .chain(self.shadow.iter().map(|s| s.model.as_str()))
+    }
+
+    /// Checks what can be checked without the registry; `at` is the key path, e.g.
+    /// `endpoints[0]`. Transform steps are compiled (and checked) when the pipeline is built.
+    pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.variants.is_empty() {
+            return err(format!(
+                "`{at}.variants` is empty: list at least one {{name: ..., model: name@alias, weight: ...}}"
+            ));
+        }
+        let mut labels: Vec<String> = Vec::new();
+        for (j, v) in self.variants.iter().enumerate() {
+            if !is_valid_variant_name(&v.name) {
+                return err(format!(
+                    "`{at}.variants[{j}].name` {:?} must be 1-63 characters of [A-Za-z0-9_.-] (it travels in the x-ferry-variant header)",
+                    v.name
+                ));
+            }
+            if labels.contains(&v.name) {
+                return err(format!(
+                    "`{at}.variants[{j}].name` {:?} is listed twice",
+                    v.name
+                ));
+            }
+            labels.push(v.name.clone());
+            ModelRef::parse(&v.model)
+                .map_err(|e| ConfigError(format!("`{at}.variants[{j}].model`: {e}")))?;
+        }
+        if self.variants.iter().all(|v| v.weight == 0) {
+            return err(format!(
+                "`{at}.variants`: every weight is 0; give at least one variant a positive weight"
+            ));
+        }
+        if self
+            .variants
+            .iter()
+            .map(|v| u64::from(v.weight))
+            .sum::<u64>()
+            > 1_000_000
+        {
+            return err(format!(
+                "`{at}.variants`: weights add up to more than 1000000; use smaller numbers (they are relative)"
+            ));
+        }
+        if let Some(k) = &self.sticky_key
+            && k.is_empty()
+        {
+            return err(format!(
+                "`{at}.sticky_key` is empty: name the request field (e.g. user_id) or remove the key"
+            ));
+        }
+        for (j, s) in self.shadow.iter().enumerate() {
+            ModelRef::parse(&s.model)
+                .map_err(|e| ConfigError(format!("`{at}.shadow[{j}].model`: {e}")))?;
+            if !(0.0..=1.0).contains(&s.sample) {
+                return err(format!(
+                    "`{at}.shadow[{j}].sample` is {}; it is the share of requests copied, within 0..=1",
+                    s.sample
+                ));
+            }
+            s.timeout()
+                .map_err(|e| ConfigError(format!("`{at}.shadow[{j}].timeout`: {e}")))?;
+            let label = s.label();
+            if !is_valid_variant_name(&label) || labels.contains(&label) {
+                return err(format!(
+                    "`{at}.shadow[{j}].name` {label:?} must be unique among the endpoint's variants and shadows and made of [A-Za-z0-9_.-]"
+                ));
+            }
+            labels.push(label);
+        }
+        if self.shadow_queue_capacity == 0 {
+            return err(format!("`{at}.shadow_queue_capacity` must be at least 1"));
+        }
+        if let Some(c) = &self.capture {
+            c.validate(&format!("{at}.capture")).map_err(ConfigError)?;
+        }
+        Ok(())
+    }
+}
+
+/// Variant names travel in headers and metric labels.
+pub fn is_valid_variant_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn default_shadow_queue() -> usize {
+    256
+}
+
+fn default_shadow_timeout() -> String {
+    "2s".into()
 }
 
 fn default_weight() -> u32 {
@@ -413,6 +596,8 @@ impl ServerConfig {
             models: Vec::new(),
             features: None,
             endpoints: Vec::new(),
+            config_dir: None,
+            config_path: None,
             onnx_engine: OnnxEngine::Auto,
             onnxruntime_lib: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -443,6 +628,8 @@ impl ServerConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("could not read config {}: {e}", path.display())))?;
         let mut config = ServerConfig::from_yaml(&text, path)?;
+        config.config_dir = path.parent().map(Path::to_path_buf);
+        config.config_path = Some(path.to_path_buf());
         if let Some(f) = &mut config.features
             && f.repo.is_relative()
             && let Some(dir) = path.parent()
@@ -452,16 +639,16 @@ impl ServerConfig {
         Ok(config)
     }
 
-    /// Every model to load: `models`, then endpoint variants not already listed.
+    /// Every model to load: `models`, then endpoint variants and shadows not already listed.
     pub fn all_model_entries(&self) -> Vec<ModelEntry> {
         let mut out = self.models.clone();
         for e in &self.endpoints {
-            for v in &e.variants {
+            for model in e.models() {
                 let listed = out.iter().any(|m| {
-                    ModelRef::parse(&m.settings().model).ok() == ModelRef::parse(&v.model).ok()
+                    ModelRef::parse(&m.settings().model).ok() == ModelRef::parse(model).ok()
                 });
                 if !listed {
-                    out.push(ModelEntry::Ref(v.model.clone()));
+                    out.push(ModelEntry::Ref(model.to_string()));
                 }
             }
         }
@@ -501,27 +688,7 @@ impl ServerConfig {
                 ));
             }
             names.push(&e.name);
-            if e.variants.len() != 1 {
-                return err(format!(
-                    "`endpoints[{i}].variants` has {} variants; this version serves exactly one variant per endpoint (A/B splits come later)",
-                    e.variants.len()
-                ));
-            }
-            for (j, v) in e.variants.iter().enumerate() {
-                if v.name.is_empty() {
-                    return err(format!(
-                        "`endpoints[{i}].variants[{j}].name` must not be empty"
-                    ));
-                }
-                ModelRef::parse(&v.model).map_err(|e| {
-                    ConfigError(format!("`endpoints[{i}].variants[{j}].model`: {e}"))
-                })?;
-                if v.weight == 0 {
-                    return err(format!(
-                        "`endpoints[{i}].variants[{j}].weight` must be at least 1"
-                    ));
-                }
-            }
+            e.validate(&format!("endpoints[{i}]"))?;
         }
         let mut seen = Vec::new();
         for (i, entry) in self.models.iter().enumerate() {
@@ -677,8 +844,20 @@ mod tests {
             ),
             ("registry: {uri: /m}\nmodels: []\n", "`models` is empty"),
             (
-                "registry: {uri: /m}\nendpoints: [{name: e, variants: [{name: a, model: m@1}, {name: b, model: m@2}]}]\n",
-                "`endpoints[0].variants`",
+                "registry: {uri: /m}\nendpoints: [{name: e, variants: [{name: a, model: m@1}, {name: a, model: m@2}]}]\n",
+                "`endpoints[0].variants[1].name`",
+            ),
+            (
+                "registry: {uri: /m}\nendpoints: [{name: e, variants: [{name: a, model: m@1, weight: 0}]}]\n",
+                "every weight is 0",
+            ),
+            (
+                "registry: {uri: /m}\nendpoints: [{name: e, variants: [{name: a, model: m@1}], shadow: [{model: m@2, sample: 1.5}]}]\n",
+                "`endpoints[0].shadow[0].sample`",
+            ),
+            (
+                "registry: {uri: /m}\nendpoints: [{name: e, variants: [{name: 'a b', model: m@1}]}]\n",
+                "`endpoints[0].variants[0].name`",
             ),
             (
                 "registry: {uri: /m}\nendpoints: [{name: E, variants: [{name: a, model: m@1}]}]\n",

@@ -79,13 +79,13 @@ pub fn config(uri: &str) -> ServerConfig {
         timeout: crate::config::DEFAULT_FEATURE_TIMEOUT.into(),
         on_missing: Default::default(),
     });
-    config.endpoints = vec![EndpointConfig {
-        name: DEMO_ENDPOINT.into(),
-        variants: vec![VariantConfig {
+    config.endpoints = vec![EndpointConfig::new(
+        DEMO_ENDPOINT,
+        vec![VariantConfig {
             name: "default".into(),
             model: "risk@1".into(),
             weight: 100,
         }],
-    }];
+    )];
     config
 }

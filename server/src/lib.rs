@@ -4,6 +4,8 @@
 #[cfg(not(any(feature = "ort", feature = "tract", feature = "candle")))]
 compile_error!("ferry needs at least one engine: enable cargo feature `ort`, `tract` or `candle`");
 
+pub mod batch;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -13,6 +15,7 @@ pub mod http;
 pub mod models;
 pub mod pipeline;
 pub mod registry_cli;
+pub mod reload;
 pub mod scheduler;
 pub mod telemetry;
 
@@ -44,6 +47,15 @@ pub enum ServeError {
 /// lazily; the in-process store loads the offline files now) and prepares (but does not load)
 /// models.
 pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> {
+    build_state_with(config, ferry_transforms::Registry::new()).await
+}
+
+/// `build_state` for a custom ferry binary that registered its own Rust transforms (usable in
+/// endpoint `preprocess`/`postprocess` as `rust: {name: ...}`).
+pub async fn build_state_with(
+    config: &ServerConfig,
+    transforms: ferry_transforms::Registry,
+) -> Result<AppState, ServeError> {
     let registry = Registry::open(&config.registry.options()).await?;
     let metrics = Metrics::new();
     let models = Arc::new(ModelManager::new(registry, config.clone(), metrics.clone()));
@@ -55,12 +67,17 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
         )),
         None => None,
     };
-    let pipeline = Arc::new(pipeline::Pipeline::new(
-        models.clone(),
-        features,
-        &config.endpoints,
-        metrics.clone(),
-    ));
+    let pipeline = Arc::new(
+        pipeline::Pipeline::build(
+            models.clone(),
+            features,
+            config,
+            metrics.clone(),
+            transforms,
+        )
+        .await
+        .map_err(ServeError::Config)?,
+    );
     Ok(AppState {
         models,
         pipeline,
@@ -85,8 +102,28 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with(
+        config,
+        listener,
+        shutdown,
+        ferry_transforms::Registry::new(),
+    )
+    .await
+}
+
+/// `serve` with Rust transforms registered by a custom binary (see
+/// `server/examples/custom_transform.rs`).
+pub async fn serve_with(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    transforms: ferry_transforms::Registry,
+) -> Result<(), ServeError> {
     models::init_onnx_runtime(&config);
-    let state = build_state(&config).await?;
+    let state = build_state_with(&config, transforms).await?;
+    if let Some(path) = config.config_path.clone() {
+        tokio::spawn(reload::watch(path, state.pipeline.clone()));
+    }
     let loader = state.models.clone();
     let poll_interval = config.registry.poll_interval;
     tokio::spawn(async move {
@@ -96,6 +133,7 @@ pub async fn serve(
         }
     });
     let shutting_down = state.shutting_down.clone();
+    let pipeline = state.pipeline.clone();
     let router = app(state).layer(axum::middleware::from_fn_with_state(
         shutting_down.clone(),
         close_while_draining,
@@ -136,6 +174,8 @@ pub async fn serve(
             );
         }
     }
+    // Captured predictions still buffered are written before the process exits.
+    pipeline.shutdown().await;
     Ok(())
 }
 

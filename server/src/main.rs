@@ -4,8 +4,10 @@ use ferry_features::FeatureRepo;
 use ferry_features::materialize::{MaterializeOptions, Progress, materialize_view};
 use ferry_features::online::{MemoryStore, OnlineStore, RedisStore, RowKey};
 use ferry_runtimes::OnnxEngine;
+use ferry_server::batch::{BatchOptions, OutputFormat, Shard};
 use ferry_server::cli::{
-    Cli, Command, EngineArg, FeaturesArgs, FeaturesCommand, LogFormat, ServeArgs,
+    BatchArgs, BatchFormat, Cli, Command, EngineArg, FeaturesArgs, FeaturesCommand, LogFormat,
+    ServeArgs,
 };
 use ferry_server::config::{FeaturesConfig, ModelEntry, ServerConfig};
 use std::io::IsTerminal;
@@ -33,6 +35,17 @@ fn main() -> anyhow::Result<()> {
                 args,
                 &mut std::io::stdout(),
             ))
+        }
+        Command::Batch(args) => {
+            // ONNX Runtime's session logs are noise in a job's output.
+            ferry_server::telemetry::init_with_default(args.log_format, "info,ort=warn");
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("ferry-io")
+                .build()
+                .context("Could not start the async runtime")?;
+            let code = runtime.block_on(batch(args))?;
+            std::process::exit(code);
         }
         Command::Features(args) => {
             ferry_server::telemetry::init(ferry_server::cli::LogFormat::Text);
@@ -196,6 +209,99 @@ async fn features(args: FeaturesArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The shard from `--shard`, or Kubernetes Indexed Jobs' JOB_COMPLETION_INDEX with the shard
+/// count in FERRY_SHARDS.
+fn batch_shard(flag: Option<&str>) -> anyhow::Result<Shard> {
+    if let Some(s) = flag {
+        return Shard::parse(s).map_err(anyhow::Error::msg);
+    }
+    let index = std::env::var("JOB_COMPLETION_INDEX").ok();
+    let count = std::env::var("FERRY_SHARDS").ok();
+    match (index, count) {
+        (Some(i), Some(n)) => Shard::parse(&format!("{i}/{n}")).map_err(anyhow::Error::msg),
+        (Some(_), None) => anyhow::bail!(
+            "JOB_COMPLETION_INDEX is set but FERRY_SHARDS (the Job's completions) is not; set it or pass --shard I/N"
+        ),
+        _ => Ok(Shard::ALL),
+    }
+}
+
+async fn batch(args: BatchArgs) -> anyhow::Result<i32> {
+    let shard = batch_shard(args.shard.as_deref())?;
+    let (mut config, _demo_dir) = match &args.config {
+        Some(path) => (ServerConfig::load(path)?, None),
+        None => {
+            let dir = ferry_server::demo::extract().context("Could not write the demo registry")?;
+            let uri = dir.path().to_string_lossy().into_owned();
+            (ferry_server::demo::config(&uri), Some(dir))
+        }
+    };
+    if let Some(registry) = &args.registry {
+        config.registry.uri = registry.clone();
+    }
+    if let Some(engine) = args.onnx_engine {
+        config.onnx_engine = match engine {
+            EngineArg::Auto => OnnxEngine::Auto,
+            EngineArg::Ort => OnnxEngine::Ort,
+            EngineArg::Tract => OnnxEngine::Tract,
+        };
+    }
+    if let Some(path) = &args.ort_lib {
+        config.onnxruntime_lib = Some(path.clone());
+    }
+    if let Some(repo) = &args.features_repo {
+        match &mut config.features {
+            Some(f) => f.repo = repo.clone(),
+            None => {
+                config.features = Some(FeaturesConfig {
+                    repo: repo.clone(),
+                    redis: None,
+                    timeout: ferry_server::config::DEFAULT_FEATURE_TIMEOUT.into(),
+                    on_missing: Default::default(),
+                })
+            }
+        }
+    }
+    if let (Some(url), Some(f)) = (&args.redis, &mut config.features) {
+        f.redis = Some(url.clone());
+    }
+    config.validate()?;
+    let stall_after_units = std::env::var("FERRY_BATCH_TEST_STALL_AFTER_UNITS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let options = BatchOptions {
+        endpoint: args.endpoint,
+        input: args.input,
+        output: args.output,
+        shard,
+        format: match args.format {
+            BatchFormat::Parquet => OutputFormat::Parquet,
+            BatchFormat::Jsonl => OutputFormat::Jsonl,
+        },
+        id_columns: args.id_columns,
+        incremental: args.incremental,
+        chunk_rows: args.chunk_rows.max(1),
+        inflight: args.inflight.max(1),
+        stall_after_units,
+    };
+    let s = ferry_server::batch::run(config, options).await?;
+    println!(
+        "batch: {} units in shard {shard} ({} total): {} scored, {} skipped (already committed), {} failed; {} rows read, {} scored, {} failed; {:.2} s, {:.0} rows/s",
+        s.units_in_shard,
+        s.units_total,
+        s.units_done,
+        s.units_skipped,
+        s.units_failed,
+        s.rows_read,
+        s.rows_scored,
+        s.rows_failed,
+        s.seconds,
+        s.rows_per_second()
+    );
+    tracing::info!(summary = %serde_json::to_string(&s).unwrap_or_default(), "Batch finished.");
+    Ok(s.exit_code())
 }
 
 /// A progress bar on a terminal; silent otherwise.

@@ -646,6 +646,42 @@ impl ModelManager {
             .unwrap_or_default())
     }
 
+    /// Serves `reference` too if it is not served yet (an endpoint variant added by a config
+    /// reload), loading it now. A failure is logged; the poller retries it.
+    pub async fn ensure_served(&self, reference: &str) {
+        let Ok(model) = ModelRef::parse(reference) else {
+            return;
+        };
+        let settings = {
+            let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+            if served
+                .iter()
+                .any(|s| ModelRef::parse(&s.model).ok().as_ref() == Some(&model))
+            {
+                return;
+            }
+            let settings = ModelEntry::Ref(model.to_string()).settings();
+            served.push(settings.clone());
+            settings
+        };
+        self.write()
+            .entry(model.name.clone())
+            .or_default()
+            .default_ref
+            .get_or_insert_with(|| model.to_string());
+        match self.sync(&settings, false).await {
+            Ok(SyncOutcome::Serving(v)) => {
+                tracing::info!(model = %reference, version = v, "Serving a model a reloaded endpoint needs.")
+            }
+            Ok(other) => {
+                tracing::warn!(model = %reference, outcome = ?other, "A model a reloaded endpoint needs did not load; retrying on the next poll.")
+            }
+            Err(e) => {
+                tracing::warn!(model = %reference, error = %e, "Registry unreachable while loading a model a reloaded endpoint needs; retrying on the next poll.")
+            }
+        }
+    }
+
     /// Control API: stops serving `name`; its versions drain and are freed. The model no
     /// longer counts for readiness and is not polled until it is loaded again.
     pub async fn control_unload(&self, name: &str) -> Result<Vec<u64>, ControlError> {

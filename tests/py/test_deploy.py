@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -112,3 +113,44 @@ def test_nginx_config_retries_idempotent_inference():
     nu = re.search(r"proxy_next_upstream ([^;]+);", text).group(1).split()
     assert {"error", "timeout", "non_idempotent"} <= set(nu)
     assert "max_fails=" in text
+
+
+def test_batch_indexed_job_and_airflow_dag():
+    """deploy/batch: an Indexed Job whose FERRY_SHARDS equals its completions, running
+    `ferry batch`; deploy/airflow: the DAG compiles and shards the same way."""
+    docs = {d["kind"]: d for d in yaml.safe_load_all(
+        open(os.path.join(DEPLOY, "batch", "batch-job.yaml")))}
+    assert set(docs) == {"ServiceAccount", "ConfigMap", "Job"}
+    job = docs["Job"]["spec"]
+    assert job["completionMode"] == "Indexed"
+    assert job["backoffLimitPerIndex"] >= 1
+    spec = job["template"]["spec"]
+    assert spec["restartPolicy"] == "Never"
+    (c,) = spec["containers"]
+    assert c["args"][0] == "batch"
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert int(env["FERRY_SHARDS"]) == job["completions"]
+    assert not any(a.startswith("--shard") for a in c["args"]), "the index comes from the Job"
+    cfg = yaml.safe_load(docs["ConfigMap"]["data"]["ferry.yaml"])
+    endpoint = next(a.split("=", 1)[1] for a in c["args"] if a.startswith("--endpoint="))
+    assert endpoint in [e["name"] for e in cfg["endpoints"]]
+    assert spec["serviceAccountName"] == docs["ServiceAccount"]["metadata"]["name"]
+
+    dag = os.path.join(DEPLOY, "airflow", "ferry_batch_dag.py")
+    r = subprocess.run([sys.executable, "-m", "py_compile", dag], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    text = open(dag).read()
+    assert "KubernetesPodOperator" in text and "{{ ds }}" in text and "retries" in text
+    assert "--shard={shard}/{SHARDS}" in text and "catchup=True" in text
+
+
+def test_batch_job_renders_with_kubectl():
+    if not shutil.which("kubectl"):
+        pytest.fail("kubectl not installed (scripts/setup-test-deps.sh installs Debian's "
+                    "kubernetes-client)")
+    r = subprocess.run(["kubectl", "kustomize", os.path.join(DEPLOY, "batch")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    kinds = [d["kind"] for d in yaml.safe_load_all(r.stdout)]
+    assert sorted(kinds) == ["ConfigMap", "Job", "ServiceAccount"]

@@ -83,6 +83,7 @@ impl LocalStore {
                         key,
                         size: meta.len(),
                         modified: meta.modified().ok(),
+                        etag: None,
                     });
                 }
             }
@@ -149,5 +150,97 @@ impl LocalStore {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(RegistryError::io(&path, e)),
         }
+    }
+
+    /// Size and modification time of the file `key`; `None` when absent or a directory.
+    pub fn head(&self, key: &str) -> Result<Option<ObjectInfo>, RegistryError> {
+        let path = self.path(key);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Ok(Some(ObjectInfo {
+                key: key.to_string(),
+                size: meta.len(),
+                modified: meta.modified().ok(),
+                etag: None,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => {
+                Ok(None)
+            }
+            Err(e) => Err(RegistryError::io(path, e)),
+        }
+    }
+
+    /// Replaces `key` with a copy of `source`: copied to a temporary file next to it, synced,
+    /// then renamed, so readers never see a partial file.
+    pub fn write_from_file(&self, key: &str, source: &Path) -> Result<(), RegistryError> {
+        let path = self.path(key);
+        Self::create_parent(&path)?;
+        let tmp = self.temp_path(&path);
+        let copied = std::fs::copy(source, &tmp)
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .map_err(|e| RegistryError::io(source, e));
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            RegistryError::io(&path, e)
+        })
+    }
+
+    /// Removes the file `key`; an absent file is not an error.
+    pub fn delete(&self, key: &str) -> Result<(), RegistryError> {
+        let path = self.path(key);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RegistryError::io(path, e)),
+        }
+    }
+
+    /// Copies the file `key` to `dest`; `Ok(false)` when it does not exist.
+    pub fn copy_to(&self, key: &str, dest: &Path) -> Result<bool, RegistryError> {
+        let path = self.path(key);
+        match std::fs::copy(&path, dest) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(RegistryError::io(path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_write_from_file_delete_and_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        assert_eq!(store.head("a/b.txt").unwrap(), None);
+        let src = dir.path().join("src.txt");
+        std::fs::write(&src, b"hello").unwrap();
+        store.write_from_file("a/b.txt", &src).unwrap();
+        let info = store.head("a/b.txt").unwrap().unwrap();
+        assert_eq!(
+            (info.key.as_str(), info.size, info.etag),
+            ("a/b.txt", 5, None)
+        );
+        assert!(info.modified.is_some());
+        // Overwrites, and leaves no temporary file next to it.
+        std::fs::write(&src, b"hello, world").unwrap();
+        store.write_from_file("a/b.txt", &src).unwrap();
+        assert_eq!(store.read("a/b.txt").unwrap().unwrap(), b"hello, world");
+        assert_eq!(store.children("a").unwrap(), vec!["b.txt".to_string()]);
+        // A directory is not an object.
+        assert_eq!(store.head("a").unwrap(), None);
+        let dest = dir.path().join("copy.txt");
+        assert!(store.copy_to("a/b.txt", &dest).unwrap());
+        assert_eq!(std::fs::read(&dest).unwrap(), b"hello, world");
+        assert!(!store.copy_to("a/missing", &dest).unwrap());
+        store.delete("a/b.txt").unwrap();
+        store.delete("a/b.txt").unwrap();
+        assert_eq!(store.head("a/b.txt").unwrap(), None);
     }
 }

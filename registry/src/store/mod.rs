@@ -18,6 +18,8 @@ pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
     pub modified: Option<SystemTime>,
+    /// The S3 ETag (quoted, as S3 returns it); `None` for local files.
+    pub etag: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +66,41 @@ impl Store {
         match self {
             Store::Local(s) => s.create(key, bytes),
             Store::S3(s) => s.create(key, bytes.to_vec().into()).await,
+        }
+    }
+
+    /// Size, modification time and ETag of the object (file) `key`; `None` when absent.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, RegistryError> {
+        match self {
+            Store::Local(s) => s.head(key),
+            Store::S3(s) => s.head(key).await,
+        }
+    }
+
+    /// Overwrites `key` with the contents of a local file, atomically (local: temporary file
+    /// in the same directory, then rename; S3: one streamed PutObject, which readers see
+    /// whole or not at all).
+    pub async fn write_from_file(&self, key: &str, source: &Path) -> Result<(), RegistryError> {
+        match self {
+            Store::Local(s) => s.write_from_file(key, source),
+            Store::S3(s) => s.write_from_file(key, source).await,
+        }
+    }
+
+    /// Removes `key`; removing an absent key is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), RegistryError> {
+        match self {
+            Store::Local(s) => s.delete(key),
+            Store::S3(s) => s.delete(key).await,
+        }
+    }
+
+    /// Streams `key` into the local file `dest` (created or truncated); `Ok(false)` when the
+    /// key does not exist. Never holds the whole object in memory.
+    pub async fn download_to(&self, key: &str, dest: &Path) -> Result<bool, RegistryError> {
+        match self {
+            Store::Local(s) => s.copy_to(key, dest),
+            Store::S3(s) => Ok(s.download(key, dest).await?.is_some()),
         }
     }
 

@@ -237,6 +237,7 @@ impl S3Store {
                         SystemTime::UNIX_EPOCH
                             .checked_add(Duration::from_secs(t.secs().max(0) as u64))
                     }),
+                    etag: object.e_tag().map(str::to_string),
                 });
             }
         }
@@ -301,6 +302,60 @@ impl S3Store {
                 message: e.to_string(),
             })?;
         self.create(key, body).await
+    }
+
+    /// Size, modification time and ETag of `key`; `None` when it does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, RegistryError> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await;
+        match head {
+            Ok(h) => Ok(Some(ObjectInfo {
+                key: key.to_string(),
+                size: h.content_length().unwrap_or(0).max(0) as u64,
+                modified: h.last_modified().and_then(|t| {
+                    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(t.secs().max(0) as u64))
+                }),
+                etag: h.e_tag().map(str::to_string),
+            })),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
+            Err(e) => Err(self.error("HeadObject", key, e)),
+        }
+    }
+
+    /// Overwrites `key` with a local file, streamed in one PutObject (atomic for readers).
+    pub async fn write_from_file(&self, key: &str, source: &Path) -> Result<(), RegistryError> {
+        let body = ByteStream::from_path(source)
+            .await
+            .map_err(|e| RegistryError::Io {
+                path: source.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.error("PutObject", key, e))?;
+        Ok(())
+    }
+
+    /// Deletes `key` (S3 deletes of absent keys succeed).
+    pub async fn delete(&self, key: &str) -> Result<(), RegistryError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.error("DeleteObject", key, e))?;
+        Ok(())
     }
 
     /// Streams `key` into `dest` (created), hashing as it goes; returns the hex sha256.

@@ -2,12 +2,13 @@
 //! (`POST /v1/features`). Handlers decode, call the pipeline / online store, encode.
 
 use crate::http::error::ApiError;
-use crate::http::{AppState, read_body};
-use axum::Json;
+use crate::http::{AppState, RequestId, read_body};
+use crate::pipeline::PredictOptions;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use ferry_features::{FeatureRef, OnMissing};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -47,6 +48,7 @@ pub fn decode_request(body: &[u8]) -> Result<Vec<Map<String, Value>>, ApiError> 
 pub async fn predict(
     State(state): State<AppState>,
     Path(endpoint): Path<String>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -54,38 +56,57 @@ pub async fn predict(
     let result: Result<Response, ApiError> = async {
         let body = read_body(&headers, body, state.max_body_bytes).await?;
         let rows = decode_request(&body)?;
-        let n = rows.len();
-        let p = state.pipeline.predict(&endpoint, rows).await?;
-        let version = p.version.to_string();
-        let span = tracing::Span::current();
-        span.record("model", p.model.as_str());
-        span.record("version", version.as_str());
-        state
-            .metrics
-            .endpoint_requests
-            .with_label_values(&[&p.endpoint, &p.variant, &p.model, &version])
-            .inc();
-        state
-            .metrics
-            .request_duration
-            .with_label_values(&[&p.model, &version])
-            .observe(started.elapsed().as_secs_f64());
+        let forced_variant = match headers.get(VARIANT_HEADER) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| {
+                        ApiError::BadRequest(format!(
+                            "the {VARIANT_HEADER} header must be a variant name in ASCII"
+                        ))
+                    })?
+                    .to_string(),
+            ),
+        };
+        let options = PredictOptions {
+            forced_variant,
+            request_id: request_id
+                .map(|Extension(RequestId(id))| id)
+                .unwrap_or_default(),
+        };
+        let p = state.pipeline.predict(&endpoint, rows, &options).await?;
+        let common = p
+            .common()
+            .map(|(v, m, n)| (v.to_string(), m.to_string(), n.to_string()));
+        if let Some((_, model, version)) = &common {
+            let span = tracing::Span::current();
+            span.record("model", model.as_str());
+            span.record("version", version.as_str());
+            state
+                .metrics
+                .request_duration
+                .with_label_values(&[model, version])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let versions: Vec<String> = p.versions.iter().map(u64::to_string).collect();
         let body = json!({
             "predictions": p.predictions,
             "endpoint": p.endpoint,
-            "variant": p.variant,
-            "model": p.model,
-            "version": version,
-            "variants": vec![&p.variant; n],
-            "versions": vec![&version; n],
+            "variant": common.as_ref().map(|c| &c.0),
+            "model": common.as_ref().map(|c| &c.1),
+            "version": common.as_ref().map(|c| &c.2),
+            "variants": p.variants,
+            "versions": versions,
         });
         let mut response = Json(body).into_response();
         let h = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&p.variant) {
-            h.insert(VARIANT_HEADER, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&version) {
-            h.insert(VERSION_HEADER, v);
+        if let Some((variant, _, version)) = &common {
+            if let Ok(v) = HeaderValue::from_str(variant) {
+                h.insert(VARIANT_HEADER, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(version) {
+                h.insert(VERSION_HEADER, v);
+            }
         }
         if p.defaulted > 0 {
             h.insert(DEFAULTED_HEADER, HeaderValue::from(p.defaulted));
@@ -108,7 +129,7 @@ pub async fn predict(
 
 /// The endpoint name if it exists (bounded label values), else `_unknown`.
 fn endpoint_label<'a>(state: &AppState, endpoint: &'a str) -> &'a str {
-    if state.pipeline.endpoint(endpoint).is_ok() {
+    if state.pipeline.has_endpoint(endpoint) {
         endpoint
     } else {
         crate::telemetry::metrics::UNKNOWN_MODEL
@@ -126,7 +147,7 @@ struct FeaturesRequest {
 
 pub async fn features(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let result: Result<Response, ApiError> = async {
-        let Some(online) = state.pipeline.features.clone() else {
+        let Some(online) = state.pipeline.features().cloned() else {
             return Err(ApiError::RouteNotFound {
                 method: "POST".into(),
                 path: "/v1/features (this server has no `features` config)".into(),

@@ -65,6 +65,9 @@ pub enum ApiError {
     LoadFailed(String),
     #[error("{0}; the loaded models keep serving")]
     RegistryUnavailable(String),
+    /// A script or Rust transform failed or ran past its limits: a server-side fault.
+    #[error("{0}")]
+    TransformFailed(String),
 }
 
 impl ApiError {
@@ -84,7 +87,9 @@ impl ApiError {
             | ApiError::DeadlineExceeded(_)
             | ApiError::FeatureStoreUnavailable(_)
             | ApiError::RegistryUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) | ApiError::LoadFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::LoadFailed(_) | ApiError::TransformFailed(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::ControlDisabled => StatusCode::FORBIDDEN,
         }
@@ -112,6 +117,7 @@ impl ApiError {
             ApiError::ControlDisabled => "control_disabled",
             ApiError::LoadFailed(_) => "load_failed",
             ApiError::RegistryUnavailable(_) => "registry_unavailable",
+            ApiError::TransformFailed(_) => "transform_failed",
         }
     }
 
@@ -221,6 +227,13 @@ impl From<PredictError> for ApiError {
             PredictError::Features(e) => e.into(),
             PredictError::Schedule(e) => e.into(),
             PredictError::Input(e) => e,
+            PredictError::UnknownVariant { .. } => ApiError::BadRequest(e.to_string()),
+            PredictError::Transform { ref error, .. } => match error.kind {
+                ferry_transforms::ErrorKind::Input => ApiError::InvalidInput(e.to_string()),
+                ferry_transforms::ErrorKind::Limit | ferry_transforms::ErrorKind::Fault => {
+                    ApiError::TransformFailed(e.to_string())
+                }
+            },
             PredictError::Misconfigured(m) => ApiError::Internal(m),
         }
     }

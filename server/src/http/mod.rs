@@ -149,6 +149,10 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .into_response()
 }
 
+/// The request's id (the client's `x-request-id`, or a new one), for handlers.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
 /// A request id the client sent, if it is short printable ASCII; otherwise a new one.
 fn request_id(headers: &HeaderMap) -> String {
     headers
@@ -160,8 +164,9 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 /// Request span with request id, the `x-request-id` response header, and response counts.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let id = request_id(request.headers());
+    request.extensions_mut().insert(RequestId(id.clone()));
     let route = request
         .extensions()
         .get::<MatchedPath>()

@@ -1,29 +1,31 @@
-//! The inference pipeline behind business endpoints: resolve variant → fetch features →
-//! model. HTTP handlers only convert wire formats to and from `Pipeline::predict`; batch mode
-//! will feed it chunks of rows the same way. (Pre/post transforms and A/B splits come with the
-//! endpoints issue: today an endpoint has exactly one variant.)
+//! The inference pipeline behind business endpoints, shared by the HTTP server and batch mode:
+//! resolve variant → fetch features → pre-transform → model → post-transform. HTTP handlers and
+//! the batch driver only convert their formats to and from `Pipeline::predict`.
+//!
+//! An endpoint's variants split its traffic by the sticky hash in `assign`; shadows get a
+//! sampled copy of requests on a bounded queue served by a background task, so their latency
+//! and failures never reach the caller; prediction capture records a sample of requests.
 
-use crate::config::{EndpointConfig, FeaturesConfig};
+pub mod assign;
+mod shadow;
+
+use crate::capture::{Capture, CaptureRecord};
+use crate::config::{EndpointConfig, FeaturesConfig, ServerConfig};
 use crate::http::error::ApiError;
 use crate::models::{LoadedModel, LookupError, ModelManager};
 use crate::scheduler::ScheduleError;
 use crate::telemetry::metrics::Metrics;
+use assign::Split;
 use ferry_features::online::{MemoryStore, RedisStore};
 use ferry_features::{FeatureError, FeatureRepo, JoinPlan, OnlineFeatures, OnlineStore};
-use ferry_registry::ModelRef;
+use ferry_registry::{ModelRef, S3Options};
 use ferry_runtimes::{DataType, Tensor, TensorData};
+use ferry_transforms::{BuildOptions, Chain, Context, Row, Stage, TransformError};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
-
-/// A validated endpoint.
-#[derive(Debug, Clone)]
-pub struct ValidEndpoint {
-    pub name: String,
-    pub variant: String,
-    pub model: ModelRef,
-}
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Why a prediction failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,14 @@ pub enum PredictError {
     #[error("unknown endpoint `{name}`; endpoints: {available:?}")]
     UnknownEndpoint {
         name: String,
+        available: Vec<String>,
+    },
+    #[error(
+        "the x-ferry-variant header asks for variant `{asked}`, which endpoint `{endpoint}` does not have; its variants: {available:?}"
+    )]
+    UnknownVariant {
+        endpoint: String,
+        asked: String,
         available: Vec<String>,
     },
     #[error(transparent)]
@@ -42,29 +52,68 @@ pub enum PredictError {
     /// Rows that do not fit the model (no `features` section: rows go straight to its inputs).
     #[error(transparent)]
     Input(ApiError),
+    #[error("endpoint `{endpoint}`, variant `{variant}`: {error}")]
+    Transform {
+        endpoint: String,
+        variant: String,
+        error: Box<TransformError>,
+    },
     #[error("{0}")]
     Misconfigured(String),
 }
 
-/// What `predict` returns: one prediction per row, and what produced them.
+impl PredictError {
+    /// Label for per-variant error metrics.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            PredictError::UnknownEndpoint { .. } => "unknown_endpoint",
+            PredictError::UnknownVariant { .. } => "unknown_variant",
+            PredictError::Lookup(_) => "model_unavailable",
+            PredictError::Features(_) => "features",
+            PredictError::Schedule(ScheduleError::QueueFull { .. }) => "overloaded",
+            PredictError::Schedule(_) => "schedule",
+            PredictError::Input(_) => "invalid_input",
+            PredictError::Transform { .. } => "transform",
+            PredictError::Misconfigured(_) => "misconfigured",
+        }
+    }
+}
+
+/// Per-call options.
+#[derive(Debug, Clone, Default)]
+pub struct PredictOptions {
+    /// Send every row to this variant (the `x-ferry-variant` header), bypassing the split.
+    pub forced_variant: Option<String>,
+    /// Carried into capture records.
+    pub request_id: String,
+}
+
+/// What `predict` returns: one prediction per row, and which variant, model and version
+/// produced each.
 #[derive(Debug, Clone)]
 pub struct Predictions {
     pub endpoint: String,
-    pub variant: String,
-    pub model: String,
-    pub version: u64,
     pub predictions: Vec<Value>,
+    pub variants: Vec<String>,
+    pub models: Vec<String>,
+    pub versions: Vec<u64>,
     /// Feature values that were missing, stale or unavailable and got their default.
     pub defaulted: usize,
 }
 
-pub struct Pipeline {
-    models: Arc<ModelManager>,
-    pub features: Option<Arc<OnlineFeatures>>,
-    endpoints: Vec<ValidEndpoint>,
-    metrics: Metrics,
-    /// Join plans per (model, version), built on first use.
-    plans: Mutex<HashMap<(String, u64), Arc<JoinPlan>>>,
+impl Predictions {
+    /// The variant, model and version when every row agrees (None when rows were split).
+    pub fn common(&self) -> Option<(&str, &str, u64)> {
+        let first = (
+            self.variants.first()?.as_str(),
+            self.models.first()?.as_str(),
+            *self.versions.first()?,
+        );
+        let same = self.variants.iter().all(|v| v == first.0)
+            && self.models.iter().all(|m| m == first.1)
+            && self.versions.iter().all(|v| *v == first.2);
+        same.then_some(first)
+    }
 }
 
 /// Opens the feature repo and its online store: Redis when a URL is set, else an in-process
@@ -95,54 +144,75 @@ pub fn open_features(config: &FeaturesConfig) -> Result<OnlineFeatures, String> 
     })
 }
 
-impl Pipeline {
-    pub fn new(
-        models: Arc<ModelManager>,
-        features: Option<Arc<OnlineFeatures>>,
-        endpoints: &[EndpointConfig],
-        metrics: Metrics,
-    ) -> Pipeline {
-        let endpoints = endpoints
-            .iter()
-            .filter_map(|e| {
-                let v = e.variants.first()?;
-                Some(ValidEndpoint {
-                    name: e.name.clone(),
-                    variant: v.name.clone(),
-                    model: ModelRef::parse(&v.model).ok()?,
-                })
-            })
-            .collect();
-        Pipeline {
-            models,
-            features,
-            endpoints,
-            metrics,
-            plans: Mutex::new(HashMap::new()),
-        }
-    }
+/// What endpoints share: models, features, and per-model-version caches.
+pub(crate) struct Core {
+    models: Arc<ModelManager>,
+    features: Option<Arc<OnlineFeatures>>,
+    metrics: Metrics,
+    transforms: ferry_transforms::Registry,
+    /// Join plans per (model, version), built on first use.
+    plans: Mutex<HashMap<(String, u64), Arc<JoinPlan>>>,
+    /// The model version's own `preprocess` chain, built on first use.
+    model_chains: Mutex<HashMap<(String, u64), Arc<Chain>>>,
+}
 
-    pub fn endpoint(&self, name: &str) -> Result<&ValidEndpoint, PredictError> {
-        self.endpoints
-            .iter()
-            .find(|e| e.name == name)
-            .ok_or_else(|| PredictError::UnknownEndpoint {
-                name: name.to_string(),
-                available: self.endpoints.iter().map(|e| e.name.clone()).collect(),
-            })
-    }
+/// One variant's answer for the rows it was given.
+pub(crate) struct VariantRun {
+    pub model: String,
+    pub version: u64,
+    pub predictions: Vec<Value>,
+    /// Feature values per row (`view.feature` → value), when asked for.
+    pub features: Option<Vec<Value>>,
+    pub defaulted: usize,
+}
 
+struct Variant {
+    name: String,
+    model: ModelRef,
+}
+
+/// A compiled endpoint: replaced as a whole when its config changes.
+pub(crate) struct Endpoint {
+    name: String,
+    config: EndpointConfig,
+    sticky_key: Option<String>,
+    salt: String,
+    variants: Vec<Variant>,
+    split: Split,
+    pre: Arc<Chain>,
+    post: Arc<Chain>,
+    capture: Option<Capture>,
+    shadow: Option<shadow::Shadows>,
+}
+
+pub struct Pipeline {
+    core: Arc<Core>,
+    endpoints: RwLock<Arc<BTreeMap<String, Arc<Endpoint>>>>,
+    base_dir: PathBuf,
+    s3: S3Options,
+    /// One reload at a time.
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Caches hold only complete entries, so a poisoned map is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+impl Core {
     fn plan(&self, model: &LoadedModel) -> Result<Option<Arc<JoinPlan>>, PredictError> {
         let Some(spec) = &model.manifest.features else {
             return Ok(None);
         };
         let key = (model.name.clone(), model.version);
-        if let Some(plan) = self
-            .plans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
+        if let Some(plan) = lock(&self.plans).get(&key) {
             return Ok(Some(plan.clone()));
         }
         let Some(features) = &self.features else {
@@ -171,48 +241,118 @@ impl Pipeline {
             )));
         }
         let plan = Arc::new(plan);
-        self.plans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, plan.clone());
+        lock(&self.plans).insert(key, plan.clone());
         Ok(Some(plan))
     }
 
-    /// resolve variant → features → model, for rows that are JSON objects.
-    pub async fn predict(
+    /// The model version's `preprocess` steps. They travel with the version, so they may only
+    /// use inline scripts (`script: {source: ...}`), never files next to the config.
+    fn model_chain(&self, model: &LoadedModel) -> Result<Arc<Chain>, PredictError> {
+        if model.manifest.preprocess.is_empty() {
+            return Ok(Arc::new(Chain::empty()));
+        }
+        let key = (model.name.clone(), model.version);
+        if let Some(chain) = lock(&self.model_chains).get(&key) {
+            return Ok(chain.clone());
+        }
+        let chain = ferry_transforms::build_chain(
+            &model.manifest.preprocess,
+            &BuildOptions {
+                stage: Stage::Pre,
+                base_dir: Path::new("/nonexistent/model-owned-scripts-must-be-inline"),
+                registry: &self.transforms,
+            },
+        )
+        .map_err(|e| {
+            PredictError::Misconfigured(format!(
+                "model {}@{}: `preprocess` in model.yaml: {e}",
+                model.name, model.version
+            ))
+        })?;
+        let chain = Arc::new(chain);
+        lock(&self.model_chains).insert(key, chain.clone());
+        Ok(chain)
+    }
+
+    fn observe_stage(&self, model: &LoadedModel, version: &str, stage: &str, since: Instant) {
+        self.metrics
+            .stage_duration
+            .with_label_values(&[model.name.as_str(), version, stage])
+            .observe(since.elapsed().as_secs_f64());
+    }
+
+    /// features → model preprocess → endpoint preprocess → model → postprocess, for the rows
+    /// one variant got.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn run_variant(
         &self,
         endpoint: &str,
-        rows: Vec<Map<String, Value>>,
-    ) -> Result<Predictions, PredictError> {
-        let ep = self.endpoint(endpoint)?;
-        let model = self.models.lookup_ref(&ep.model)?;
+        variant: &str,
+        model_ref: &ModelRef,
+        mut rows: Vec<Row>,
+        pre: &Chain,
+        post: &Chain,
+        keep_features: bool,
+    ) -> Result<VariantRun, PredictError> {
+        let model = self.models.lookup_ref(model_ref)?;
         let version = model.version.to_string();
-        if rows.is_empty() {
-            return Err(PredictError::Input(ApiError::InvalidInput(
-                "`instances` is empty: send at least one instance".into(),
-            )));
-        }
+        let transform_err = |error| PredictError::Transform {
+            endpoint: endpoint.to_string(),
+            variant: variant.to_string(),
+            error: Box::new(error),
+        };
+        let model_pre = self.model_chain(&model)?;
+        let named = !pre.is_empty() || !model_pre.is_empty() || keep_features;
         let mut defaulted = 0;
-        let inputs = match self.plan(&model)? {
+        let mut features = None;
+        let plan = self.plan(&model)?;
+        let inputs = match plan {
             Some(plan) => {
-                let features = self
+                let online = self
                     .features
                     .as_ref()
                     .expect("a plan exists only with features. This is a bug.");
                 let started = Instant::now();
-                let joined = plan.join(features, &rows).await;
-                self.metrics
-                    .stage_duration
-                    .with_label_values(&[model.name.as_str(), &version, "features"])
-                    .observe(started.elapsed().as_secs_f64());
-                let joined = joined?;
-                if let Some(table) = &joined.table {
+                let (matrix, table) = if named {
+                    let table = plan.lookup(online, &rows).await;
+                    self.observe_stage(&model, &version, "features", started);
+                    let table = table?;
+                    if let Some(t) = &table {
+                        plan.name_features(&mut rows, t);
+                    }
+                    if keep_features {
+                        features = Some(
+                            rows.iter()
+                                .map(|r| {
+                                    Value::Object(
+                                        plan.names
+                                            .iter()
+                                            .filter_map(|n| Some((n.clone(), r.get(n)?.clone())))
+                                            .collect(),
+                                    )
+                                })
+                                .collect(),
+                        );
+                    }
+                    let started = Instant::now();
+                    let ctx = Context { inputs: None };
+                    model_pre.apply(&mut rows, &ctx).map_err(transform_err)?;
+                    pre.apply(&mut rows, &ctx).map_err(transform_err)?;
+                    self.observe_stage(&model, &version, "preprocess", started);
+                    (plan.matrix_from_rows(&rows)?, table)
+                } else {
+                    let joined = plan.join(online, &rows).await;
+                    self.observe_stage(&model, &version, "features", started);
+                    let joined = joined?;
+                    (joined.matrix, joined.table)
+                };
+                if let Some(table) = &table {
                     defaulted = table.defaulted;
                     for ((view, status), n) in &table.counts {
                         self.metrics
                             .feature_values
                             .with_label_values(&[
-                                features.repo.views[*view].name.as_str(),
+                                online.repo.views[*view].name.as_str(),
                                 status.as_str(),
                             ])
                             .inc_by(*n);
@@ -220,23 +360,30 @@ impl Pipeline {
                     if defaulted > 0 {
                         self.metrics
                             .features_defaulted
-                            .with_label_values(&[&ep.name])
+                            .with_label_values(&[endpoint])
                             .inc_by(defaulted as u64);
                     }
                 }
                 let spec = &model.signature().inputs[0];
-                let shape = vec![rows.len(), joined.columns];
+                let shape = vec![rows.len(), plan.width()];
                 let data = match spec.datatype {
-                    DataType::Fp64 => TensorData::Fp64(joined.matrix),
-                    _ => TensorData::Fp32(joined.matrix.iter().map(|&x| x as f32).collect()),
+                    DataType::Fp64 => TensorData::Fp64(matrix),
+                    _ => TensorData::Fp32(matrix.iter().map(|&x| x as f32).collect()),
                 };
                 let tensor = Tensor::new(spec.name.clone(), shape, data)
                     .map_err(|e| PredictError::Misconfigured(e.to_string()))?;
                 vec![tensor]
             }
             None => {
+                if !model_pre.is_empty() || !pre.is_empty() {
+                    let started = Instant::now();
+                    let ctx = Context { inputs: None };
+                    model_pre.apply(&mut rows, &ctx).map_err(transform_err)?;
+                    pre.apply(&mut rows, &ctx).map_err(transform_err)?;
+                    self.observe_stage(&model, &version, "preprocess", started);
+                }
                 let request = crate::http::v1::PredictRequest {
-                    instances: rows.into_iter().map(Value::Object).collect(),
+                    instances: rows.iter().cloned().map(Value::Object).collect(),
                     signature_name: None,
                 };
                 crate::http::v1::instances_to_tensors(&request, model.signature())
@@ -248,14 +395,417 @@ impl Pipeline {
             .validate_inputs(inputs)
             .map_err(|e| PredictError::Input(e.into()))?;
         let outputs = model.queue.submit(inputs).await?;
-        let predictions = crate::http::v1::predictions(&outputs).map_err(PredictError::Input)?;
-        Ok(Predictions {
-            endpoint: ep.name.clone(),
-            variant: ep.variant.clone(),
+        let mut predictions =
+            crate::http::v1::predictions(&outputs).map_err(PredictError::Input)?;
+        if !post.is_empty() {
+            let started = Instant::now();
+            // Post steps see each prediction as a map of output name → value, whatever the
+            // number of outputs.
+            let mut out: Vec<Row> = predictions
+                .into_iter()
+                .map(|p| match p {
+                    Value::Object(m) if outputs.len() > 1 => m,
+                    other => {
+                        let mut m = Map::new();
+                        m.insert(outputs[0].name.clone(), other);
+                        m
+                    }
+                })
+                .collect();
+            post.apply(
+                &mut out,
+                &Context {
+                    inputs: Some(&rows),
+                },
+            )
+            .map_err(transform_err)?;
+            predictions = out.into_iter().map(Value::Object).collect();
+            self.observe_stage(&model, &version, "postprocess", started);
+        }
+        Ok(VariantRun {
             model: model.name.clone(),
             version: model.version,
             predictions,
+            features,
             defaulted,
         })
     }
+}
+
+impl Endpoint {
+    /// The variant index of every row: the forced one, else by sticky hash, else one random
+    /// draw for the request's rows without a key.
+    fn assign(&self, rows: &[Row], forced: Option<&str>) -> Result<Vec<usize>, PredictError> {
+        if let Some(asked) = forced {
+            let i = self
+                .variants
+                .iter()
+                .position(|v| v.name == asked)
+                .ok_or_else(|| PredictError::UnknownVariant {
+                    endpoint: self.name.clone(),
+                    asked: asked.to_string(),
+                    available: self.variants.iter().map(|v| v.name.clone()).collect(),
+                })?;
+            return Ok(vec![i; rows.len()]);
+        }
+        if self.variants.len() == 1 {
+            return Ok(vec![0; rows.len()]);
+        }
+        let mut random = None;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let key = self
+                    .sticky_key
+                    .as_ref()
+                    .and_then(|k| row.get(k))
+                    .and_then(assign::sticky_key);
+                match key {
+                    Some(key) => self.split.variant_of(assign::bucket(&self.salt, &key)),
+                    None => *random.get_or_insert_with(|| self.split.random()),
+                }
+            })
+            .collect())
+    }
+}
+
+impl Pipeline {
+    /// Compiles the config's endpoints (transform chains, captures, shadow workers). Needs a
+    /// tokio runtime. `transforms` holds the Rust transforms a custom build registered.
+    pub async fn build(
+        models: Arc<ModelManager>,
+        features: Option<Arc<OnlineFeatures>>,
+        config: &ServerConfig,
+        metrics: Metrics,
+        transforms: ferry_transforms::Registry,
+    ) -> Result<Pipeline, String> {
+        let pipeline = Pipeline {
+            core: Arc::new(Core {
+                models,
+                features,
+                metrics,
+                transforms,
+                plans: Mutex::new(HashMap::new()),
+                model_chains: Mutex::new(HashMap::new()),
+            }),
+            endpoints: RwLock::new(Arc::new(BTreeMap::new())),
+            base_dir: config
+                .config_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(".")),
+            s3: config.registry.options().s3,
+            reload_lock: tokio::sync::Mutex::new(()),
+        };
+        pipeline.reload(&config.endpoints).await?;
+        Ok(pipeline)
+    }
+
+    pub fn features(&self) -> Option<&Arc<OnlineFeatures>> {
+        self.core.features.as_ref()
+    }
+
+    fn snapshot(&self) -> Arc<BTreeMap<String, Arc<Endpoint>>> {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn endpoint_names(&self) -> Vec<String> {
+        self.snapshot().keys().cloned().collect()
+    }
+
+    pub fn has_endpoint(&self, name: &str) -> bool {
+        self.snapshot().contains_key(name)
+    }
+
+    fn endpoint(&self, name: &str) -> Result<Arc<Endpoint>, PredictError> {
+        let endpoints = self.snapshot();
+        endpoints
+            .get(name)
+            .cloned()
+            .ok_or_else(|| PredictError::UnknownEndpoint {
+                name: name.to_string(),
+                available: endpoints.keys().cloned().collect(),
+            })
+    }
+
+    async fn compile(&self, at: &str, config: &EndpointConfig) -> Result<Endpoint, String> {
+        let chain = |steps: &[Value], stage, key: &str| {
+            ferry_transforms::build_chain(
+                steps,
+                &BuildOptions {
+                    stage,
+                    base_dir: &self.base_dir,
+                    registry: &self.core.transforms,
+                },
+            )
+            .map(Arc::new)
+            .map_err(|e| format!("`{at}.{key}`: {e}"))
+        };
+        let pre = chain(&config.preprocess, Stage::Pre, "preprocess")?;
+        let post = chain(&config.postprocess, Stage::Post, "postprocess")?;
+        let mut variants = Vec::new();
+        for (j, v) in config.variants.iter().enumerate() {
+            let model = ModelRef::parse(&v.model)
+                .map_err(|e| format!("`{at}.variants[{j}].model`: {e}"))?;
+            variants.push(Variant {
+                name: v.name.clone(),
+                model,
+            });
+        }
+        let capture = match &config.capture {
+            Some(c) => Some(
+                Capture::start(&config.name, c, &self.s3, self.core.metrics.clone())
+                    .await
+                    .map_err(|e| format!("`{at}.capture`: {e}"))?,
+            ),
+            None => None,
+        };
+        let shadow = if config.shadow.is_empty() {
+            None
+        } else {
+            Some(shadow::Shadows::start(
+                self.core.clone(),
+                at,
+                config,
+                pre.clone(),
+                post.clone(),
+                capture.clone(),
+            )?)
+        };
+        Ok(Endpoint {
+            name: config.name.clone(),
+            config: config.clone(),
+            sticky_key: config.sticky_key.clone(),
+            salt: config.salt.clone().unwrap_or_else(|| config.name.clone()),
+            split: Split::new(&config.variants.iter().map(|v| v.weight).collect::<Vec<_>>()),
+            variants,
+            pre,
+            post,
+            capture,
+            shadow,
+        })
+    }
+
+    /// Replaces the endpoints with `configs` (SIGHUP / config file change). Endpoints whose
+    /// config did not change keep running as they are; changed ones are compiled anew and the
+    /// old ones flush their capture. Models new variants need are loaded before the switch.
+    /// On any error nothing changes.
+    pub async fn reload(&self, configs: &[EndpointConfig]) -> Result<ReloadSummary, String> {
+        let _guard = self.reload_lock.lock().await;
+        let old = self.snapshot();
+        let mut next = BTreeMap::new();
+        let mut summary = ReloadSummary::default();
+        for (i, config) in configs.iter().enumerate() {
+            let at = format!("endpoints[{i}]");
+            config.validate(&at).map_err(|e| e.0)?;
+            match old.get(&config.name) {
+                Some(e) if e.config == *config => {
+                    next.insert(config.name.clone(), e.clone());
+                }
+                previous => {
+                    if previous.is_some() {
+                        summary.changed.push(config.name.clone());
+                    } else {
+                        summary.added.push(config.name.clone());
+                    }
+                    let endpoint = self.compile(&at, config).await?;
+                    next.insert(config.name.clone(), Arc::new(endpoint));
+                }
+            }
+        }
+        for model in configs.iter().flat_map(|c| c.models()) {
+            self.core.models.ensure_served(model).await;
+        }
+        summary.removed = old
+            .keys()
+            .filter(|k| !next.contains_key(*k))
+            .cloned()
+            .collect();
+        *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        let current = self.snapshot();
+        for (name, endpoint) in old.iter() {
+            let kept = current.get(name).is_some_and(|e| Arc::ptr_eq(e, endpoint));
+            if !kept && let Some(c) = &endpoint.capture {
+                c.shutdown().await;
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Flushes every endpoint's capture (graceful shutdown).
+    pub async fn shutdown(&self) {
+        for endpoint in self.snapshot().values() {
+            if let Some(c) = &endpoint.capture {
+                c.shutdown().await;
+            }
+        }
+    }
+
+    /// resolve variant → features → pre → model → post, for rows that are JSON objects.
+    pub async fn predict(
+        &self,
+        endpoint: &str,
+        rows: Vec<Row>,
+        options: &PredictOptions,
+    ) -> Result<Predictions, PredictError> {
+        let ep = self.endpoint(endpoint)?;
+        if rows.is_empty() {
+            return Err(PredictError::Input(ApiError::InvalidInput(
+                "`instances` is empty: send at least one instance".into(),
+            )));
+        }
+        let assignment = ep.assign(&rows, options.forced_variant.as_deref())?;
+        if let Some(shadow) = &ep.shadow {
+            shadow.offer(&rows, &options.request_id);
+        }
+        let capture = ep.capture.as_ref().filter(|c| c.sample());
+        let received = capture.map(|_| rows.clone());
+        let n = rows.len();
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (row, &v) in assignment.iter().enumerate() {
+            match groups.iter_mut().find(|(g, _)| *g == v) {
+                Some((_, members)) => members.push(row),
+                None => groups.push((v, vec![row])),
+            }
+        }
+        let keep_features = capture.is_some();
+        let runs: Vec<(usize, Vec<usize>, VariantRun)> = if groups.len() == 1 {
+            let (v, members) = groups.pop().expect("one group");
+            let run = self.run_group(&ep, v, rows, keep_features).await?;
+            vec![(v, members, run)]
+        } else {
+            let mut slots: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
+            let mut tasks = tokio::task::JoinSet::new();
+            for (v, members) in groups {
+                let part: Vec<Row> = members
+                    .iter()
+                    .map(|&i| slots[i].take().expect("each row is in one group"))
+                    .collect();
+                let (core, ep) = (self.core.clone(), ep.clone());
+                tasks.spawn(async move {
+                    let run = run_group(&core, &ep, v, part, keep_features).await;
+                    (v, members, run)
+                });
+            }
+            let mut runs = Vec::new();
+            while let Some(done) = tasks.join_next().await {
+                let (v, members, run) = done.map_err(|e| {
+                    PredictError::Misconfigured(format!("a variant task failed: {e}"))
+                })?;
+                runs.push((v, members, run?));
+            }
+            runs
+        };
+        let mut predictions = vec![Value::Null; n];
+        let mut variants = vec![String::new(); n];
+        let mut models = vec![String::new(); n];
+        let mut versions = vec![0u64; n];
+        let mut features: Vec<Value> = vec![Value::Null; n];
+        let mut defaulted = 0;
+        for (v, members, run) in runs {
+            defaulted += run.defaulted;
+            let run_features = run.features.unwrap_or_default();
+            for (k, (&row, p)) in members.iter().zip(run.predictions).enumerate() {
+                predictions[row] = p;
+                variants[row] = ep.variants[v].name.clone();
+                models[row] = run.model.clone();
+                versions[row] = run.version;
+                if let Some(f) = run_features.get(k) {
+                    features[row] = f.clone();
+                }
+            }
+        }
+        if let (Some(capture), Some(received)) = (capture, received) {
+            let timestamp_ms = now_ms();
+            capture.record(
+                received
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, input)| CaptureRecord {
+                        request_id: options.request_id.clone(),
+                        timestamp_ms,
+                        endpoint: ep.name.clone(),
+                        variant: variants[i].clone(),
+                        model: models[i].clone(),
+                        version: versions[i],
+                        shadow: false,
+                        input: Value::Object(input),
+                        features: std::mem::take(&mut features[i]),
+                        output: predictions[i].clone(),
+                    })
+                    .collect(),
+            );
+        }
+        Ok(Predictions {
+            endpoint: ep.name.clone(),
+            predictions,
+            variants,
+            models,
+            versions,
+            defaulted,
+        })
+    }
+
+    async fn run_group(
+        &self,
+        ep: &Arc<Endpoint>,
+        v: usize,
+        rows: Vec<Row>,
+        keep_features: bool,
+    ) -> Result<VariantRun, PredictError> {
+        run_group(&self.core, ep, v, rows, keep_features).await
+    }
+}
+
+/// One variant's share of a request, with its per-variant metrics.
+async fn run_group(
+    core: &Core,
+    ep: &Endpoint,
+    v: usize,
+    rows: Vec<Row>,
+    keep_features: bool,
+) -> Result<VariantRun, PredictError> {
+    let variant = &ep.variants[v];
+    let started = Instant::now();
+    let result = core
+        .run_variant(
+            &ep.name,
+            &variant.name,
+            &variant.model,
+            rows,
+            &ep.pre,
+            &ep.post,
+            keep_features,
+        )
+        .await;
+    let m = &core.metrics;
+    m.endpoint_variant_duration
+        .with_label_values(&[&ep.name, &variant.name])
+        .observe(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(run) => m
+            .endpoint_requests
+            .with_label_values(&[
+                &ep.name,
+                &variant.name,
+                &run.model,
+                &run.version.to_string(),
+            ])
+            .inc(),
+        Err(e) => m
+            .endpoint_errors
+            .with_label_values(&[&ep.name, &variant.name, e.error_type()])
+            .inc(),
+    }
+    result
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
 }

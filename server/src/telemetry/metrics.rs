@@ -60,6 +60,17 @@ pub struct MetricFamilies {
     pub feature_values: IntCounterVec,
     /// Feature values served as defaults (missing, stale or store unavailable), by endpoint.
     pub features_defaulted: IntCounterVec,
+    /// Endpoint predict failures by variant and error type.
+    pub endpoint_errors: IntCounterVec,
+    /// Time one variant took for its share of a request.
+    pub endpoint_variant_duration: HistogramVec,
+    /// Shadow copies by outcome: ok, error, timeout, dropped (queue full).
+    pub shadow_requests: IntCounterVec,
+    pub shadow_duration: HistogramVec,
+    /// Prediction capture records by endpoint and outcome (`written`, `dropped`, `failed`).
+    pub capture_records: IntCounterVec,
+    /// Capture records accepted but not yet written, by endpoint.
+    pub capture_queue: IntGaugeVec,
 }
 
 impl Metrics {
@@ -111,7 +122,7 @@ impl Metrics {
             ),
             stage_duration: histogram(
                 "ferry_stage_duration_seconds",
-                "Time spent in one pipeline stage (features, queue, infer).",
+                "Time spent in one pipeline stage (features, preprocess, queue, infer, postprocess).",
                 &["model", "version", "stage"],
                 LATENCY_BUCKETS,
             ),
@@ -168,7 +179,7 @@ impl Metrics {
             ),
             endpoint_requests: counter(
                 "ferry_endpoint_requests_total",
-                "Endpoint predict requests that succeeded.",
+                "Endpoint predict requests that succeeded, per variant that served rows of them.",
                 &["endpoint", "variant", "model", "version"],
             ),
             feature_values: counter(
@@ -179,6 +190,38 @@ impl Metrics {
             features_defaulted: counter(
                 "ferry_features_defaulted_total",
                 "Feature values replaced by their default (missing, stale, or store unavailable).",
+                &["endpoint"],
+            ),
+            endpoint_errors: counter(
+                "ferry_endpoint_errors_total",
+                "Endpoint predict failures, by variant and error type.",
+                &["endpoint", "variant", "error_type"],
+            ),
+            endpoint_variant_duration: histogram(
+                "ferry_endpoint_variant_duration_seconds",
+                "Time a variant took for its rows of an endpoint request (features, transforms, model).",
+                &["endpoint", "variant"],
+                LATENCY_BUCKETS,
+            ),
+            shadow_requests: counter(
+                "ferry_shadow_requests_total",
+                "Shadow copies of endpoint requests, by outcome (ok, error, timeout, dropped when the shadow queue is full).",
+                &["endpoint", "variant", "outcome"],
+            ),
+            shadow_duration: histogram(
+                "ferry_shadow_duration_seconds",
+                "Time a shadow variant took (up to its timeout).",
+                &["endpoint", "variant"],
+                LATENCY_BUCKETS,
+            ),
+            capture_records: counter(
+                "ferry_capture_records_total",
+                "Prediction capture records by outcome: written, dropped (queue full or shut down), failed (write failed after retries).",
+                &["endpoint", "outcome"],
+            ),
+            capture_queue: gauge(
+                "ferry_capture_queue_records",
+                "Prediction capture records accepted and waiting to be written.",
                 &["endpoint"],
             ),
             registry,

@@ -1,0 +1,745 @@
+//! `ferry batch`: scores files through the same pipeline as `POST /v1/endpoints/{e}/predict`.
+//!
+//! Work is split into units: each input file, or each row group when the input is a single
+//! Parquet file with several. Unit `u` belongs to shard `fnv1a64(u) mod N`, so any number of
+//! machines split the work without talking to each other. A unit's output is written to a
+//! local temporary file, committed under a deterministic name (local: rename; S3: one
+//! PutObject), then its completion marker `_markers/<unit>.json` is written. A re-run skips
+//! units with a marker and redoes the others from scratch, overwriting whatever a killed run
+//! left: every unit's rows appear exactly once.
+
+pub mod read;
+pub mod score;
+pub mod storage;
+pub mod write;
+
+use crate::config::ServerConfig;
+use crate::pipeline::{Pipeline, PredictError};
+use ferry_registry::{RegistryError, S3Options, Store};
+use read::RowError;
+use score::ScoredRow;
+use std::collections::{HashSet, VecDeque};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use storage::{Fingerprint, InputFile, InputFormat, LocalInput, Location};
+pub use write::OutputFormat;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Store(#[from] RegistryError),
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("scoring failed: {0}")]
+    Predict(#[from] PredictError),
+}
+
+/// This process's share of the work: shard `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// Parses `I/N` with 0 <= I < N.
+    pub fn parse(s: &str) -> Result<Shard, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("shard `{s}`: write I/N, e.g. 0/4"))?;
+        let index: u64 = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("shard `{s}`: I is not a number"))?;
+        let count: u64 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("shard `{s}`: N is not a number"))?;
+        if count == 0 || index >= count {
+            return Err(format!("shard `{s}`: need 0 <= I < N"));
+        }
+        Ok(Shard { index, count })
+    }
+
+    pub fn owns(&self, unit: &str) -> bool {
+        fnv1a64(unit.as_bytes()) % self.count == self.index
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// 64-bit FNV-1a: stable across versions and platforms, so shard assignment never changes.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    pub endpoint: String,
+    pub input: String,
+    pub output: String,
+    pub shard: Shard,
+    pub format: OutputFormat,
+    /// Input columns copied to the output (default: all).
+    pub id_columns: Option<Vec<String>>,
+    /// Redo units whose input changed since their marker was written.
+    pub incremental: bool,
+    pub chunk_rows: usize,
+    /// Chunks scored at once per unit.
+    pub inflight: usize,
+    /// Test hook: after this many committed units, write one chunk of the next and stall.
+    pub stall_after_units: Option<usize>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Summary {
+    pub units_total: usize,
+    pub units_in_shard: usize,
+    pub units_done: usize,
+    pub units_skipped: usize,
+    pub units_failed: usize,
+    pub rows_read: u64,
+    pub rows_scored: u64,
+    pub rows_failed: u64,
+    pub seconds: f64,
+}
+
+impl Summary {
+    pub fn rows_per_second(&self) -> f64 {
+        self.rows_read as f64 / self.seconds.max(1e-9)
+    }
+
+    /// 0: everything scored; 2: some rows failed (see the error files); 3: some units failed
+    /// (re-run to retry them). Fatal errors exit 1 before a summary exists.
+    pub fn exit_code(&self) -> i32 {
+        if self.units_failed > 0 {
+            3
+        } else if self.rows_failed > 0 {
+            2
+        } else {
+            0
+        }
+    }
+}
+
+/// A unit of work.
+#[derive(Debug, Clone)]
+struct Unit {
+    name: String,
+    file: InputFile,
+    row_group: Option<usize>,
+}
+
+/// The completion marker of a unit.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Marker {
+    unit: String,
+    input: String,
+    row_group: Option<usize>,
+    fingerprint: Fingerprint,
+    endpoint: String,
+    output: String,
+    errors: Option<String>,
+    rows: u64,
+    scored: u64,
+    failed: u64,
+    shard: String,
+    committed_at: String,
+}
+
+/// The unit name of a relative input path: `/` becomes `__`, the extension goes.
+fn unit_name(rel: &str, row_group: Option<usize>) -> String {
+    let stem = match rel.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() && !stem.ends_with('/') => stem,
+        _ => rel,
+    };
+    let base = stem.replace('/', "__");
+    match row_group {
+        Some(rg) => format!("{base}.rg{rg:05}"),
+        None => base,
+    }
+}
+
+/// Config changes for a job: only the scored endpoint's models load, no request deadline, the
+/// online-store timeout is generous (a whole chunk is fetched at once), and the endpoint's
+/// shadows and prediction capture are off (they observe live traffic; a batch job's output is
+/// its own record).
+pub fn job_config(mut config: ServerConfig, endpoint: &str) -> Result<ServerConfig, BatchError> {
+    let available: Vec<String> = config.endpoints.iter().map(|e| e.name.clone()).collect();
+    config.endpoints.retain(|e| e.name == endpoint);
+    if config.endpoints.is_empty() {
+        return Err(BatchError::Config(format!(
+            "no endpoint `{endpoint}` in the config; endpoints: {available:?}"
+        )));
+    }
+    for e in &mut config.endpoints {
+        e.shadow.clear();
+        e.capture = None;
+    }
+    config.models.clear();
+    config.request_timeout_ms = 0;
+    config.registry.poll_interval = Duration::ZERO;
+    if let Some(f) = &mut config.features {
+        let current = f.timeout().unwrap_or_default();
+        if current < JOB_FEATURE_TIMEOUT {
+            f.timeout = humantime::format_duration(JOB_FEATURE_TIMEOUT).to_string();
+        }
+    }
+    Ok(config)
+}
+
+const JOB_FEATURE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn s3_options(config: &ServerConfig) -> S3Options {
+    config.registry.options().s3
+}
+
+/// Progress: a bar on a terminal, a log line every few seconds otherwise.
+struct Reporter {
+    bar: Option<indicatif::ProgressBar>,
+    last_log: std::sync::Mutex<Instant>,
+    started: Instant,
+}
+
+impl Reporter {
+    fn new(units: usize) -> Reporter {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(units as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} units {msg} [{elapsed_precise}, eta {eta}]",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        Reporter {
+            bar,
+            last_log: std::sync::Mutex::new(Instant::now()),
+            started: Instant::now(),
+        }
+    }
+
+    fn rows(&self, s: &Summary, unit: &str) {
+        let rate = s.rows_read as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!(
+                "{} rows ({:.0} rows/s, {} failed)",
+                s.rows_read, rate, s.rows_failed
+            ));
+            return;
+        }
+        let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() >= Duration::from_secs(5) {
+            *last = Instant::now();
+            tracing::info!(
+                unit,
+                rows_read = s.rows_read,
+                rows_failed = s.rows_failed,
+                rows_per_second = rate as u64,
+                units_done = s.units_done,
+                units_skipped = s.units_skipped,
+                units_in_shard = s.units_in_shard,
+                "Batch progress."
+            );
+        }
+    }
+
+    fn unit_finished(&self) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Runs a batch job. The pipeline and models are built from `config` (see `job_config`).
+pub async fn run(config: ServerConfig, options: BatchOptions) -> Result<Summary, BatchError> {
+    let started = Instant::now();
+    let config = job_config(config, &options.endpoint)?;
+    let s3 = s3_options(&config);
+
+    // Plan before loading models: a typo in a URI fails fast.
+    let mut inputs = storage::list_inputs(&options.input, &s3).await?;
+    let input_store = Location::open(&options.input, &s3).await?.store;
+    let output = Location::open(options.output.trim_end_matches('/'), &s3).await?;
+    // An output inside the input prefix must not be read back as input by the next run.
+    if same_root(&input_store, &output.store) {
+        let under = format!("{}/", output.key);
+        inputs.retain(|f| !f.key.starts_with(&under));
+        if inputs.is_empty() {
+            return Err(BatchError::Input(format!(
+                "no input files at {} outside the output {}",
+                options.input, options.output
+            )));
+        }
+    }
+    let scratch = std::env::temp_dir();
+    let mut single_download: Option<Arc<LocalInput>> = None;
+    let mut units = Vec::new();
+    if let [only] = inputs.as_slice()
+        && only.format == InputFormat::Parquet
+    {
+        let local = Arc::new(storage::fetch(&input_store, only, &scratch).await?);
+        let groups = read::parquet_row_groups(local.path())?;
+        if groups.len() > 1 {
+            for rg in 0..groups.len() {
+                units.push(Unit {
+                    name: unit_name(&only.rel, Some(rg)),
+                    file: only.clone(),
+                    row_group: Some(rg),
+                });
+            }
+        } else {
+            units.push(Unit {
+                name: unit_name(&only.rel, None),
+                file: only.clone(),
+                row_group: None,
+            });
+        }
+        single_download = Some(local);
+    } else {
+        let mut names = HashSet::new();
+        for f in &inputs {
+            let name = unit_name(&f.rel, None);
+            if !names.insert(name.clone()) {
+                return Err(BatchError::Input(format!(
+                    "two inputs map to the same output name `{name}` (same path but extension); rename one"
+                )));
+            }
+            units.push(Unit {
+                name,
+                file: f.clone(),
+                row_group: None,
+            });
+        }
+    }
+    let total = units.len();
+    units.retain(|u| options.shard.owns(&u.name));
+    let mut summary = Summary {
+        units_total: total,
+        units_in_shard: units.len(),
+        ..Summary::default()
+    };
+    tracing::info!(
+        input = %options.input,
+        output = %options.output,
+        endpoint = %options.endpoint,
+        shard = %options.shard,
+        units_total = total,
+        units_in_shard = units.len(),
+        "Batch plan."
+    );
+
+    // Decide which units to run before loading any model.
+    let mut todo = Vec::new();
+    for unit in units {
+        let marker_key = output.join(&format!("_markers/{}.json", unit.name));
+        let marker = match output.store.read(&marker_key).await? {
+            Some(bytes) => serde_json::from_slice::<Marker>(&bytes).ok(),
+            None => None,
+        };
+        let skip = match &marker {
+            None => false,
+            Some(_) if !options.incremental => true,
+            Some(m) => m.fingerprint == unit.file.fingerprint() && m.endpoint == options.endpoint,
+        };
+        if skip {
+            tracing::debug!(unit = %unit.name, "Already committed; skipped.");
+            summary.units_skipped += 1;
+        } else {
+            if marker.is_some() {
+                tracing::info!(unit = %unit.name, "The input changed since its marker; scoring it again.");
+            }
+            todo.push(unit);
+        }
+    }
+    if todo.is_empty() {
+        summary.seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+
+    crate::models::init_onnx_runtime(&config);
+    let state = crate::build_state(&config)
+        .await
+        .map_err(|e| BatchError::Config(e.to_string()))?;
+    state.models.load_configured().await;
+    if !state.models.is_ready() {
+        let problems: Vec<String> = state
+            .models
+            .index()
+            .into_iter()
+            .filter(|e| e.state != "READY")
+            .map(|e| {
+                format!(
+                    "{}@{}: {} {}",
+                    e.name,
+                    e.version.unwrap_or_default(),
+                    e.state,
+                    e.reason
+                )
+            })
+            .collect();
+        return Err(BatchError::Config(format!(
+            "the models of endpoint `{}` did not load: {}",
+            options.endpoint,
+            problems.join("; ")
+        )));
+    }
+    let pipeline = state.pipeline.clone();
+
+    let reporter = Reporter::new(todo.len());
+    let mut committed = 0usize;
+    for unit in todo {
+        let stall = options.stall_after_units == Some(committed);
+        let result = run_unit(
+            &unit,
+            &options,
+            &pipeline,
+            &input_store,
+            &output,
+            single_download.clone(),
+            &scratch,
+            stall,
+            &mut summary,
+            &reporter,
+        )
+        .await;
+        match result {
+            Ok(marker) => {
+                committed += 1;
+                summary.units_done += 1;
+                tracing::info!(
+                    unit = %unit.name,
+                    rows = marker.rows,
+                    failed = marker.failed,
+                    output = %marker.output,
+                    "Unit committed."
+                );
+            }
+            Err(e) => {
+                summary.units_failed += 1;
+                tracing::error!(unit = %unit.name, input = %unit.file.key, error = %e, "Unit failed; nothing of it was committed (a re-run retries it).");
+            }
+        }
+        reporter.unit_finished();
+    }
+    reporter.finish();
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Where a unit's temporary files go: `<output>/_tmp/` for a local output (same file system,
+/// so the commit is a rename), the system temp dir for S3.
+fn temp_dir_for(output: &Location, scratch: &Path) -> Result<PathBuf, BatchError> {
+    let dir = output
+        .local_path("_tmp")
+        .unwrap_or_else(|| scratch.to_path_buf());
+    std::fs::create_dir_all(&dir).map_err(|e| BatchError::Io {
+        path: dir.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(dir)
+}
+
+/// Removes a killed run's temporary files of `unit` (only this shard ever writes them).
+fn clean_temps(dir: &Path, unit: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!("{unit}.");
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+async fn commit_file(output: &Location, temp: &Path, rel: &str) -> Result<(), BatchError> {
+    let key = output.join(rel);
+    match output.local_path(rel) {
+        Some(dest) => {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| BatchError::Io {
+                    path: parent.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            }
+            std::fs::rename(temp, &dest).map_err(|e| BatchError::Io {
+                path: dest.clone(),
+                message: e.to_string(),
+            })
+        }
+        None => {
+            output.store.write_from_file(&key, temp).await?;
+            let _ = std::fs::remove_file(temp);
+            Ok(())
+        }
+    }
+}
+
+type ScoreResult = Result<(Vec<Option<ScoredRow>>, Vec<score::FailedRow>), PredictError>;
+
+#[allow(clippy::too_many_arguments)]
+async fn run_unit(
+    unit: &Unit,
+    options: &BatchOptions,
+    pipeline: &Arc<Pipeline>,
+    input_store: &Store,
+    output: &Location,
+    single_download: Option<Arc<LocalInput>>,
+    scratch: &Path,
+    stall: bool,
+    summary: &mut Summary,
+    reporter: &Reporter,
+) -> Result<Marker, BatchError> {
+    let local = match single_download {
+        Some(l) => l,
+        None => Arc::new(storage::fetch(input_store, &unit.file, scratch).await?),
+    };
+    let tmp_dir = temp_dir_for(output, scratch)?;
+    clean_temps(&tmp_dir, &unit.name);
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let out_rel = format!("{}.{}", unit.name, options.format.extension());
+    let err_rel = format!("_errors/{}.jsonl", unit.name);
+    let out_tmp = tmp_dir.join(format!("{}.{tag}.out.tmp", unit.name));
+    let err_tmp = tmp_dir.join(format!("{}.{tag}.errors.tmp", unit.name));
+
+    // The reader runs on its own thread, a bounded channel ahead of scoring.
+    let path = local.path().to_path_buf();
+    let reader = read::open(
+        &path,
+        unit.file.format,
+        unit.row_group,
+        options.chunk_rows.max(1),
+        options.id_columns.as_deref(),
+    )?;
+    let mut writer =
+        write::OutputWriter::create(&out_tmp, options.format, reader.ids_schema.clone())?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<read::Chunk, BatchError>>(2);
+    let reader_thread = std::thread::Builder::new()
+        .name("ferry-batch-read".into())
+        .spawn(move || {
+            let _keep = local;
+            for chunk in reader {
+                let stop = chunk.is_err();
+                if tx.blocking_send(chunk).is_err() || stop {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| BatchError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+
+    let mut errors: Vec<RowError> = Vec::new();
+    let mut rows = 0u64;
+    let mut scored_rows = 0u64;
+    let mut inflight: VecDeque<(read::Chunk, tokio::task::JoinHandle<ScoreResult>)> =
+        VecDeque::new();
+    let mut reading = true;
+    let mut chunks_written = 0usize;
+    let result: Result<(), BatchError> = async {
+        loop {
+            while reading && inflight.len() < options.inflight.max(1) {
+                match rx.recv().await {
+                    Some(chunk) => {
+                        let mut chunk = chunk?;
+                        let rows = match chunk.batch.take() {
+                            Some(b) => score::Rows::Arrow(b),
+                            None => score::Rows::Json(std::mem::take(&mut chunk.rows)),
+                        };
+                        let p = pipeline.clone();
+                        let endpoint = options.endpoint.clone();
+                        let handle = tokio::spawn(async move {
+                            if chunk_is_empty(&rows) {
+                                return Ok((Vec::new(), Vec::new()));
+                            }
+                            score::score_isolating(&p, &endpoint, rows).await
+                        });
+                        inflight.push_back((chunk, handle));
+                    }
+                    None => reading = false,
+                }
+            }
+            let Some((chunk, handle)) = inflight.pop_front() else {
+                break;
+            };
+            let (scored, failed) = handle
+                .await
+                .map_err(|e| BatchError::Input(format!("a scoring task failed: {e}")))??;
+            let n = writer.write(&chunk.ids, &scored, now_ms())?;
+            let read_n = (chunk.index.len() + chunk.bad.len()) as u64;
+            rows += read_n;
+            scored_rows += n as u64;
+            errors.extend(chunk.bad);
+            for f in failed {
+                errors.push(RowError {
+                    row: chunk.index[f.position],
+                    value: serde_json::Value::Object(f.row),
+                    reason: f.reason,
+                });
+            }
+            summary.rows_read += read_n;
+            summary.rows_scored += n as u64;
+            summary.rows_failed += read_n - n as u64;
+            reporter.rows(summary, &unit.name);
+            chunks_written += 1;
+            if stall && chunks_written == 1 {
+                writer.flush()?;
+                tracing::warn!(unit = %unit.name, "Test hook: stalling mid-unit (FERRY_BATCH_TEST_STALL_AFTER_UNITS).");
+                std::future::pending::<()>().await;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        drop(rx);
+        for (_, h) in inflight {
+            h.abort();
+        }
+        let _ = reader_thread.join();
+        let _ = std::fs::remove_file(&out_tmp);
+        return Err(e);
+    }
+    let _ = reader_thread.join();
+    writer.finish()?;
+    errors.sort_by_key(|e| e.row);
+
+    // Commit: the output, then the error file (or the removal of a stale one), then the
+    // marker. A crash before the marker leaves the unit to be redone, overwriting both.
+    commit_file(output, &out_tmp, &out_rel).await?;
+    let errors_uri = if errors.is_empty() {
+        output.store.delete(&output.join(&err_rel)).await?;
+        None
+    } else {
+        write::write_errors(&err_tmp, &errors)?;
+        commit_file(output, &err_tmp, &err_rel).await?;
+        Some(output.uri_of(&output.join(&err_rel)))
+    };
+    let marker = Marker {
+        unit: unit.name.clone(),
+        input: output_uri_of_input(input_store, &unit.file.key),
+        row_group: unit.row_group,
+        fingerprint: unit.file.fingerprint(),
+        endpoint: options.endpoint.clone(),
+        output: output.uri_of(&output.join(&out_rel)),
+        errors: errors_uri,
+        rows,
+        scored: scored_rows,
+        failed: rows - scored_rows,
+        shard: options.shard.to_string(),
+        committed_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+    };
+    let bytes = serde_json::to_vec_pretty(&marker).map_err(|e| BatchError::Input(e.to_string()))?;
+    output
+        .store
+        .write(
+            &output.join(&format!("_markers/{}.json", unit.name)),
+            &bytes,
+        )
+        .await?;
+    Ok(marker)
+}
+
+fn same_root(a: &Store, b: &Store) -> bool {
+    match (a, b) {
+        (Store::Local(_), Store::Local(_)) => true,
+        (Store::S3(x), Store::S3(y)) => x.bucket() == y.bucket(),
+        _ => false,
+    }
+}
+
+fn chunk_is_empty(rows: &score::Rows) -> bool {
+    match rows {
+        score::Rows::Json(r) => r.is_empty(),
+        score::Rows::Arrow(b) => b.num_rows() == 0,
+    }
+}
+
+fn output_uri_of_input(store: &Store, key: &str) -> String {
+    match store {
+        Store::Local(_) => format!("/{key}"),
+        Store::S3(s) => format!("s3://{}/{key}", s.bucket()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_reference_values() {
+        // Published FNV-1a 64 test vectors.
+        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+    }
+
+    #[test]
+    fn shards_partition_units() {
+        let s = Shard::parse("1/3").unwrap();
+        assert_eq!((s.index, s.count), (1, 3));
+        assert!(Shard::parse("3/3").is_err());
+        assert!(Shard::parse("0/0").is_err());
+        assert!(Shard::parse("x").is_err());
+        let names: Vec<String> = (0..100).map(|i| format!("part-{i}")).collect();
+        for n in &names {
+            let owners = (0..3)
+                .filter(|&i| Shard { index: i, count: 3 }.owns(n))
+                .count();
+            assert_eq!(owners, 1, "{n}");
+        }
+        assert!(names.iter().all(|n| Shard::ALL.owns(n)));
+    }
+
+    #[test]
+    fn unit_names() {
+        assert_eq!(unit_name("a.parquet", None), "a");
+        assert_eq!(unit_name("d=1/part-0.csv", None), "d=1__part-0");
+        assert_eq!(unit_name("big.parquet", Some(3)), "big.rg00003");
+        assert_eq!(unit_name("noext", None), "noext");
+    }
+
+    #[test]
+    fn exit_codes() {
+        let mut s = Summary::default();
+        assert_eq!(s.exit_code(), 0);
+        s.rows_failed = 1;
+        assert_eq!(s.exit_code(), 2);
+        s.units_failed = 1;
+        assert_eq!(s.exit_code(), 3);
+    }
+}

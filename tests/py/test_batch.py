@@ -1,0 +1,445 @@
+"""`ferry batch` end to end: the real binary, a real redis-server and a real S3 endpoint (moto's
+server on loopback), both started here. Expected predictions come from the online endpoint of
+a `ferry serve` started by the test, or from Python onnxruntime on hand-joined features.
+
+A missing redis-server, moto, pyarrow or onnxruntime fails these tests, never skips them.
+"""
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import onnxruntime
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import requests
+
+from conftest import FerryServer, ferry_bin, ort_lib, to_yaml
+from test_features import RedisServer, load_demo_module, newest_offline, run_ferry
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEMO_REGISTRY = os.path.join(HERE, "..", "..", "server", "demo", "registry")
+RESULT = ["prediction", "variant", "model", "version", "scored_at"]
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    srv = RedisServer(tmp_path).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def env(tmp_path, redis_server):
+    """risk@1 (features from Redis) and churn@champion (plain) behind endpoints risk/churn."""
+    mod = load_demo_module()
+    registry = tmp_path / "registry"
+    features = tmp_path / "features"
+    mod.build(str(registry), str(features))
+    mod.build(str(registry), str(features), version=2)  # the same model, as a second version
+    shutil.copytree(os.path.join(DEMO_REGISTRY, "churn"), str(registry / "churn"))
+    run_ferry("features", "--features", str(features / "features.yaml"), "--redis",
+              redis_server.url, "materialize")
+    cfg = {
+        "registry": {"uri": str(registry)},
+        "onnx_engine": "ort",
+        "intra_op_threads": 1,
+        "features": {"repo": str(features / "features.yaml"), "redis": redis_server.url,
+                     "timeout": "2s", "on_missing": "default"},
+        "endpoints": [
+            # An A/B split by user: batch must assign rows exactly as the server does.
+            {"name": "risk", "sticky_key": "user_id",
+             "variants": [{"name": "control", "model": "risk@1", "weight": 70},
+                          {"name": "treatment", "model": "risk@2", "weight": 30}]},
+            {"name": "churn", "variants": [{"name": "main", "model": "churn@champion",
+                                            "weight": 100}]},
+        ],
+    }
+    config = tmp_path / "ferry.yaml"
+    config.write_text(to_yaml(cfg))
+    return {"cfg": cfg, "config": str(config), "registry": registry, "features": features,
+            "tmp": tmp_path}
+
+
+def batch(env, *args, extra_env=None, check=True, expect=0):
+    e = dict(os.environ)
+    e["FERRY_ORT_LIB"] = ort_lib()
+    e.pop("JOB_COMPLETION_INDEX", None)
+    e.update(extra_env or {})
+    r = subprocess.run([ferry_bin(), "batch", "--config", env["config"], *args],
+                       capture_output=True, text=True, timeout=300, env=e)
+    if check:
+        assert r.returncode == expect, \
+            f"ferry batch {args} exited {r.returncode}, expected {expect}:\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def risk_rows(n, seed):
+    rng = np.random.default_rng(seed)
+    users = [f"u{int(i)}" for i in rng.integers(1, 26, n)]  # u21..u25 have no features
+    amounts = [round(float(a), 2) for a in rng.gamma(2.0, 20.0, n)]
+    return [{"user_id": u, "amount": a} for u, a in zip(users, amounts)]
+
+
+def churn_rows(n, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 30)).astype(np.float32)
+    return [{"id": int(seed * 1000 + i), "X": [float(v) for v in row]} for i, row in enumerate(x)]
+
+
+def write_parquet(path, rows, row_group_size=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    table = pa.Table.from_pylist(rows)
+    if "X" in table.column_names:
+        table = table.set_column(table.column_names.index("X"), "X",
+                                 pa.array([r["X"] for r in rows], pa.list_(pa.float32())))
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def write_jsonl(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+
+
+def write_csv(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pacsv.write_csv(pa.Table.from_pylist(rows), path)
+
+
+def read_output(out_dir, fmt="parquet"):
+    """Committed outputs only: top-level files, never _tmp/, _markers/ or _errors/."""
+    rows = []
+    for p in sorted(glob.glob(os.path.join(str(out_dir), f"*.{fmt}"))):
+        if fmt == "parquet":
+            for r in pq.read_table(p).to_pylist():
+                r["prediction"] = json.loads(r["prediction"])
+                rows.append(r)
+        else:
+            with open(p) as f:
+                rows.extend(json.loads(line) for line in f)
+    return rows
+
+
+def key(r, cols):
+    return json.dumps([r[c] for c in cols] + [r["prediction"], r["variant"]], sort_keys=True)
+
+
+def expected_risk(env, rows):
+    """onnxruntime on [visits_7d, spend_30d, amount], features joined by hand (defaults 0)."""
+    newest = newest_offline(env["features"])
+    x = []
+    for r in rows:
+        f = newest.get(r["user_id"])
+        x.append([f["visits_7d"] if f else 0.0, f["spend_30d"] if f else 0.0, r["amount"]])
+    sess = onnxruntime.InferenceSession(str(env["registry"] / "risk" / "1" / "model.onnx"),
+                                        providers=["CPUExecutionProvider"])
+    label, proba = sess.run(None, {"X": np.array(x, dtype=np.float32)})
+    return label, proba
+
+
+def assert_risk_matches(env, out_rows):
+    label, proba = expected_risk(env, out_rows)
+    for i, r in enumerate(out_rows):
+        assert r["prediction"]["label"] == int(label[i]), r
+        np.testing.assert_allclose(r["prediction"]["probabilities"], proba[i], rtol=1e-5,
+                                   atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_online_batch_parity_with_features_and_plain(env):
+    tmp = env["tmp"]
+    risk = risk_rows(300, 1)
+    churn = churn_rows(200, 2)
+    write_parquet(str(tmp / "in-risk" / "a.parquet"), risk[:150])
+    write_parquet(str(tmp / "in-risk" / "b.parquet"), risk[150:])
+    write_parquet(str(tmp / "in-churn" / "c.parquet"), churn, row_group_size=64)
+
+    workdir = tmp / "server"
+    workdir.mkdir()
+    srv = FerryServer(workdir, env["cfg"], "parity")
+    srv.start()
+    try:
+        srv.wait_ready()
+        online = {}
+        # churn (a tree ensemble) goes in the 64-row calls batch makes of its row groups:
+        # ONNX Runtime's tree kernels sum in an order that depends on the batch size and the
+        # thread count (pinned to 1 in the config), so the last float32 bit could differ.
+        for name, rows, size in (("risk", risk, len(risk)), ("churn", churn, 64)):
+            online[name] = {"predictions": [], "variants": [], "versions": []}
+            for i in range(0, len(rows), size):
+                r = requests.post(f"{srv.url}/v1/endpoints/{name}/predict",
+                                  json={"instances": rows[i:i + size]}, timeout=60)
+                assert r.status_code == 200, r.text
+                online[name]["predictions"] += r.json()["predictions"]
+                online[name]["variants"] += r.json()["variants"]
+                online[name]["versions"] += [int(v) for v in r.json()["versions"]]
+    finally:
+        srv.stop()
+
+    out = batch(env, "--endpoint", "risk", "--input", str(tmp / "in-risk"), "--output",
+                str(tmp / "out-risk"), "--chunk-rows", "64")
+    assert "0 failed" in out.stdout, out.stdout
+    got = read_output(tmp / "out-risk")
+    assert [(r["user_id"], r["amount"]) for r in got] == \
+        [(r["user_id"], r["amount"]) for r in risk]
+    assert [r["prediction"] for r in got] == online["risk"]["predictions"]
+    assert [r["variant"] for r in got] == online["risk"]["variants"]
+    assert [r["version"] for r in got] == online["risk"]["versions"]
+    assert {r["model"] for r in got} == {"risk"}
+    assert set(online["risk"]["variants"]) == {"control", "treatment"}
+    assert_risk_matches(env, got)
+
+    # A single Parquet file with 4 row groups: one unit per row group, ids kept as typed.
+    batch(env, "--endpoint", "churn", "--input", str(tmp / "in-churn" / "c.parquet"),
+          "--output", str(tmp / "out-churn"), "--id-columns", "id")
+    assert len(glob.glob(str(tmp / "out-churn" / "_markers" / "*.json"))) == 4
+    got = read_output(tmp / "out-churn")
+    t = pq.read_table(sorted(glob.glob(str(tmp / "out-churn" / "*.parquet")))[0])
+    assert t.column_names == ["id"] + RESULT
+    assert t.schema.field("id").type == pa.int64()
+    assert [r["id"] for r in got] == [r["id"] for r in churn]
+    assert [r["prediction"] for r in got] == online["churn"]["predictions"]
+    assert [r["variant"] for r in got] == online["churn"]["variants"]
+    sess = onnxruntime.InferenceSession(os.path.join(DEMO_REGISTRY, "churn", "1", "model.onnx"),
+                                        providers=["CPUExecutionProvider"])
+    label, _ = sess.run(None, {"X": np.array([r["X"] for r in churn], dtype=np.float32)})
+    assert [r["prediction"]["label"] for r in got] == [int(v) for v in label]
+
+
+def test_union_of_shards_equals_single_run(env):
+    tmp = env["tmp"]
+    rows = risk_rows(420, 3)
+    inp = tmp / "in"
+    for i in range(7):
+        part = rows[i * 60:(i + 1) * 60]
+        if i % 3 == 0:
+            write_parquet(str(inp / f"day={i}" / "part.parquet"), part)
+        elif i % 3 == 1:
+            write_jsonl(str(inp / f"day={i}" / "part.jsonl"), part)
+        else:
+            write_csv(str(inp / f"day={i}" / "part.csv"), part)
+    batch(env, "--endpoint", "risk", "--input", str(inp), "--output", str(tmp / "single"))
+    single = read_output(tmp / "single")
+    assert len(single) == 420
+
+    # Three shards at once into one output, as an Indexed Job would run them.
+    e = dict(os.environ, FERRY_ORT_LIB=ort_lib(), FERRY_SHARDS="3")
+    procs = []
+    for i in range(3):
+        e_i = dict(e, JOB_COMPLETION_INDEX=str(i))
+        procs.append(subprocess.Popen(
+            [ferry_bin(), "batch", "--config", env["config"], "--endpoint", "risk", "--input",
+             str(inp), "--output", str(tmp / "sharded")],
+            env=e_i, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    in_shard = 0
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, f"{stdout}\n{stderr}"
+        in_shard += int(stdout.split("batch: ")[1].split(" units")[0])
+    assert in_shard == 7, "every unit belongs to exactly one shard"
+    sharded = read_output(tmp / "sharded")
+    cols = ["user_id", "amount"]
+    assert len(sharded) == 420
+    assert sorted(key(r, cols) for r in sharded) == sorted(key(r, cols) for r in single)
+    # No duplicates: the input rows are distinct, so every output row must be too.
+    assert len({(r["user_id"], r["amount"]) for r in rows}) == len(rows)
+    assert len({key(r, cols) for r in sharded}) == len(sharded)
+    assert_risk_matches(env, sharded)
+
+    # An output under the input directory is never read back as input.
+    for _ in range(2):
+        r = batch(env, "--endpoint", "risk", "--input", str(inp), "--output", str(inp / "scored"))
+        assert "batch: 7 units" in r.stdout, r.stdout
+    assert "0 scored, 7 skipped" in r.stdout, r.stdout
+
+
+def test_killed_run_resumes_without_duplicates_or_leftovers(env):
+    tmp = env["tmp"]
+    rows = risk_rows(600, 4)
+    inp = tmp / "in"
+    for i in range(6):
+        write_parquet(str(inp / f"part-{i}.parquet"), rows[i * 100:(i + 1) * 100])
+    out = tmp / "out"
+    e = dict(os.environ, FERRY_ORT_LIB=ort_lib(), FERRY_BATCH_TEST_STALL_AFTER_UNITS="2")
+    p = subprocess.Popen([ferry_bin(), "batch", "--config", env["config"], "--endpoint", "risk",
+                          "--input", str(inp), "--output", str(out), "--chunk-rows", "30"],
+                         env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        markers = glob.glob(str(out / "_markers" / "*.json"))
+        temps = glob.glob(str(out / "_tmp" / "*.tmp"))
+        if len(markers) == 2 and temps:
+            break
+        assert p.poll() is None, f"ferry batch exited early: {p.stderr.read()}"
+        time.sleep(0.05)
+    else:
+        p.kill()
+        pytest.fail("the stalled run never committed 2 units and started a third")
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=10)
+    # Killed mid-unit: 2 committed outputs, the partial third only as a temporary file.
+    assert len(glob.glob(str(out / "*.parquet"))) == 2
+    assert glob.glob(str(out / "_tmp" / "*.tmp"))
+    assert len(read_output(out)) == 200
+
+    r = batch(env, "--endpoint", "risk", "--input", str(inp), "--output", str(out))
+    assert "4 scored, 2 skipped" in r.stdout, r.stdout
+    got = read_output(out)
+    assert len(got) == 600
+    assert sorted(key(x, ["user_id", "amount"]) for x in got) == sorted(
+        key(x, ["user_id", "amount"]) for x in read_output_fresh(env, inp, tmp / "fresh"))
+    assert glob.glob(str(out / "_tmp" / "*.tmp")) == []
+    assert len(glob.glob(str(out / "_markers" / "*.json"))) == 6
+    assert_risk_matches(env, got)
+
+
+def read_output_fresh(env, inp, out):
+    batch(env, "--endpoint", "risk", "--input", str(inp), "--output", str(out))
+    return read_output(out)
+
+
+def test_bad_rows_go_to_the_error_file_and_the_rest_are_scored(env):
+    tmp = env["tmp"]
+    good = churn_rows(5, 5)
+    lines = [
+        good[0],
+        {"id": 9001, "X": ["a"] * 30},          # wrong type
+        good[1],
+        {"id": 9002},                            # missing column
+        "this is not json",
+        good[2],
+        {"id": 9003, "X": [1.0] * 7},            # wrong width
+        good[3],
+        good[4],
+    ]
+    write_jsonl(str(tmp / "in" / "bad.jsonl"), lines)
+    r = batch(env, "--endpoint", "churn", "--input", str(tmp / "in"), "--output",
+              str(tmp / "out"), "--format", "jsonl", "--id-columns", "id", expect=2)
+    assert "5 scored, 4 failed" in r.stdout or "4 failed" in r.stdout, r.stdout
+    got = read_output(tmp / "out", "jsonl")
+    assert [x["id"] for x in got] == [g["id"] for g in good]
+    sess = onnxruntime.InferenceSession(os.path.join(DEMO_REGISTRY, "churn", "1", "model.onnx"),
+                                        providers=["CPUExecutionProvider"])
+    label, proba = sess.run(None, {"X": np.array([g["X"] for g in good], dtype=np.float32)})
+    assert [x["prediction"]["label"] for x in got] == [int(v) for v in label]
+    np.testing.assert_allclose([x["prediction"]["probabilities"] for x in got], proba,
+                               rtol=1e-5, atol=1e-6)
+    with open(tmp / "out" / "_errors" / "bad.jsonl") as f:
+        errors = [json.loads(line) for line in f]
+    assert [e["row"] for e in errors] == [1, 3, 4, 6]
+    assert errors[0]["value"]["id"] == 9001 and "X" in errors[0]["reason"]
+    assert "no key `X`" in errors[1]["reason"], errors[1]
+    assert "invalid JSON" in errors[2]["reason"] and errors[2]["value"] == "this is not json"
+    assert errors[3]["value"]["id"] == 9003
+    marker = json.load(open(tmp / "out" / "_markers" / "bad.json"))
+    assert (marker["rows"], marker["scored"], marker["failed"]) == (9, 5, 4)
+
+    # Parquet rows are bisected the same way: a null X and a too-short X among good rows.
+    pgood = churn_rows(6, 8)
+    prow = pgood[:2] + [{"id": 9101, "X": None}] + pgood[2:5] + [{"id": 9102, "X": [0.5] * 7}] \
+        + pgood[5:]
+    write_parquet(str(tmp / "inp" / "bad.parquet"), prow)
+    batch(env, "--endpoint", "churn", "--input", str(tmp / "inp"), "--output",
+          str(tmp / "outp"), "--chunk-rows", "8", expect=2)
+    got = read_output(tmp / "outp")
+    assert [x["id"] for x in got] == [g["id"] for g in pgood]
+    label, _ = sess.run(None, {"X": np.array([g["X"] for g in pgood], dtype=np.float32)})
+    assert [x["prediction"]["label"] for x in got] == [int(v) for v in label]
+    with open(tmp / "outp" / "_errors" / "bad.jsonl") as f:
+        errors = [json.loads(line) for line in f]
+    assert [(e["row"], e["value"]["id"]) for e in errors] == [(2, 9101), (6, 9102)]
+    assert all("X" in e["reason"] for e in errors), errors
+
+    # Features endpoint: a row without its entity key and one with a wrong-typed amount.
+    risk = risk_rows(4, 6)
+    write_jsonl(str(tmp / "in2" / "r.jsonl"),
+                [risk[0], {"amount": 3.0}, risk[1], {"user_id": "u1", "amount": "lots"},
+                 risk[2], risk[3]])
+    batch(env, "--endpoint", "risk", "--input", str(tmp / "in2"), "--output",
+          str(tmp / "out2"), "--id-columns", "user_id", expect=2)
+    got = read_output(tmp / "out2")
+    assert [x["user_id"] for x in got] == [x["user_id"] for x in risk]
+    assert_risk_matches(env, [dict(g, amount=r["amount"]) for g, r in zip(got, risk)])
+    with open(tmp / "out2" / "_errors" / "r.jsonl") as f:
+        errors = [json.loads(line) for line in f]
+    assert [e["row"] for e in errors] == [1, 3]
+    assert "user_id" in errors[0]["reason"]
+    assert "amount" in errors[1]["reason"]
+
+
+def test_s3_inputs_outputs_and_incremental(env, moto_s3):
+    tmp = env["tmp"]
+    s3 = moto_s3.client()
+    s3.create_bucket(Bucket="batch-in")
+    s3.create_bucket(Bucket="batch-out")
+    rows = risk_rows(90, 7)
+    parts = {"data/p.parquet": rows[:30], "data/c.csv": rows[30:60], "data/j.jsonl": rows[60:]}
+    local = tmp / "stage"
+    for k, part in parts.items():
+        path = str(local / k)
+        {"parquet": write_parquet, "csv": write_csv, "jsonl": write_jsonl}[k.rsplit(".", 1)[1]](
+            path, part)
+        s3.upload_file(path, "batch-in", k)
+    s3.put_object(Bucket="batch-in", Key="data/_SUCCESS", Body=b"")
+
+    r = batch(env, "--endpoint", "risk", "--input", "s3://batch-in/data/", "--output",
+              "s3://batch-out/scored")
+    assert "3 scored, 0 skipped" in r.stdout, r.stdout
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="batch-out")["Contents"])
+    assert keys == ["scored/_markers/c.json", "scored/_markers/j.json", "scored/_markers/p.json",
+                    "scored/c.parquet", "scored/j.parquet", "scored/p.parquet"]
+    dl = tmp / "dl"
+    dl.mkdir()
+    for k in keys:
+        if not k.startswith("scored/_"):
+            s3.download_file("batch-out", k, str(dl / os.path.basename(k)))
+    got = read_output(dl)
+    assert sorted((x["user_id"], x["amount"]) for x in got) == \
+        sorted((x["user_id"], x["amount"]) for x in rows)
+    assert_risk_matches(env, got)
+    marker = json.loads(s3.get_object(Bucket="batch-out", Key="scored/_markers/c.json")["Body"].read())
+    etag = s3.head_object(Bucket="batch-in", Key="data/c.csv")["ETag"]
+    assert marker["fingerprint"]["etag"] == etag and marker["rows"] == 30
+
+    # One S3 object as the input.
+    batch(env, "--endpoint", "risk", "--input", "s3://batch-in/data/p.parquet", "--output",
+          str(tmp / "one"))
+    got_one = read_output(tmp / "one")
+    assert [(x["user_id"], x["amount"]) for x in got_one] == \
+        [(x["user_id"], x["amount"]) for x in rows[:30]]
+
+    # A glob from S3 to a local directory, as JSON Lines.
+    batch(env, "--endpoint", "risk", "--input", "s3://batch-in/data/*.csv", "--output",
+          str(tmp / "local"), "--format", "jsonl")
+    got_local = read_output(tmp / "local", "jsonl")
+    assert sorted((x["user_id"], x["amount"]) for x in got_local) == \
+        sorted((x["user_id"], x["amount"]) for x in rows[30:60])
+
+    # Unchanged inputs are skipped; a changed input is scored again only with --incremental.
+    r = batch(env, "--endpoint", "risk", "--input", "s3://batch-in/data/", "--output",
+              "s3://batch-out/scored", "--incremental")
+    assert "0 scored, 3 skipped" in r.stdout, r.stdout
+    changed = [dict(x, amount=x["amount"] + 100.0) for x in rows[30:60]]
+    write_csv(str(local / "data/c.csv"), changed)
+    s3.upload_file(str(local / "data/c.csv"), "batch-in", "data/c.csv")
+    r = batch(env, "--endpoint", "risk", "--input", "s3://batch-in/data/", "--output",
+              "s3://batch-out/scored")
+    assert "0 scored, 3 skipped" in r.stdout, r.stdout
+    r = batch(env, "--endpoint", "risk", "--input", "s3://batch-in/data/", "--output",
+              "s3://batch-out/scored", "--incremental")
+    assert "1 scored, 2 skipped" in r.stdout, r.stdout
+    s3.download_file("batch-out", "scored/c.parquet", str(dl / "c.parquet"))
+    got = [x for x in read_output(dl) if x["amount"] >= 100.0]
+    assert sorted((x["user_id"], x["amount"]) for x in got) == \
+        sorted((x["user_id"], x["amount"]) for x in changed)
+    assert_risk_matches(env, got)
