@@ -8,6 +8,7 @@
 #   script      + a Rhai post-processing rule (per-row call)
 #   capture     plain + capture of 100% of requests (JSONL to a local dir)
 #   capture_pq  plain + capture of 100% of requests (Parquet)
+#   capture10   plain + capture of 10% of requests (JSONL), a typical production rate
 # Each endpoint gets ROUNDS rounds of SECONDS at concurrency 1 (wrk), interleaved so drift
 # hits all of them alike; the table gives the median p50/p99 over rounds and the ratio to
 # `plain`. Quote ratios: this machine is shared and noisy.
@@ -59,18 +60,21 @@ endpoints:
   - name: capture_pq
     variants: [{name: a, model: risk@1}]
     capture: {sample_percent: 100, destination: $WORK/captured, format: parquet}
+  - name: capture10
+    variants: [{name: a, model: risk@1}]
+    capture: {sample_percent: 10, destination: $WORK/captured, format: jsonl}
 YAML
 "$FERRY" serve --config "$WORK/ferry.yaml" --listen "127.0.0.1:$PORT" 2>"$WORK/ferry.log" & PIDS+=($!)
 for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null && break; sleep 0.1; done
 python3 -c "import json; print(json.dumps({'instances': [{'user_id': f'u{i % 50 + 1}', 'amount': 12.5 + i} for i in range($ROWS)]}))" > "$WORK/body.json"
-for e in plain builtin script capture capture_pq; do
+for e in plain builtin script capture capture_pq capture10; do
   code=$(curl -s -o "$WORK/check.json" -w '%{http_code}' -H 'content-type: application/json' --data @"$WORK/body.json" "http://127.0.0.1:$PORT/v1/endpoints/$e/predict")
   [ "$code" = 200 ] || { echo "endpoint $e answered $code: $(cat "$WORK/check.json")" >&2; exit 1; }
 done
 
 RESULTS="$WORK/results.txt"
 for round in $(seq 1 "$ROUNDS"); do
-  for e in plain builtin script capture capture_pq; do
+  for e in plain builtin script capture capture_pq capture10; do
     WRK_BODY="$WORK/body.json" wrk -t1 -c1 -d"${DURATION}s" -s loadtests/wrk_report.lua \
       "http://127.0.0.1:$PORT/v1/endpoints/$e/predict" | grep RESULT | sed "s/^RESULT/$e $round/" >> "$RESULTS"
   done
