@@ -602,8 +602,8 @@ fn capture_runs_against_s3() {
         .env("FERRY_CAPTURE_TEST_S3", &moto.endpoint)
         .output()
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + String::from_utf8_lossy(&out.stderr).as_ref();
     assert!(out.status.success(), "{text}");
     assert!(
         text.contains("test result: ok. 2 passed"),

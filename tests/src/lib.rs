@@ -175,7 +175,8 @@ pub fn run(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, Str
     let out = cmd.output().expect("the binary runs");
     (
         out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).into_owned()
+            + String::from_utf8_lossy(&out.stdout).as_ref(),
     )
 }
 
