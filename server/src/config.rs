@@ -655,6 +655,28 @@ impl ServerConfig {
         out
     }
 
+    /// Names of models that only endpoint shadows use (not listed in `models`, not a variant).
+    pub fn shadow_only_models(&self) -> std::collections::HashSet<String> {
+        let name = |r: &str| ModelRef::parse(r).ok().map(|m| m.name);
+        let mut primary: std::collections::HashSet<String> = self
+            .models
+            .iter()
+            .filter_map(|m| name(&m.settings().model))
+            .collect();
+        primary.extend(
+            self.endpoints
+                .iter()
+                .flat_map(|e| &e.variants)
+                .filter_map(|v| name(&v.model)),
+        );
+        self.endpoints
+            .iter()
+            .flat_map(|e| &e.shadow)
+            .filter_map(|s| name(&s.model))
+            .filter(|n| !primary.contains(n))
+            .collect()
+    }
+
     /// Cross-field and range checks; run after flags and environment are applied.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));

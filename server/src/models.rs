@@ -137,6 +137,9 @@ pub struct ModelManager {
     sync_lock: tokio::sync::Mutex<()>,
     /// Last problem logged per reference, so a persisting one is logged once, not every poll.
     reported: Mutex<HashMap<String, String>>,
+    /// Models only shadows use: they load and serve like the others but never hold back
+    /// server readiness (a shadow's failures must not reach callers).
+    shadow_only: Mutex<std::collections::HashSet<String>>,
 }
 
 impl ModelManager {
@@ -151,6 +154,7 @@ impl ModelManager {
                 served.push(settings);
             }
         }
+        let shadow_only = config.shadow_only_models();
         let devices = Devices::discover();
         metrics
             .devices
@@ -169,6 +173,7 @@ impl ModelManager {
             served: Mutex::new(served),
             sync_lock: tokio::sync::Mutex::new(()),
             reported: Mutex::new(HashMap::new()),
+            shadow_only: Mutex::new(shadow_only),
         }
     }
 
@@ -648,10 +653,19 @@ impl ModelManager {
 
     /// Serves `reference` too if it is not served yet (an endpoint variant added by a config
     /// reload), loading it now. A failure is logged; the poller retries it.
-    pub async fn ensure_served(&self, reference: &str) {
+    pub async fn ensure_served(&self, reference: &str, shadow_only: bool) {
         let Ok(model) = ModelRef::parse(reference) else {
             return;
         };
+        {
+            let mut names = self.shadow_only.lock().unwrap_or_else(|e| e.into_inner());
+            let known = self.read().contains_key(&model.name);
+            if shadow_only && !known {
+                names.insert(model.name.clone());
+            } else if !shadow_only {
+                names.remove(&model.name);
+            }
+        }
         let settings = {
             let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
             if served
@@ -804,9 +818,17 @@ impl ModelManager {
     /// up, and at least one model is. A version loading or failing in the background does not
     /// change it while the previous one serves.
     pub fn is_ready(&self) -> bool {
+        let shadow_only = self
+            .shadow_only
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let slots = self.read();
         let mut any = false;
-        for slot in slots.values() {
+        for (name, slot) in slots.iter() {
+            if shadow_only.contains(name) {
+                continue;
+            }
             let Some(v) = slot.default_version else {
                 return false;
             };

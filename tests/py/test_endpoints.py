@@ -233,6 +233,8 @@ def test_slow_and_failing_shadows_never_reach_callers_and_are_captured(env):
             # risk@2 batches with a 1.5 s queue delay, far past the shadow's 50 ms timeout.
             {"model": "risk@2", "name": "slow", "sample": 1.0, "timeout": "50ms"},
             {"model": "riskbad@1", "name": "broken", "sample": 1.0, "timeout": "5s"},
+            # Not in the registry at all: must not hold back readiness (start() waits for it).
+            {"model": "ghost@1", "name": "ghost", "sample": 1.0},
         ],
         "capture": {"sample_percent": 100, "destination": str(capture_dir), "format": "jsonl",
                     "max_batch_rows": 50, "flush_interval": "500ms"},
@@ -261,9 +263,10 @@ def test_slow_and_failing_shadows_never_reach_callers_and_are_captured(env):
             timeouts = metric(m, "ferry_shadow_requests_total", variant="slow", outcome="timeout")
             dropped = metric(m, "ferry_shadow_requests_total", variant="slow", outcome="dropped")
             errors = metric(m, "ferry_shadow_requests_total", variant="broken", outcome="error")
-            if timeouts + dropped == 30 and errors == 30:
+            ghost = metric(m, "ferry_shadow_requests_total", variant="ghost", outcome="error")
+            if timeouts + dropped == 30 and errors == 30 and ghost == 30:
                 break
-            assert time.monotonic() < deadline, (timeouts, dropped, errors)
+            assert time.monotonic() < deadline, (timeouts, dropped, errors, ghost)
             time.sleep(0.3)
         assert timeouts >= 1
         assert metric(m, "ferry_shadow_requests_total", variant="slow", outcome="ok") == 0
@@ -325,3 +328,36 @@ def test_capture_as_parquet_round_trips(env):
     for inst, ans in zip(sent, answers):
         np.testing.assert_allclose(by_user[inst["user_id"]]["probabilities"], ans["probabilities"],
                                    rtol=1e-6)
+
+
+def test_sighup_recompiles_a_changed_script_file(env):
+    root, registry, features = env
+    workdir = root / "script-file"
+    workdir.mkdir()
+    rule = workdir / "rule.rhai"
+    rule.write_text('fn transform(row, input) { row.tag = "v1"; row }')
+    endpoint = {"name": "tagged", "variants": [{"name": "a", "model": "risk@1"}],
+                "postprocess": [{"script": {"file": "rule.rhai"}}]}
+    srv = FerryServer(workdir, base_config(registry, features, [endpoint]), "script-file")
+    srv.start()
+    try:
+        srv.wait_ready()
+        rows = [{"user_id": "u1", "amount": 1.0}]
+        assert predict(srv, "tagged", rows).json()["predictions"][0]["tag"] == "v1"
+        # The config file is unchanged; only the script it names is.
+        rule.write_text('fn transform(row, input) { row.tag = "v2"; row }')
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while predict(srv, "tagged", rows).json()["predictions"][0]["tag"] != "v2":
+            assert time.monotonic() < deadline, "the edited script was not picked up"
+            time.sleep(0.2)
+        # A script that no longer compiles is refused; the previous one keeps serving.
+        rule.write_text("fn transform(row, input) { row.tag = ; row }")
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "Config reload failed" not in srv.log():
+            assert time.monotonic() < deadline, "the broken script was not reported"
+            time.sleep(0.2)
+        assert predict(srv, "tagged", rows).json()["predictions"][0]["tag"] == "v2"
+    finally:
+        srv.stop()

@@ -589,8 +589,8 @@ impl Pipeline {
     }
 
     /// Replaces the endpoints with `configs` (SIGHUP / config file change). Endpoints whose
-    /// config did not change keep running as they are; changed ones are compiled anew and the
-    /// old ones flush their capture. Models new variants need are loaded before the switch.
+    /// config did not change (and that read no script files) keep running as they are; the
+    /// others are compiled anew and the old ones flush their capture. Models new variants need are loaded before the switch.
     /// On any error nothing changes.
     pub async fn reload(&self, configs: &[EndpointConfig]) -> Result<ReloadSummary, String> {
         let _guard = self.reload_lock.lock().await;
@@ -601,7 +601,9 @@ impl Pipeline {
             let at = format!("endpoints[{i}]");
             config.validate(&at).map_err(|e| e.0)?;
             match old.get(&config.name) {
-                Some(e) if e.config == *config => {
+                // A script file may have changed without the config changing: endpoints that
+                // read script files are always recompiled.
+                Some(e) if e.config == *config && !reads_script_files(config) => {
                     next.insert(config.name.clone(), e.clone());
                 }
                 previous => {
@@ -615,8 +617,13 @@ impl Pipeline {
                 }
             }
         }
-        for model in configs.iter().flat_map(|c| c.models()) {
-            self.core.models.ensure_served(model).await;
+        for config in configs {
+            for v in &config.variants {
+                self.core.models.ensure_served(&v.model, false).await;
+            }
+            for shadow in &config.shadow {
+                self.core.models.ensure_served(&shadow.model, true).await;
+            }
         }
         summary.removed = old
             .keys()
@@ -800,6 +807,15 @@ async fn run_group(
             .inc(),
     }
     result
+}
+
+/// Whether any transform step of `config` is a `script: {file: ...}`.
+fn reads_script_files(config: &EndpointConfig) -> bool {
+    config
+        .preprocess
+        .iter()
+        .chain(&config.postprocess)
+        .any(|step| step.get("script").and_then(|s| s.get("file")).is_some())
 }
 
 /// What a reload changed.
