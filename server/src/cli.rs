@@ -22,7 +22,9 @@ pub enum Command {
     /// Serve models over HTTP. Without --config, --registry or --models, serves the embedded
     /// demo registry (a tree-ensemble classifier `churn` and an MLP `mlp`). Served aliases are
     /// polled (`registry.poll_interval`) and new versions swapped in without a restart;
-    /// FERRY_ADMIN_TOKEN enables POST /v2/repository/models/{model}/load and /unload.
+    /// FERRY_ADMIN_TOKEN enables POST /v2/repository/models/{model}/load and /unload. With
+    /// --config, the `endpoints` section (variants and weights, shadows, transforms, capture)
+    /// is reloaded on SIGHUP or when the file changes, without a restart.
     Serve(ServeArgs),
     /// Publish, list and alias model versions in a registry (a directory or s3://bucket/prefix).
     /// S3 access follows the AWS SDK chain (AWS_REGION, credentials, AWS_ENDPOINT_URL[_S3]).
