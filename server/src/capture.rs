@@ -219,6 +219,72 @@ impl Destination {
     }
 }
 
+/// One encode job for the background encoder.
+type EncodeJob = (
+    Vec<CaptureRecord>,
+    CaptureFormat,
+    tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+);
+
+/// Encodes on the process's capture encoder thread. Encoding a 1000-record batch takes
+/// milliseconds of CPU; on a small machine a normal-priority thread doing it takes that time
+/// from the requests being served (p99 grew 3-6x at 100% sampling). The encoder runs at a
+/// lower OS priority so it only uses CPU the serving threads leave idle.
+async fn encode_in_background(
+    batch: Vec<CaptureRecord>,
+    format: CaptureFormat,
+) -> Result<Vec<u8>, String> {
+    static ENCODER: std::sync::OnceLock<Option<crossbeam_channel::Sender<EncodeJob>>> =
+        std::sync::OnceLock::new();
+    let sender = ENCODER.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::unbounded::<EncodeJob>();
+        std::thread::Builder::new()
+            .name("ferry-capture-encode".into())
+            .spawn(move || {
+                lower_this_threads_priority();
+                for (batch, format, reply) in rx {
+                    let _ = reply.send(encode(&batch, format));
+                }
+            })
+            .map_err(|e| tracing::warn!(error = %e, "Could not start the capture encoder thread; encoding on the blocking pool."))
+            .ok()
+            .map(|_| tx)
+    });
+    let Some(sender) = sender else {
+        return tokio::task::spawn_blocking(move || encode(&batch, format))
+            .await
+            .unwrap_or_else(|e| Err(format!("the encoder failed: {e}")));
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    sender
+        .send((batch, format, reply))
+        .map_err(|_| "the capture encoder thread is gone".to_string())?;
+    answer
+        .await
+        .unwrap_or_else(|_| Err("the capture encoder thread failed".into()))
+}
+
+fn encode(batch: &[CaptureRecord], format: CaptureFormat) -> Result<Vec<u8>, String> {
+    match format {
+        CaptureFormat::Jsonl => encode_jsonl(batch),
+        CaptureFormat::Parquet => encode_parquet(batch),
+    }
+}
+
+/// Nice 10 for the calling thread (on Linux `setpriority(PRIO_PROCESS, 0, ..)` applies to the
+/// calling thread only). Raising niceness needs no privilege; a failure only costs latency.
+#[allow(unsafe_code)]
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority takes plain integers and touches no memory of ours.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "Could not lower the capture encoder's priority.");
+        }
+    }
+}
+
 /// Temp file in the target directory, then rename. The temp name starts with `.` so dataset
 /// readers (pyarrow, Spark) skip it if they list the directory mid-write.
 fn write_local_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -620,12 +686,7 @@ impl Writer {
             return;
         }
         let format = self.format;
-        let encoded = tokio::task::spawn_blocking(move || match format {
-            CaptureFormat::Jsonl => encode_jsonl(&batch),
-            CaptureFormat::Parquet => encode_parquet(&batch),
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("the encoder failed: {e}")));
+        let encoded = encode_in_background(batch, format).await;
         let outcome = match encoded {
             Ok(bytes) => self.put_with_retries(Arc::new(bytes)).await,
             Err(e) => Err(format!("encoding {n} records as {format:?}: {e}")),
