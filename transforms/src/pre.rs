@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{Number, Value};
 
 use crate::Row;
-use crate::util::{RowStep, category_key, finite, number, present, show};
+use crate::util::{RowStep, category_field, category_key, finite, number, present, show};
 
 // ---------------------------------------------------------------- fill_missing
 
@@ -375,14 +375,7 @@ impl RowStep for OneHot {
     }
 
     fn apply_row(&self, row: &mut Row, _: Option<&Row>) -> Result<(), String> {
-        let v = present(row, &self.field)?;
-        let key = category_key(v).ok_or_else(|| {
-            format!(
-                "field `{}` is {}, expected a string, number or boolean category",
-                self.field,
-                show(v)
-            )
-        })?;
+        let key = category_field(row, &self.field)?;
         if self.drop_original {
             row.remove(&self.field);
         }
@@ -433,21 +426,14 @@ impl RowStep for CategoryIndex {
     }
 
     fn apply_row(&self, row: &mut Row, _: Option<&Row>) -> Result<(), String> {
-        let v = present(row, &self.field)?;
-        let key = category_key(v).ok_or_else(|| {
-            format!(
-                "field `{}` is {}, expected a string, number or boolean category",
-                self.field,
-                show(v)
-            )
-        })?;
+        let key = category_field(row, &self.field)?;
         let n = match (self.map.get(&key), &self.default) {
             (Some(n), _) | (None, Some(n)) => n.clone(),
             (None, None) => {
                 return Err(format!(
                     "field `{}` has unknown category {} (set `default` to map unknown categories)",
                     self.field,
-                    show(v)
+                    present(row, &self.field).map(show).unwrap_or_default()
                 ));
             }
         };

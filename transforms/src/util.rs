@@ -86,6 +86,17 @@ pub(crate) fn category_key(v: &Value) -> Option<String> {
     }
 }
 
+/// The category a present field holds (see `category_key`), or why it holds none.
+pub(crate) fn category_field(row: &Row, field: &str) -> Result<String, String> {
+    let v = present(row, field)?;
+    category_key(v).ok_or_else(|| {
+        format!(
+            "field `{field}` is {}, expected a string, number or boolean category",
+            show(v)
+        )
+    })
+}
+
 /// Reads element `index` of an array field, or the field itself when `index` is None.
 pub(crate) fn indexed_number(row: &Row, field: &str, index: Option<usize>) -> Result<f64, String> {
     let v = present(row, field)?;
