@@ -246,32 +246,37 @@ impl S3Store {
 
     /// Overwrites `key` (S3 puts are atomic: readers see the old or the new object).
     pub async fn write(&self, key: &str, bytes: &[u8]) -> Result<(), RegistryError> {
+        self.put(key, ByteStream::from(bytes.to_vec())).await
+    }
+
+    async fn put(&self, key: &str, body: ByteStream) -> Result<(), RegistryError> {
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
-            .body(ByteStream::from(bytes.to_vec()))
+            .body(body)
             .send()
             .await
             .map_err(|e| self.error("PutObject", key, e))?;
         Ok(())
     }
 
+    /// A request body streamed from a local file.
+    async fn file_body(source: &Path) -> Result<ByteStream, RegistryError> {
+        ByteStream::from_path(source)
+            .await
+            .map_err(|e| RegistryError::Io {
+                path: source.to_path_buf(),
+                message: e.to_string(),
+            })
+    }
+
     /// Creates `key` only if it does not exist: a HEAD check, then a put with
     /// `If-None-Match: *`, so a store that enforces conditional writes rejects a concurrent
     /// publisher (412/409 -> `Ok(false)`). Stores that ignore the header still get the check.
     pub async fn create(&self, key: &str, body: ByteStream) -> Result<bool, RegistryError> {
-        let head = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await;
-        match head {
-            Ok(_) => return Ok(false),
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
-            Err(e) => return Err(self.error("HeadObject", key, e)),
+        if self.head(key).await?.is_some() {
+            return Ok(false);
         }
         let put = self
             .client
@@ -295,13 +300,7 @@ impl S3Store {
     }
 
     pub async fn create_from_file(&self, key: &str, source: &Path) -> Result<bool, RegistryError> {
-        let body = ByteStream::from_path(source)
-            .await
-            .map_err(|e| RegistryError::Io {
-                path: source.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        self.create(key, body).await
+        self.create(key, Self::file_body(source).await?).await
     }
 
     /// Size, modification time and ETag of `key`; `None` when it does not exist.
@@ -329,21 +328,7 @@ impl S3Store {
 
     /// Overwrites `key` with a local file, streamed in one PutObject (atomic for readers).
     pub async fn write_from_file(&self, key: &str, source: &Path) -> Result<(), RegistryError> {
-        let body = ByteStream::from_path(source)
-            .await
-            .map_err(|e| RegistryError::Io {
-                path: source.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.error("PutObject", key, e))?;
-        Ok(())
+        self.put(key, Self::file_body(source).await?).await
     }
 
     /// Deletes `key` (S3 deletes of absent keys succeed).
