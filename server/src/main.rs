@@ -238,35 +238,14 @@ async fn batch(args: BatchArgs) -> anyhow::Result<i32> {
             (ferry_server::demo::config(&uri), Some(dir))
         }
     };
-    if let Some(registry) = &args.registry {
-        config.registry.uri = registry.clone();
-    }
-    if let Some(engine) = args.onnx_engine {
-        config.onnx_engine = match engine {
-            EngineArg::Auto => OnnxEngine::Auto,
-            EngineArg::Ort => OnnxEngine::Ort,
-            EngineArg::Tract => OnnxEngine::Tract,
-        };
-    }
-    if let Some(path) = &args.ort_lib {
-        config.onnxruntime_lib = Some(path.clone());
-    }
-    if let Some(repo) = &args.features_repo {
-        match &mut config.features {
-            Some(f) => f.repo = repo.clone(),
-            None => {
-                config.features = Some(FeaturesConfig {
-                    repo: repo.clone(),
-                    redis: None,
-                    timeout: ferry_server::config::DEFAULT_FEATURE_TIMEOUT.into(),
-                    on_missing: Default::default(),
-                })
-            }
-        }
-    }
-    if let (Some(url), Some(f)) = (&args.redis, &mut config.features) {
-        f.redis = Some(url.clone());
-    }
+    apply_shared_overrides(
+        &mut config,
+        args.registry.as_ref(),
+        args.onnx_engine,
+        args.ort_lib.as_ref(),
+        args.features_repo.as_ref(),
+        args.redis.as_ref(),
+    );
     config.validate()?;
     let stall_after_units = std::env::var("FERRY_BATCH_TEST_STALL_AFTER_UNITS")
         .ok()
@@ -371,25 +350,20 @@ fn apply_overrides(config: &mut ServerConfig, args: &ServeArgs) {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    if let Some(registry) = &args.registry {
-        config.registry.uri = registry.clone();
-    }
+    apply_shared_overrides(
+        config,
+        args.registry.as_ref(),
+        args.onnx_engine,
+        args.ort_lib.as_ref(),
+        args.features_repo.as_ref(),
+        args.redis.as_ref(),
+    );
     if let Some(models) = &args.models {
         config.models = models
             .iter()
             .filter(|m| !m.trim().is_empty())
             .map(|m| ModelEntry::Ref(m.trim().to_string()))
             .collect();
-    }
-    if let Some(engine) = args.onnx_engine {
-        config.onnx_engine = match engine {
-            EngineArg::Auto => OnnxEngine::Auto,
-            EngineArg::Ort => OnnxEngine::Ort,
-            EngineArg::Tract => OnnxEngine::Tract,
-        };
-    }
-    if let Some(path) = &args.ort_lib {
-        config.onnxruntime_lib = Some(path.clone());
     }
     if let Some(n) = args.max_body_bytes {
         config.max_body_bytes = n;
@@ -403,7 +377,31 @@ fn apply_overrides(config: &mut ServerConfig, args: &ServeArgs) {
     if let Some(n) = args.intra_op_threads {
         config.intra_op_threads = n;
     }
-    if let Some(repo) = &args.features_repo {
+}
+
+/// Flags `serve` and `batch` share: registry, ONNX engine and library, feature repo, Redis.
+fn apply_shared_overrides(
+    config: &mut ServerConfig,
+    registry: Option<&String>,
+    engine: Option<EngineArg>,
+    ort_lib: Option<&std::path::PathBuf>,
+    features_repo: Option<&std::path::PathBuf>,
+    redis: Option<&String>,
+) {
+    if let Some(registry) = registry {
+        config.registry.uri = registry.clone();
+    }
+    if let Some(engine) = engine {
+        config.onnx_engine = match engine {
+            EngineArg::Auto => OnnxEngine::Auto,
+            EngineArg::Ort => OnnxEngine::Ort,
+            EngineArg::Tract => OnnxEngine::Tract,
+        };
+    }
+    if let Some(path) = ort_lib {
+        config.onnxruntime_lib = Some(path.clone());
+    }
+    if let Some(repo) = features_repo {
         match &mut config.features {
             Some(f) => f.repo = repo.clone(),
             None => {
@@ -416,7 +414,7 @@ fn apply_overrides(config: &mut ServerConfig, args: &ServeArgs) {
             }
         }
     }
-    if let (Some(url), Some(f)) = (&args.redis, &mut config.features) {
+    if let (Some(url), Some(f)) = (redis, &mut config.features) {
         f.redis = Some(url.clone());
     }
 }
