@@ -173,9 +173,8 @@ struct Variant {
 
 /// A compiled endpoint: replaced as a whole when its config changes.
 pub(crate) struct Endpoint {
-    name: String,
     config: EndpointConfig,
-    sticky_key: Option<String>,
+    /// `config.salt`, defaulting to the endpoint name.
     salt: String,
     variants: Vec<Variant>,
     split: Split,
@@ -382,12 +381,24 @@ impl Core {
                     pre.apply(&mut rows, &ctx).map_err(transform_err)?;
                     self.observe_stage(&model, &version, "preprocess", started);
                 }
+                // The rows move into the request and back: post-transforms still read them.
                 let request = crate::http::v1::PredictRequest {
-                    instances: rows.iter().cloned().map(Value::Object).collect(),
+                    instances: std::mem::take(&mut rows)
+                        .into_iter()
+                        .map(Value::Object)
+                        .collect(),
                     signature_name: None,
                 };
-                crate::http::v1::instances_to_tensors(&request, model.signature())
-                    .map_err(PredictError::Input)?
+                let tensors = crate::http::v1::instances_to_tensors(&request, model.signature());
+                rows = request
+                    .instances
+                    .into_iter()
+                    .filter_map(|v| match v {
+                        Value::Object(m) => Some(m),
+                        _ => None,
+                    })
+                    .collect();
+                tensors.map_err(PredictError::Input)?
             }
         };
         let inputs = model
@@ -442,7 +453,7 @@ impl Endpoint {
                 .iter()
                 .position(|v| v.name == asked)
                 .ok_or_else(|| PredictError::UnknownVariant {
-                    endpoint: self.name.clone(),
+                    endpoint: self.config.name.clone(),
                     asked: asked.to_string(),
                     available: self.variants.iter().map(|v| v.name.clone()).collect(),
                 })?;
@@ -456,6 +467,7 @@ impl Endpoint {
             .iter()
             .map(|row| {
                 let key = self
+                    .config
                     .sticky_key
                     .as_ref()
                     .and_then(|k| row.get(k))
@@ -509,10 +521,6 @@ impl Pipeline {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-
-    pub fn endpoint_names(&self) -> Vec<String> {
-        self.snapshot().keys().cloned().collect()
     }
 
     pub fn has_endpoint(&self, name: &str) -> bool {
@@ -575,9 +583,7 @@ impl Pipeline {
             )?)
         };
         Ok(Endpoint {
-            name: config.name.clone(),
             config: config.clone(),
-            sticky_key: config.sticky_key.clone(),
             salt: config.salt.clone().unwrap_or_else(|| config.name.clone()),
             split: Split::new(&config.variants.iter().map(|v| v.weight).collect::<Vec<_>>()),
             variants,
@@ -680,7 +686,7 @@ impl Pipeline {
         let keep_features = capture.is_some();
         let runs: Vec<(usize, Vec<usize>, VariantRun)> = if groups.len() == 1 {
             let (v, members) = groups.pop().expect("one group");
-            let run = self.run_group(&ep, v, rows, keep_features).await?;
+            let run = run_group(&self.core, &ep, v, rows, keep_features).await?;
             vec![(v, members, run)]
         } else {
             let mut slots: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
@@ -733,7 +739,7 @@ impl Pipeline {
                     .map(|(i, input)| CaptureRecord {
                         request_id: options.request_id.clone(),
                         timestamp_ms,
-                        endpoint: ep.name.clone(),
+                        endpoint: ep.config.name.clone(),
                         variant: variants[i].clone(),
                         model: models[i].clone(),
                         version: versions[i],
@@ -746,23 +752,13 @@ impl Pipeline {
             );
         }
         Ok(Predictions {
-            endpoint: ep.name.clone(),
+            endpoint: ep.config.name.clone(),
             predictions,
             variants,
             models,
             versions,
             defaulted,
         })
-    }
-
-    async fn run_group(
-        &self,
-        ep: &Arc<Endpoint>,
-        v: usize,
-        rows: Vec<Row>,
-        keep_features: bool,
-    ) -> Result<VariantRun, PredictError> {
-        run_group(&self.core, ep, v, rows, keep_features).await
     }
 }
 
@@ -778,7 +774,7 @@ async fn run_group(
     let started = Instant::now();
     let result = core
         .run_variant(
-            &ep.name,
+            &ep.config.name,
             &variant.name,
             &variant.model,
             rows,
@@ -789,13 +785,13 @@ async fn run_group(
         .await;
     let m = &core.metrics;
     m.endpoint_variant_duration
-        .with_label_values(&[&ep.name, &variant.name])
+        .with_label_values(&[&ep.config.name, &variant.name])
         .observe(started.elapsed().as_secs_f64());
     match &result {
         Ok(run) => m
             .endpoint_requests
             .with_label_values(&[
-                &ep.name,
+                &ep.config.name,
                 &variant.name,
                 &run.model,
                 &run.version.to_string(),
@@ -803,7 +799,7 @@ async fn run_group(
             .inc(),
         Err(e) => m
             .endpoint_errors
-            .with_label_values(&[&ep.name, &variant.name, e.error_type()])
+            .with_label_values(&[&ep.config.name, &variant.name, e.error_type()])
             .inc(),
     }
     result
