@@ -154,7 +154,7 @@ async fn main() {
                 })
                 .collect();
             let started = Instant::now();
-            let joined = plan.join(&online, &rows).await.unwrap();
+            let joined = plan.join(Some(&online), &rows).await.unwrap();
             let elapsed = started.elapsed();
             assert_eq!(joined.table.unwrap().defaulted, 0);
             if it >= 200 {

@@ -106,6 +106,40 @@ impl JoinPlan {
         Ok(plan)
     }
 
+    /// A plan for a model whose columns are all `request.<field>`: it needs no feature repo and
+    /// no store. A column that names a feature view is refused, saying how to serve it.
+    pub fn request_only(entity: &str, columns: &[String]) -> Result<JoinPlan, FeatureError> {
+        let plan_err = |m: String| FeatureError::Plan(format!("model `features`: {m}"));
+        if columns.is_empty() {
+            return Err(plan_err("`columns` is empty".into()));
+        }
+        let mut plan = JoinPlan {
+            join_key: entity.to_string(),
+            columns: Vec::with_capacity(columns.len()),
+            refs: Vec::new(),
+            names: Vec::new(),
+        };
+        for (i, c) in columns.iter().enumerate() {
+            match c.strip_prefix(REQUEST_PREFIX) {
+                Some("") => {
+                    return Err(plan_err(format!("`columns[{i}]` names no request field")));
+                }
+                Some(field) => plan.columns.push(Column::Request(field.to_string())),
+                None => {
+                    return Err(plan_err(format!(
+                        "`columns[{i}]` {c:?} reads a feature view, but the server has no `features` config (feature repo); add `features: {{repo: features.yaml}}` to the server config, or list only `request.<field>` columns"
+                    )));
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Whether every column comes from the request (no store lookup, no entity key needed).
+    pub fn is_request_only(&self) -> bool {
+        self.refs.is_empty()
+    }
+
     pub fn width(&self) -> usize {
         self.columns.len()
     }
@@ -130,12 +164,12 @@ impl JoinPlan {
     }
 
     /// Looks up the features of every row in one store call and assembles the matrix.
+    /// `online` may be None only for a request-only plan.
     pub async fn join(
         &self,
-        online: &OnlineFeatures,
+        online: Option<&OnlineFeatures>,
         rows: &[Map<String, Value>],
     ) -> Result<Joined, FeatureError> {
-        let keys = self.entity_keys(rows)?;
         // Request fields are checked before the store is asked: a client mistake costs no I/O.
         let mut matrix = vec![f64::NAN; rows.len() * self.columns.len()];
         for (i, row) in rows.iter().enumerate() {
@@ -148,7 +182,8 @@ impl JoinPlan {
         let table = if self.refs.is_empty() {
             None
         } else {
-            let table = online.lookup(&keys, &self.refs).await?;
+            let keys = self.entity_keys(rows)?;
+            let table = store(online)?.lookup(&keys, &self.refs).await?;
             for (i, cells) in table.cells.iter().enumerate() {
                 for (j, c) in self.columns.iter().enumerate() {
                     if let Column::Feature(k) = c {
@@ -176,14 +211,14 @@ impl JoinPlan {
     /// reads only request fields.
     pub async fn lookup(
         &self,
-        online: &OnlineFeatures,
+        online: Option<&OnlineFeatures>,
         rows: &[Map<String, Value>],
     ) -> Result<Option<FeatureTable>, FeatureError> {
-        let keys = self.entity_keys(rows)?;
         if self.refs.is_empty() {
             return Ok(None);
         }
-        Ok(Some(online.lookup(&keys, &self.refs).await?))
+        let keys = self.entity_keys(rows)?;
+        Ok(Some(store(online)?.lookup(&keys, &self.refs).await?))
     }
 
     /// Writes each row's feature values into the row as `view.feature` fields (null when
@@ -226,6 +261,14 @@ impl JoinPlan {
         }
         Ok(matrix)
     }
+}
+
+fn store(online: Option<&OnlineFeatures>) -> Result<&OnlineFeatures, FeatureError> {
+    online.ok_or_else(|| {
+        FeatureError::Plan(
+            "the model reads feature views but the server has no feature store; add `features: {repo: features.yaml}` to the server config".into(),
+        )
+    })
 }
 
 fn request_number(row: &Map<String, Value>, field: &str, i: usize) -> Result<f64, FeatureError> {
@@ -337,7 +380,7 @@ views:
         let plan = JoinPlan::new(&r, "user", &columns).unwrap();
         let joined = plan
             .join(
-                &online,
+                Some(&online),
                 &rows(r#"[{"user_id": "u1", "amount": 2}, {"user_id": "u9", "amount": 1.5}]"#),
             )
             .await
@@ -352,14 +395,45 @@ views:
             ..online
         };
         let e = plan
-            .join(&strict, &rows(r#"[{"user_id": "u9", "amount": 1}]"#))
+            .join(Some(&strict), &rows(r#"[{"user_id": "u9", "amount": 1}]"#))
             .await
             .unwrap_err();
         assert!(matches!(e, FeatureError::Missing(_)), "{e}");
         let e = plan
-            .join(&strict, &rows(r#"[{"user_id": "u1"}]"#))
+            .join(Some(&strict), &rows(r#"[{"user_id": "u1"}]"#))
             .await
             .unwrap_err();
         assert!(e.to_string().contains("no `amount`"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn request_only_plans_need_no_repo_store_or_entity_key() {
+        let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let plan = JoinPlan::request_only("user_id", &cols(&["request.b", "request.a"])).unwrap();
+        assert!(plan.is_request_only());
+        let joined = plan
+            .join(None, &rows(r#"[{"a": 1, "b": 2.5}, {"a": true, "b": -1}]"#))
+            .await
+            .unwrap();
+        assert_eq!(joined.matrix, vec![2.5, 1.0, -1.0, 1.0]);
+        assert!(joined.table.is_none());
+        assert!(
+            plan.lookup(None, &rows(r#"[{"a": 1}]"#))
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let e = JoinPlan::request_only("user_id", &cols(&["request.a", "user_stats.visits_7d"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`columns[1]`") && e.contains("features.yaml"),
+            "{e}"
+        );
+        let e = JoinPlan::request_only("user_id", &cols(&["request."]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("names no request field"), "{e}");
     }
 }

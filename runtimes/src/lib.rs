@@ -15,6 +15,8 @@ mod error;
 mod loader;
 #[cfg(feature = "ort")]
 pub mod ort;
+#[cfg(feature = "ort")]
+pub mod ort_library;
 mod tensor;
 #[cfg(feature = "tract")]
 pub mod tract;

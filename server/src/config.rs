@@ -587,7 +587,56 @@ fn default_request_timeout_ms() -> u64 {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+/// Key names whose values are secrets wherever they appear (a script's parameters, a capture
+/// sink's options); paths to files holding secrets (`*_file`) are not secrets themselves.
+const SECRET_KEY_PARTS: [&str; 8] = [
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "credential",
+    "access_key",
+];
+
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    !key.ends_with("_file")
+        && !key.ends_with("_path")
+        && SECRET_KEY_PARTS.iter().any(|part| key.contains(part))
+}
+
+/// Replaces URL credentials and the values of secret-named keys, at any depth.
+fn redact_value(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains("://") => {
+            *s = ferry_features::online::redis::redact_url(s);
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_value),
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if is_secret_key(key) && !v.is_null() {
+                    *v = Value::String("***".into());
+                } else {
+                    redact_value(v);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 impl ServerConfig {
+    /// The config as JSON for logs: URL credentials (a Redis password, keys in an S3 endpoint)
+    /// and secret-named values are replaced by `***`.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        redact_value(&mut value);
+        value
+    }
+
     /// A config for `registry` with nothing else set.
     pub fn for_registry(uri: impl Into<String>) -> ServerConfig {
         ServerConfig {
@@ -761,6 +810,42 @@ impl ServerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn redacted_json_hides_url_credentials_and_secret_keys() {
+        let mut config = ServerConfig::for_registry("s3://models/prod");
+        config.registry.endpoint = Some("http://AKIAEXAMPLE:wJalrXUtnFEMI@127.0.0.1:9000".into());
+        config.features = Some(FeaturesConfig {
+            repo: "features.yaml".into(),
+            redis: Some("redis://default:hunter2@127.0.0.1:6379/0".into()),
+            timeout: DEFAULT_FEATURE_TIMEOUT.into(),
+            on_missing: Default::default(),
+        });
+        config.admin_token_file = Some("/run/secrets/admin".into());
+        let mut endpoint = EndpointConfig::new("e", vec![]);
+        endpoint.postprocess = vec![serde_json::json!({
+            "rust": {"name": "notify", "params": {"api_key": "k-123", "Auth_Token": "t-456", "limit": 3}}
+        })];
+        config.endpoints.push(endpoint);
+        let text = config.redacted_json().to_string();
+        for secret in ["wJalrXUtnFEMI", "AKIAEXAMPLE", "hunter2", "k-123", "t-456"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        for kept in [
+            "redis://***@127.0.0.1:6379/0",
+            "http://***@127.0.0.1:9000",
+            "/run/secrets/admin",
+            "s3://models/prod",
+            "\"limit\":3",
+        ] {
+            assert!(text.contains(kept), "{kept} missing: {text}");
+        }
     }
 }
 

@@ -58,15 +58,18 @@ pub async fn build_state_with(
 ) -> Result<AppState, ServeError> {
     let registry = Registry::open(&config.registry.options()).await?;
     let metrics = Metrics::new();
-    let models = Arc::new(ModelManager::new(registry, config.clone(), metrics.clone()));
-    let admin_token = http::control::AdminToken::from_config(config)?;
-    let api_keys = http::auth::ApiKeys::from_config(config)?;
     let features = match &config.features {
         Some(f) => Some(Arc::new(
             pipeline::open_features(f).map_err(ServeError::Features)?,
         )),
         None => None,
     };
+    let models = Arc::new(
+        ModelManager::new(registry, config.clone(), metrics.clone())
+            .with_feature_repo(features.as_ref().map(|f| f.repo.clone())),
+    );
+    let admin_token = http::control::AdminToken::from_config(config)?;
+    let api_keys = http::auth::ApiKeys::from_config(config)?;
     let pipeline = Arc::new(
         pipeline::Pipeline::build(
             models.clone(),
@@ -87,6 +90,7 @@ pub async fn build_state_with(
         admin_token,
         inflight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
         api_keys,
+        request_timeout: config.request_timeout(),
     })
 }
 

@@ -336,7 +336,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     apply_overrides(&mut config, &args);
     config.validate()?;
-    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "Effective configuration.");
+    tracing::info!(config = %config.redacted_json(), "Effective configuration.");
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("Could not listen on {}", config.listen))?;

@@ -140,6 +140,9 @@ pub struct ModelManager {
     /// Models only shadows use: they load and serve like the others but never hold back
     /// server readiness (a shadow's failures must not reach callers).
     shadow_only: Mutex<std::collections::HashSet<String>>,
+    /// The server's feature repo: a version whose `features` section cannot be served with it
+    /// (or, without one, reads feature views) fails to load instead of failing every request.
+    feature_repo: Option<Arc<ferry_features::FeatureRepo>>,
 }
 
 impl ModelManager {
@@ -174,7 +177,18 @@ impl ModelManager {
             sync_lock: tokio::sync::Mutex::new(()),
             reported: Mutex::new(HashMap::new()),
             shadow_only: Mutex::new(shadow_only),
+            feature_repo: None,
         }
+    }
+
+    /// Versions load only when their `features` section fits this repo (or, with None, reads
+    /// only `request.*` columns).
+    pub fn with_feature_repo(
+        mut self,
+        repo: Option<Arc<ferry_features::FeatureRepo>>,
+    ) -> ModelManager {
+        self.feature_repo = repo;
+        self
     }
 
     pub fn registry(&self) -> &Registry {
@@ -508,6 +522,13 @@ impl ModelManager {
         settings: &ModelSettings,
     ) -> Result<(LoadedModel, bool), LoadError> {
         let verified = self.registry.fetch(name, version).await?;
+        crate::pipeline::model_join_plan(
+            self.feature_repo.as_deref(),
+            name,
+            version,
+            &verified.manifest,
+        )
+        .map_err(LoadError::Other)?;
         let instances = settings.instances.unwrap_or(self.config.instances);
         let requested = settings.device.unwrap_or_default();
         let placement = match verified.manifest.format {
@@ -915,22 +936,29 @@ pub fn init_onnx_runtime(config: &ServerConfig) -> bool {
                 .models
                 .iter()
                 .any(|m| m.settings().onnx_engine == Some(OnnxEngine::Ort));
-        let candidates = ort_library_candidates(config);
-        let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+        use ferry_runtimes::ort_library;
+        let candidates = ort_library::search(
+            &ort_library::Request {
+                explicit: config.onnxruntime_lib.as_deref(),
+            },
+            &ort_library::ProcessSurroundings,
+        );
+        let Some(found) = ort_library::find(&candidates) else {
+            let searched: Vec<_> = candidates.iter().map(|c| c.path.display()).collect();
             if wants_ort {
-                tracing::error!(searched = ?candidates, "ONNX Runtime library not found; models configured for `onnx_engine: ort` will not load. Install the onnxruntime wheel and set FERRY_ORT_LIB (python3 scripts/find-ort-lib.py prints the path).");
+                tracing::error!(searched = ?searched, "ONNX Runtime library not found; models configured for `onnx_engine: ort` will not load. Run `pip install onnxruntime` (in the active Python environment) or set FERRY_ORT_LIB to a libonnxruntime.so.");
             } else {
-                tracing::info!(searched = ?candidates, "ONNX Runtime library not found; ONNX models run on tract (pure Rust). Set FERRY_ORT_LIB to use ONNX Runtime.");
+                tracing::info!(searched = ?searched, "ONNX Runtime library not found; ONNX models run on tract (pure Rust). `pip install onnxruntime` or FERRY_ORT_LIB enables ONNX Runtime.");
             }
             return false;
         };
-        match ferry_runtimes::ort::init(path) {
+        match ferry_runtimes::ort::init(&found.path) {
             Ok(()) => {
-                tracing::info!(library = %path.display(), "ONNX Runtime loaded.");
+                tracing::info!(library = %found.path.display(), found_via = %found.origin, "ONNX Runtime loaded from {}.", found.origin);
                 true
             }
             Err(e) => {
-                tracing::warn!(error = %e, "ONNX Runtime could not be loaded; ONNX models run on tract unless they ask for ort.");
+                tracing::warn!(library = %found.path.display(), found_via = %found.origin, error = %e, "ONNX Runtime could not be loaded; ONNX models run on tract unless they ask for ort.");
                 false
             }
         }
@@ -943,41 +971,4 @@ pub fn init_onnx_runtime(config: &ServerConfig) -> bool {
         );
         false
     }
-}
-
-#[cfg(feature = "ort")]
-fn ort_library_candidates(config: &ServerConfig) -> Vec<std::path::PathBuf> {
-    use std::path::PathBuf;
-    if let Some(path) = &config.onnxruntime_lib {
-        return vec![path.clone()];
-    }
-    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
-        return vec![PathBuf::from(path)];
-    }
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Some(exe_dir) = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(PathBuf::from))
-    {
-        dirs.push(exe_dir.join("../lib"));
-        dirs.push(exe_dir);
-    }
-    dirs.extend(["/usr/local/lib", "/usr/lib", "/opt/onnxruntime/lib"].map(PathBuf::from));
-    let mut out = Vec::new();
-    for dir in dirs {
-        out.push(dir.join("libonnxruntime.so"));
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            let mut versioned: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("libonnxruntime.so."))
-                })
-                .collect();
-            versioned.sort();
-            out.extend(versioned.into_iter().rev());
-        }
-    }
-    out
 }

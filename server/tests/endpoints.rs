@@ -368,3 +368,70 @@ async fn a_rust_transform_registered_by_a_custom_build_runs_in_the_pipeline() {
         "{err}"
     );
 }
+
+/// A pre step that takes longer than the callers below allow.
+struct Slow(std::time::Duration);
+
+impl Transform for Slow {
+    fn name(&self) -> &str {
+        "rust:slow"
+    }
+    fn apply(&self, _rows: &mut [Row], _ctx: &Context<'_>) -> Result<(), TransformError> {
+        std::thread::sleep(self.0);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn endpoints_honour_the_timeout_header_and_request_timeout_ms() {
+    let mut transforms = Registry::new();
+    transforms.register(
+        "slow",
+        Arc::new(|_params: &Value| {
+            Ok(Box::new(Slow(std::time::Duration::from_millis(300))) as Box<dyn Transform>)
+        }),
+    );
+    let mut slow = EndpointConfig::new("slow", vec![variant("only", 1)]);
+    slow.preprocess = serde_yaml::from_str("[{rust: {name: slow}}]").unwrap();
+    let dir = demo::extract().unwrap();
+    let mut config = demo::config(dir.path().to_str().unwrap());
+    config.onnx_engine = OnnxEngine::Tract;
+    config.request_timeout_ms = 100;
+    config.endpoints.push(slow);
+    let state = build_state_with(&config, transforms).await.unwrap();
+    state.models.load_configured().await;
+    assert!(state.models.is_ready(), "{:?}", state.models.index());
+
+    let send = |timeout_header: Option<&str>| {
+        let mut req = Request::post("/v1/endpoints/slow/predict");
+        if let Some(ms) = timeout_header {
+            req = req.header("x-ferry-timeout-ms", ms);
+        }
+        let req = req
+            .body(Body::from(
+                json!({"instances": [{"user_id": "u1", "amount": 1.0}]}).to_string(),
+            ))
+            .unwrap();
+        let app = app(state.clone());
+        async move {
+            let response = app.oneshot(req).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&body).unwrap())
+        }
+    };
+    // The header's deadline.
+    let (status, body) = send(Some("50")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("50 ms"), "{body}");
+    // No header: `request_timeout_ms`.
+    let (status, body) = send(None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("100 ms"), "{body}");
+    // A header longer than `request_timeout_ms` wins, as on the model routes.
+    let (status, body) = send(Some("10000")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A malformed header is the client's mistake.
+    let (status, body) = send(Some("soon")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}

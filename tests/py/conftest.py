@@ -123,8 +123,10 @@ def fixtures(tmp_path_factory):
 
 
 class FerryServer:
-    def __init__(self, workdir, config, name):
+    def __init__(self, workdir, config, name, env=None):
+        """`env`: variables to set for the process (None as a value removes one)."""
         self.workdir = str(workdir)
+        self.env_overrides = dict(env or {})
         self.name = name
         self.config = config
         self.port = free_port()
@@ -146,6 +148,11 @@ class FerryServer:
         env = dict(os.environ)
         env["FERRY_ORT_LIB"] = ort_lib()
         env["FERRY_LOG"] = "info"
+        for key, value in self.env_overrides.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [binary, "serve", "--config", self.config_path, "--listen", self.addr],

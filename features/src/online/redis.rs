@@ -32,11 +32,19 @@ pub struct RedisStore {
     url: String,
 }
 
-fn redact(url: &str) -> String {
-    // redis://user:password@host → redis://***@host
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-        _ => url.to_string(),
+/// `scheme://user:password@host/…` → `scheme://***@host/…`: credentials in a URL (a Redis
+/// password, an S3-compatible endpoint's keys) never reach a log line or an error message.
+/// Only the authority is searched for `@`, so a path or query holding one is left alone.
+pub fn redact_url(url: &str) -> String {
+    let Some(start) = url.find("://").map(|s| s + 3) else {
+        return url.to_string();
+    };
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+        None => url.to_string(),
     }
 }
 
@@ -45,7 +53,7 @@ impl RedisStore {
     /// down. `timeout` bounds each connection attempt and each response.
     pub fn connect_lazy(url: &str, timeout: Duration) -> Result<RedisStore, FeatureError> {
         let client = redis::Client::open(url).map_err(|e| {
-            FeatureError::Unavailable(format!("invalid Redis URL {}: {e}", redact(url)))
+            FeatureError::Unavailable(format!("invalid Redis URL {}: {e}", redact_url(url)))
         })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -53,11 +61,11 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-            FeatureError::Unavailable(format!("could not set up Redis {}: {e}", redact(url)))
+            FeatureError::Unavailable(format!("could not set up Redis {}: {e}", redact_url(url)))
         })?;
         Ok(RedisStore {
             conn,
-            url: redact(url),
+            url: redact_url(url),
         })
     }
 
@@ -152,4 +160,32 @@ fn decode_row(repo: &FeatureRepo, key: &RowKey, fields: &[Option<String>]) -> Op
         })
         .collect();
     Some(StoredRow { ts_ms, values })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        for (url, want) in [
+            (
+                "redis://:s3cret@127.0.0.1:6379/0",
+                "redis://***@127.0.0.1:6379/0",
+            ),
+            ("rediss://user:p@ss@host:6380", "rediss://***@host:6380"),
+            (
+                "http://AKIA:key@minio:9000/bucket",
+                "http://***@minio:9000/bucket",
+            ),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (
+                "http://host/path@not-userinfo",
+                "http://host/path@not-userinfo",
+            ),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), want);
+        }
+    }
 }

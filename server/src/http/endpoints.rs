@@ -2,7 +2,7 @@
 //! (`POST /v1/features`). Handlers decode, call the pipeline / online store, encode.
 
 use crate::http::error::ApiError;
-use crate::http::{AppState, RequestId, read_body};
+use crate::http::{AppState, RequestId, read_body, request_timeout};
 use crate::pipeline::PredictOptions;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -69,6 +69,7 @@ pub async fn predict(
             ),
         };
         let options = PredictOptions {
+            timeout: request_timeout(&headers)?.or(state.request_timeout),
             forced_variant,
             request_id: request_id
                 .map(|Extension(RequestId(id))| id)

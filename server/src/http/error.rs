@@ -235,6 +235,7 @@ impl From<PredictError> for ApiError {
                 }
             },
             PredictError::Misconfigured(m) => ApiError::Internal(m),
+            PredictError::DeadlineExceeded { .. } => ApiError::DeadlineExceeded(e.to_string()),
         }
     }
 }

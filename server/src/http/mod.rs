@@ -48,6 +48,8 @@ pub struct AppState {
     pub inflight: Arc<tokio::sync::Semaphore>,
     /// Required on inference routes when set.
     pub api_keys: auth::ApiKeys,
+    /// `request_timeout_ms`: the deadline of a request that sends no `x-ferry-timeout-ms`.
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 impl AppState {

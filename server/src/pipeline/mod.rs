@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Why a prediction failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,11 @@ pub enum PredictError {
     },
     #[error("{0}")]
     Misconfigured(String),
+    /// The request's deadline (`x-ferry-timeout-ms` or `request_timeout_ms`) passed.
+    #[error(
+        "endpoint `{endpoint}` did not answer within the request's deadline of {timeout_ms} ms (x-ferry-timeout-ms or request_timeout_ms)"
+    )]
+    DeadlineExceeded { endpoint: String, timeout_ms: u128 },
 }
 
 impl PredictError {
@@ -68,6 +73,7 @@ impl PredictError {
         match self {
             PredictError::UnknownEndpoint { .. } => "unknown_endpoint",
             PredictError::UnknownVariant { .. } => "unknown_variant",
+            PredictError::DeadlineExceeded { .. } => "deadline_exceeded",
             PredictError::Lookup(_) => "model_unavailable",
             PredictError::Features(_) => "features",
             PredictError::Schedule(ScheduleError::QueueFull { .. }) => "overloaded",
@@ -86,6 +92,9 @@ pub struct PredictOptions {
     pub forced_variant: Option<String>,
     /// Carried into capture records.
     pub request_id: String,
+    /// The whole request's deadline (features, transforms, queue and model); None leaves
+    /// only the model queues' default (`request_timeout_ms`).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// What `predict` returns: one prediction per row, and which variant, model and version
@@ -142,6 +151,44 @@ pub fn open_features(config: &FeaturesConfig) -> Result<OnlineFeatures, String> 
         timeout,
         on_missing: config.on_missing,
     })
+}
+
+/// The join plan of a model version's `features` section (None without one), checked against
+/// the server's feature repo and the model's input: what cannot work is refused when the
+/// version loads, not answered with an error per request. Without a repo only `request.*`
+/// columns are allowed.
+pub(crate) fn model_join_plan(
+    repo: Option<&FeatureRepo>,
+    name: &str,
+    version: u64,
+    manifest: &ferry_registry::Manifest,
+) -> Result<Option<JoinPlan>, String> {
+    let Some(spec) = &manifest.features else {
+        return Ok(None);
+    };
+    let plan = match repo {
+        Some(repo) => JoinPlan::new(repo, &spec.entity, &spec.columns),
+        None => JoinPlan::request_only(&spec.entity, &spec.columns),
+    }
+    .map_err(|e| format!("model {name}@{version}: {e}"))?;
+    let signature = manifest.signature();
+    let inputs = &signature.inputs;
+    let fits = inputs.len() == 1
+        && matches!(inputs[0].datatype, DataType::Fp32 | DataType::Fp64)
+        && inputs[0].shape.len() == 2
+        && (inputs[0].shape[1] < 0 || inputs[0].shape[1] as usize == plan.width());
+    if !fits {
+        return Err(format!(
+            "model {name}@{version}: its `features` section has {} columns, so it needs one FP32/FP64 input of shape [-1, {}]; it has {:?}",
+            plan.width(),
+            plan.width(),
+            inputs
+                .iter()
+                .map(|i| (i.name.as_str(), i.datatype, &i.shape))
+                .collect::<Vec<_>>()
+        ));
+    }
+    Ok(Some(plan))
 }
 
 /// What endpoints share: models, features, and per-model-version caches.
@@ -207,38 +254,19 @@ fn now_ms() -> i64 {
 
 impl Core {
     fn plan(&self, model: &LoadedModel) -> Result<Option<Arc<JoinPlan>>, PredictError> {
-        let Some(spec) = &model.manifest.features else {
+        if model.manifest.features.is_none() {
             return Ok(None);
-        };
+        }
         let key = (model.name.clone(), model.version);
         if let Some(plan) = lock(&self.plans).get(&key) {
             return Ok(Some(plan.clone()));
         }
-        let Some(features) = &self.features else {
-            return Err(PredictError::Misconfigured(format!(
-                "model {}@{} declares `features` but the server has no `features` config (feature repo); add `features: {{repo: features.yaml}}`",
-                model.name, model.version
-            )));
+        let repo = self.features.as_ref().map(|f| f.repo.as_ref());
+        let Some(plan) = model_join_plan(repo, &model.name, model.version, &model.manifest)
+            .map_err(PredictError::Misconfigured)?
+        else {
+            return Ok(None);
         };
-        let plan = JoinPlan::new(&features.repo, &spec.entity, &spec.columns)?;
-        let inputs = &model.signature().inputs;
-        let fits = inputs.len() == 1
-            && matches!(inputs[0].datatype, DataType::Fp32 | DataType::Fp64)
-            && inputs[0].shape.len() == 2
-            && (inputs[0].shape[1] < 0 || inputs[0].shape[1] as usize == plan.width());
-        if !fits {
-            return Err(PredictError::Misconfigured(format!(
-                "model {}@{}: its `features` section has {} columns, so it needs one FP32/FP64 input of shape [-1, {}]; it has {:?}",
-                model.name,
-                model.version,
-                plan.width(),
-                plan.width(),
-                inputs
-                    .iter()
-                    .map(|i| (i.name.as_str(), i.datatype, &i.shape))
-                    .collect::<Vec<_>>()
-            )));
-        }
         let plan = Arc::new(plan);
         lock(&self.plans).insert(key, plan.clone());
         Ok(Some(plan))
@@ -292,6 +320,7 @@ impl Core {
         pre: &Chain,
         post: &Chain,
         keep_features: bool,
+        deadline: Option<Instant>,
     ) -> Result<VariantRun, PredictError> {
         let model = self.models.lookup_ref(model_ref)?;
         let version = model.version.to_string();
@@ -307,10 +336,7 @@ impl Core {
         let plan = self.plan(&model)?;
         let inputs = match plan {
             Some(plan) => {
-                let online = self
-                    .features
-                    .as_ref()
-                    .expect("a plan exists only with features. This is a bug.");
+                let online = self.features.as_deref();
                 let started = Instant::now();
                 let (matrix, table) = if named {
                     let table = plan.lookup(online, &rows).await;
@@ -345,7 +371,7 @@ impl Core {
                     let joined = joined?;
                     (joined.matrix, joined.table)
                 };
-                if let Some(table) = &table {
+                if let (Some(table), Some(online)) = (&table, online) {
                     defaulted = table.defaulted;
                     for ((view, status), n) in &table.counts {
                         self.metrics
@@ -405,7 +431,17 @@ impl Core {
             .signature()
             .validate_inputs(inputs)
             .map_err(|e| PredictError::Input(e.into()))?;
-        let outputs = model.queue.submit(inputs).await?;
+        let outputs = match deadline {
+            // The queue drops the job when the caller's deadline passes while it waits.
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                model
+                    .queue
+                    .submit_with_timeout(inputs, Some(left.max(Duration::from_millis(1))))
+                    .await?
+            }
+            None => model.queue.submit(inputs).await?,
+        };
         let mut predictions =
             crate::http::v1::predictions(&outputs).map_err(PredictError::Input)?;
         if !post.is_empty() {
@@ -663,6 +699,28 @@ impl Pipeline {
         rows: Vec<Row>,
         options: &PredictOptions,
     ) -> Result<Predictions, PredictError> {
+        let Some(timeout) = options.timeout else {
+            return self.predict_rows(endpoint, rows, options, None).await;
+        };
+        let deadline = Instant::now() + timeout;
+        tokio::time::timeout(
+            timeout,
+            self.predict_rows(endpoint, rows, options, Some(deadline)),
+        )
+        .await
+        .map_err(|_| PredictError::DeadlineExceeded {
+            endpoint: endpoint.to_string(),
+            timeout_ms: timeout.as_millis(),
+        })?
+    }
+
+    async fn predict_rows(
+        &self,
+        endpoint: &str,
+        rows: Vec<Row>,
+        options: &PredictOptions,
+        deadline: Option<Instant>,
+    ) -> Result<Predictions, PredictError> {
         let ep = self.endpoint(endpoint)?;
         if rows.is_empty() {
             return Err(PredictError::Input(ApiError::InvalidInput(
@@ -686,7 +744,7 @@ impl Pipeline {
         let keep_features = capture.is_some();
         let runs: Vec<(usize, Vec<usize>, VariantRun)> = if groups.len() == 1 {
             let (v, members) = groups.pop().expect("one group");
-            let run = run_group(&self.core, &ep, v, rows, keep_features).await?;
+            let run = run_group(&self.core, &ep, v, rows, keep_features, deadline).await?;
             vec![(v, members, run)]
         } else {
             let mut slots: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
@@ -698,7 +756,7 @@ impl Pipeline {
                     .collect();
                 let (core, ep) = (self.core.clone(), ep.clone());
                 tasks.spawn(async move {
-                    let run = run_group(&core, &ep, v, part, keep_features).await;
+                    let run = run_group(&core, &ep, v, part, keep_features, deadline).await;
                     (v, members, run)
                 });
             }
@@ -769,6 +827,7 @@ async fn run_group(
     v: usize,
     rows: Vec<Row>,
     keep_features: bool,
+    deadline: Option<Instant>,
 ) -> Result<VariantRun, PredictError> {
     let variant = &ep.variants[v];
     let started = Instant::now();
@@ -781,6 +840,7 @@ async fn run_group(
             &ep.pre,
             &ep.post,
             keep_features,
+            deadline,
         )
         .await;
     let m = &core.metrics;

@@ -123,6 +123,7 @@ async fn worker(
                 &pre,
                 &post,
                 capture.is_some(),
+                None,
             ),
         )
         .await;
