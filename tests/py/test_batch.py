@@ -600,3 +600,68 @@ def test_a_model_answering_the_wrong_shape_fails_the_unit_not_rows(env):
         assert glob.glob(str(out / "*.parquet")) == []
         assert not os.path.exists(out / "_errors"), "a model fault must not be blamed on rows"
         assert not os.path.exists(out / "_markers" / "x.json")
+
+
+def test_postprocess_fields_become_columns_and_clashes_are_refused(env):
+    """A postprocess's fields are columns, typed by the output signature where a field keeps an
+    output's name and by their values otherwise, fixed once for the job (`_schema.json`).
+    Output names that clash, and variants whose outputs differ, stop the job (exit 1)."""
+    tmp = env["tmp"]
+    decide = {"name": "decide", "variants": [{"name": "main", "model": "churn@champion",
+                                              "weight": 100}],
+              "postprocess": [
+                  {"threshold": {"field": "probabilities", "index": 1, "threshold": 0.5,
+                                 "labels": ["no", "yes"], "output": "decision"}},
+                  {"rename": {"probabilities": "scores"}}]}
+    clash = {"name": "clash", "variants": [{"name": "main", "model": "churn@champion",
+                                            "weight": 100}],
+             "postprocess": [{"rename": {"label": "version"}}]}
+    mixed = {"name": "mixed", "variants": [{"name": "a", "model": "churn@champion", "weight": 50},
+                                           {"name": "b", "model": "mlp@1", "weight": 50}]}
+    cfg = dict(env["cfg"], endpoints=env["cfg"]["endpoints"] + [decide, clash, mixed])
+    config = tmp / "post.yaml"
+    config.write_text(to_yaml(cfg))
+    penv = dict(env, config=str(config))
+    rows = churn_rows(100, 21)
+    write_parquet(str(tmp / "in" / "a.parquet"), rows[:64])
+
+    workdir = tmp / "server"
+    workdir.mkdir()
+    srv = FerryServer(workdir, cfg, "post")
+    srv.start()
+    try:
+        srv.wait_ready()
+        online = online_predictions(srv, "decide", rows, 64)
+    finally:
+        srv.stop()
+
+    out = tmp / "out"
+    batch(penv, "--endpoint", "decide", "--input", str(tmp / "in"), "--output", str(out),
+          "--id-columns", "id", "--chunk-rows", "64", "--inflight", "1")
+    # A second unit scored by a later run gets the same columns.
+    write_parquet(str(tmp / "in" / "b.parquet"), rows[64:])
+    batch(penv, "--endpoint", "decide", "--input", str(tmp / "in"), "--output", str(out),
+          "--id-columns", "id", "--chunk-rows", "64", "--inflight", "1")
+    schema = json.load(open(out / "_schema.json"))
+    assert [c["name"] for c in schema["columns"]] == ["decision", "label", "scores"]
+    tables = [pq.read_table(str(out / f"{u}.parquet")) for u in ("a", "b")]
+    assert tables[0].schema == tables[1].schema
+    t = pa.concat_tables(tables)
+    assert t.column_names == ["id", "decision", "label", "scores"] + META
+    assert t.schema.field("decision").type == pa.string()
+    assert t.schema.field("label").type == pa.int64()  # an output's name: typed by it
+    assert t.schema.field("scores").type == pa.list_(pa.float64())  # typed by its values
+    assert t.column("id").to_pylist() == [r["id"] for r in rows]
+    assert t.drop_columns(["id"] + META).to_pylist() == online
+
+    for endpoint, says in (("clash", "prediction field `version` clashes"),
+                           ("mixed", "different outputs")):
+        r = batch(penv, "--endpoint", endpoint, "--input", str(tmp / "in"), "--output",
+                  str(tmp / f"out-{endpoint}"), expect=1)
+        assert says in r.stderr, r.stderr
+    # An id column named like an output.
+    write_parquet(str(tmp / "in-ids" / "x.parquet"), [dict(r, label=1) for r in rows[:5]])
+    r = batch(penv, "--endpoint", "churn", "--input", str(tmp / "in-ids"), "--output",
+              str(tmp / "out-ids"), expect=1)
+    assert "input column `label` clashes" in r.stderr, r.stderr
+    assert glob.glob(str(tmp / "out-ids" / "*.parquet")) == []

@@ -411,7 +411,7 @@ pub async fn run(config: ServerConfig, options: BatchOptions) -> Result<Summary,
         )));
     }
     let pipeline = state.pipeline.clone();
-    let mut columns = job_columns(&pipeline, &options.endpoint)?;
+    let mut columns = job_columns(&pipeline, &options.endpoint, &output).await?;
 
     let reporter = Reporter::new(todo.len());
     let mut committed = 0usize;
@@ -468,9 +468,27 @@ struct JobColumns {
     outputs: Vec<ferry_runtimes::TensorSpec>,
 }
 
-fn job_columns(pipeline: &Pipeline, endpoint: &str) -> Result<JobColumns, BatchError> {
+/// Where a postprocess endpoint's inferred columns are kept, so every run and unit of the job
+/// writes the same schema.
+const SCHEMA_FILE: &str = "_schema.json";
+
+async fn job_columns(
+    pipeline: &Pipeline,
+    endpoint: &str,
+    output: &Location,
+) -> Result<JobColumns, BatchError> {
     let (variants, postprocess) = pipeline.endpoint_outputs(endpoint)?;
     if postprocess {
+        let key = output.join(SCHEMA_FILE);
+        let known = match output.store.read(&key).await? {
+            Some(bytes) => Some(serde_json::from_slice::<PredictionColumns>(&bytes).map_err(|e| {
+                BatchError::Config(format!(
+                    "{}: {e}; it holds the prediction columns an earlier run inferred: delete it to infer them again",
+                    output.uri_of(&key)
+                ))
+            })?),
+            None => None,
+        };
         // An output name whose spec differs between variants types nothing: its field is
         // typed by its values.
         let mut outputs: Vec<ferry_runtimes::TensorSpec> = Vec::new();
@@ -483,10 +501,7 @@ fn job_columns(pipeline: &Pipeline, endpoint: &str) -> Result<JobColumns, BatchE
             }
         }
         outputs.retain(|o| !conflicting.contains(&o.name));
-        return Ok(JobColumns {
-            known: None,
-            outputs,
-        });
+        return Ok(JobColumns { known, outputs });
     }
     let known = PredictionColumns::from_signatures(&variants)
         .map_err(|e| BatchError::Config(format!("endpoint `{endpoint}`: {e}")))?;
@@ -495,6 +510,41 @@ fn job_columns(pipeline: &Pipeline, endpoint: &str) -> Result<JobColumns, BatchE
         known: Some(known),
         outputs: Vec::new(),
     })
+}
+
+/// Fixes a postprocess endpoint's columns from its first chunk with a scored row, and records
+/// them before any output that uses them is committed.
+async fn fix_columns(
+    columns: &mut JobColumns,
+    scored: &[Option<ScoredRow>],
+    ids_schema: &arrow_schema::Schema,
+    output: &Location,
+    endpoint: &str,
+) -> Result<(), BatchError> {
+    let predictions: Vec<&serde_json::Value> =
+        scored.iter().flatten().map(|s| &s.prediction).collect();
+    if predictions.is_empty() {
+        return Ok(());
+    }
+    let inferred = PredictionColumns::infer(&columns.outputs, &predictions)
+        .map_err(|e| BatchError::Config(format!("endpoint `{endpoint}`: {e}")))?;
+    write::check_clashes(ids_schema, &inferred)?;
+    let bytes =
+        serde_json::to_vec_pretty(&inferred).map_err(|e| BatchError::Input(e.to_string()))?;
+    output
+        .store
+        .write(&output.join(SCHEMA_FILE), &bytes)
+        .await?;
+    tracing::info!(
+        columns = ?inferred
+            .columns
+            .iter()
+            .map(|c| format!("{}: {}", c.name, c.field().data_type()))
+            .collect::<Vec<_>>(),
+        "Prediction columns fixed by the first scored chunk (the endpoint has a postprocess)."
+    );
+    columns.known = Some(inferred);
+    Ok(())
 }
 
 fn now_ms() -> i64 {
@@ -650,15 +700,7 @@ async fn run_unit(
                 .await
                 .map_err(|e| BatchError::Input(format!("a scoring task failed: {e}")))??;
             if columns.known.is_none() {
-                let predictions: Vec<&serde_json::Value> =
-                    scored.iter().flatten().map(|s| &s.prediction).collect();
-                if !predictions.is_empty() {
-                    let inferred = PredictionColumns::infer(&columns.outputs, &predictions)
-                        .map_err(|e| BatchError::Config(format!("endpoint `{}`: {e}", options.endpoint)))?;
-                    write::check_clashes(&ids_schema, &inferred)?;
-                    tracing::info!(columns = ?inferred.columns.iter().map(|c| format!("{}: {}", c.name, c.field().data_type())).collect::<Vec<_>>(), "Prediction columns fixed by the first scored chunk (postprocess endpoint).");
-                    columns.known = Some(inferred);
-                }
+                fix_columns(columns, &scored, &ids_schema, output, &options.endpoint).await?;
             }
             let n = match &columns.known {
                 Some(known) => writer.write(&chunk.ids, &scored, known, now_ms())?,
