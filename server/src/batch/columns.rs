@@ -6,10 +6,11 @@
 //! variant of the endpoint must give the same columns, checked before any row is scored.
 //!
 //! A `postprocess` turns predictions into arbitrary objects, so the columns are then fixed by
-//! the first scored chunk of the job: each field becomes a column, typed by the output
-//! signature when a model output has its name and every value fits it, else by its JSON values
-//! (integers int64, other numbers float64, booleans, strings, arrays `list<..>`; objects and
-//! mixed kinds as their JSON text). Later rows must fit those columns.
+//! the first scored chunk of the job (and kept in the output's `_schema.json` for later runs):
+//! each field becomes a column, typed by the output signature when a model output has its name
+//! and every value fits it, else by its JSON values (integers int64, other numbers float64,
+//! booleans, strings, arrays `list<..>`; objects and mixed kinds as their JSON text). Later
+//! rows must fit those columns.
 
 pub use crate::pipeline::VariantOutputs;
 use arrow_array::builder::{BooleanBuilder, PrimitiveBuilder, StringBuilder};
@@ -220,12 +221,12 @@ impl PredictionColumns {
                 .map(Column::of_output)
                 .filter(|c| build(c, &values).is_ok());
             let column = typed.unwrap_or_else(|| {
-                let ty = values
-                    .iter()
-                    .flatten()
-                    .fold(None, |acc, v| merge(acc, infer_value(v)))
-                    .map(settle)
-                    .unwrap_or(ColumnType::Scalar(Elem::Utf8));
+                let ty = settle(
+                    values
+                        .iter()
+                        .flatten()
+                        .fold(None, |acc, v| merge(acc, seen(v))),
+                );
                 Column {
                     name: name.clone(),
                     ty,
@@ -252,7 +253,7 @@ impl PredictionColumns {
                     Value::Object(m) => {
                         if let Some(k) = m.keys().find(|k| !self.names().any(|n| n == *k)) {
                             return Err(format!(
-                                "the prediction has a field `{k}` that is not one of the job's columns {:?} (fixed by the first scored chunk); make the postprocess answer the same fields for every row",
+                                "the prediction has a field `{k}` that is not one of the job's columns {:?} (fixed by the job's first scored chunk and kept in `_schema.json`); make the postprocess answer the same fields for every row",
                                 self.names().collect::<Vec<_>>()
                             ));
                         }
@@ -291,32 +292,35 @@ fn describe(outputs: &[TensorSpec]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
-/// The type of one JSON value; None for null or an empty array's unknown items.
-fn infer_value(v: &Value) -> Option<ColumnType> {
+/// What the values of a field were, as far as seen: None for nulls only.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Int,
+    Float,
+    Bool,
+    /// Strings, objects, or values of mixed kinds: written as text.
+    Text,
+    /// Arrays, with what their items were (None: only empty arrays or null items).
+    List(Option<Box<Seen>>),
+}
+
+fn seen(v: &Value) -> Option<Seen> {
     Some(match v {
         Value::Null => return None,
-        Value::Bool(_) => ColumnType::Scalar(Elem::Bool),
-        Value::Number(n) if n.is_i64() => ColumnType::Scalar(Elem::Int64),
-        Value::Number(_) => ColumnType::Scalar(Elem::Float64),
-        Value::String(_) | Value::Object(_) => ColumnType::Scalar(Elem::Utf8),
-        Value::Array(items) => ColumnType::List {
-            // An empty list's items are typed by later values (Utf8 if none ever says).
-            item: Box::new(
-                items
-                    .iter()
-                    .fold(None, |acc, v| merge(acc, infer_value(v)))
-                    .unwrap_or(ColumnType::Scalar(UNKNOWN)),
-            ),
-            size: None,
-        },
+        Value::Bool(_) => Seen::Bool,
+        Value::Number(n) if n.is_i64() => Seen::Int,
+        Value::Number(_) => Seen::Float,
+        Value::String(_) | Value::Object(_) => Seen::Text,
+        Value::Array(items) => Seen::List(
+            items
+                .iter()
+                .fold(None, |acc, v| merge(acc, seen(v)))
+                .map(Box::new),
+        ),
     })
 }
 
-/// Placeholder for items not seen yet; `settle` turns what is left into Utf8.
-const UNKNOWN: Elem = Elem::UInt8;
-
-fn merge(a: Option<ColumnType>, b: Option<ColumnType>) -> Option<ColumnType> {
-    use ColumnType::*;
+fn merge(a: Option<Seen>, b: Option<Seen>) -> Option<Seen> {
     let (a, b) = match (a, b) {
         (None, b) => return b,
         (a, None) => return a,
@@ -324,25 +328,24 @@ fn merge(a: Option<ColumnType>, b: Option<ColumnType>) -> Option<ColumnType> {
     };
     Some(match (a, b) {
         (a, b) if a == b => a,
-        (Scalar(UNKNOWN), other) | (other, Scalar(UNKNOWN)) => other,
-        (Scalar(Elem::Int64), Scalar(Elem::Float64))
-        | (Scalar(Elem::Float64), Scalar(Elem::Int64)) => Scalar(Elem::Float64),
-        (List { item: x, .. }, List { item: y, .. }) => List {
-            item: Box::new(merge(Some(*x), Some(*y)).unwrap_or(Scalar(Elem::Utf8))),
-            size: None,
-        },
-        _ => Scalar(Elem::Utf8),
+        (Seen::Int, Seen::Float) | (Seen::Float, Seen::Int) => Seen::Float,
+        (Seen::List(x), Seen::List(y)) => {
+            Seen::List(merge(x.map(|x| *x), y.map(|y| *y)).map(Box::new))
+        }
+        _ => Seen::Text,
     })
 }
 
-fn settle(t: ColumnType) -> ColumnType {
-    match t {
-        ColumnType::Scalar(UNKNOWN) => ColumnType::Scalar(Elem::Utf8),
-        ColumnType::List { item, size } => ColumnType::List {
-            item: Box::new(settle(*item)),
-            size,
+fn settle(s: Option<Seen>) -> ColumnType {
+    match s {
+        Some(Seen::Int) => ColumnType::Scalar(Elem::Int64),
+        Some(Seen::Float) => ColumnType::Scalar(Elem::Float64),
+        Some(Seen::Bool) => ColumnType::Scalar(Elem::Bool),
+        Some(Seen::Text) | None => ColumnType::Scalar(Elem::Utf8),
+        Some(Seen::List(item)) => ColumnType::List {
+            item: Box::new(settle(item.map(|i| *i))),
+            size: None,
         },
-        other => other,
     }
 }
 
