@@ -8,8 +8,8 @@
 Writes ROWS (default 1,000,000) rows of `id` + `X` (30 float32) as one Parquet file (row groups
 of 131,072 rows), then scores them with the demo tree model churn@1 (server/demo/registry):
   ferry   `ferry batch --endpoint churn` (wall clock of the process: model load, reading,
-          the endpoint pipeline, writing Parquet with id + prediction + variant + model +
-          version + scored_at);
+          the endpoint pipeline, writing Parquet with id + label + probabilities + variant +
+          model + version + scored_at);
   python  pandas.read_parquet, onnxruntime InferenceSession.run in 8192-row chunks, a
           DataFrame of id + label + probabilities written with to_parquet.
 Both use every core (ferry's automatic intra-op threads, onnxruntime's default). Prints rows/s
@@ -92,8 +92,7 @@ def main():
         ferry_labels = pd.concat(
             pd.read_parquet(os.path.join(tmp, "ferry-out", f))
             for f in sorted(os.listdir(os.path.join(tmp, "ferry-out"))) if f.endswith(".parquet"))
-        ferry_labels = ferry_labels.sort_values("id")["prediction"].map(
-            lambda p: json.loads(p)["label"]).to_numpy()
+        ferry_labels = ferry_labels.sort_values("id")["label"].to_numpy()
         py_labels = pd.read_parquet(os.path.join(tmp, "python-out.parquet"))["label"].to_numpy()
         agree = float(np.mean(ferry_labels == py_labels))
 

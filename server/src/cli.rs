@@ -76,8 +76,9 @@ pub struct BatchArgs {
     #[arg(long, env = "FERRY_BATCH_INPUT")]
     pub input: String,
 
-    /// Output directory or s3://bucket/prefix: `<unit>.parquet|jsonl`, `_markers/<unit>.json`,
-    /// `_errors/<unit>.jsonl`.
+    /// Output directory or s3://bucket/prefix: `<unit>.parquet|jsonl` (id columns, one typed
+    /// column per model output or postprocess field, variant, model, version, scored_at),
+    /// `_markers/<unit>.json`, `_errors/<unit>.jsonl`, `_schema.json` (postprocess endpoints).
     #[arg(long, env = "FERRY_BATCH_OUTPUT")]
     pub output: String,
 
@@ -87,7 +88,8 @@ pub struct BatchArgs {
     #[arg(long)]
     pub shard: Option<String>,
 
-    /// Output format.
+    /// Output format: Parquet with typed columns, or JSON Lines with the same fields (numbers
+    /// as numbers, lists as arrays).
     #[arg(long, value_enum, default_value = "parquet")]
     pub format: BatchFormat,
 

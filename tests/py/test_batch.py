@@ -25,7 +25,7 @@ from test_features import RedisServer, load_demo_module, newest_offline, run_fer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEMO_REGISTRY = os.path.join(HERE, "..", "..", "server", "demo", "registry")
-RESULT = ["prediction", "variant", "model", "version", "scored_at"]
+META = ["variant", "model", "version", "scored_at"]
 
 
 @pytest.fixture
@@ -44,6 +44,7 @@ def env(tmp_path, redis_server):
     mod.build(str(registry), str(features))
     mod.build(str(registry), str(features), version=2)  # the same model, as a second version
     shutil.copytree(os.path.join(DEMO_REGISTRY, "churn"), str(registry / "churn"))
+    shutil.copytree(os.path.join(DEMO_REGISTRY, "mlp"), str(registry / "mlp"))
     run_ferry("features", "--features", str(features / "features.yaml"), "--redis",
               redis_server.url, "materialize")
     cfg = {
@@ -59,6 +60,8 @@ def env(tmp_path, redis_server):
                           {"name": "treatment", "model": "risk@2", "weight": 30}]},
             {"name": "churn", "variants": [{"name": "main", "model": "churn@champion",
                                             "weight": 100}]},
+            # A regressor: one FP32 output of shape [-1, 1].
+            {"name": "price", "variants": [{"name": "main", "model": "mlp@1", "weight": 100}]},
         ],
     }
     config = tmp_path / "ferry.yaml"
@@ -115,16 +118,19 @@ def write_csv(path, rows):
 
 
 def read_output(out_dir, fmt="parquet"):
-    """Committed outputs only: top-level files, never _tmp/, _markers/ or _errors/."""
+    """Committed outputs only: top-level files, never _tmp/, _markers/ or _errors/. The
+    classifiers' `label` and `probabilities` columns are put back together as `prediction`, the
+    object the online endpoint answers per row."""
     rows = []
     for p in sorted(glob.glob(os.path.join(str(out_dir), f"*.{fmt}"))):
         if fmt == "parquet":
-            for r in pq.read_table(p).to_pylist():
-                r["prediction"] = json.loads(r["prediction"])
-                rows.append(r)
+            rows.extend(pq.read_table(p).to_pylist())
         else:
             with open(p) as f:
                 rows.extend(json.loads(line) for line in f)
+    for r in rows:
+        if "label" in r:
+            r["prediction"] = {"label": r.pop("label"), "probabilities": r.pop("probabilities")}
     return rows
 
 
@@ -205,7 +211,7 @@ def test_online_batch_parity_with_features_and_plain(env):
     assert len(glob.glob(str(tmp / "out-churn" / "_markers" / "*.json"))) == 4
     got = read_output(tmp / "out-churn")
     t = pq.read_table(sorted(glob.glob(str(tmp / "out-churn" / "*.parquet")))[0])
-    assert t.column_names == ["id"] + RESULT
+    assert t.column_names == ["id", "label", "probabilities"] + META
     assert t.schema.field("id").type == pa.int64()
     assert [r["id"] for r in got] == [r["id"] for r in churn]
     assert [r["prediction"] for r in got] == online["churn"]["predictions"]
@@ -443,3 +449,219 @@ def test_s3_inputs_outputs_and_incremental(env, moto_s3):
     assert sorted((x["user_id"], x["amount"]) for x in got) == \
         sorted((x["user_id"], x["amount"]) for x in changed)
     assert_risk_matches(env, got)
+
+
+def online_predictions(srv, endpoint, rows, size):
+    """The endpoint's answers in calls of `size` rows, the chunk size the batch job uses."""
+    out = []
+    for i in range(0, len(rows), size):
+        r = requests.post(f"{srv.url}/v1/endpoints/{endpoint}/predict",
+                          json={"instances": rows[i:i + size]}, timeout=60)
+        assert r.status_code == 200, r.text
+        out += r.json()["predictions"]
+    return out
+
+
+def test_output_columns_are_typed_and_equal_the_online_answers(env):
+    """Issue 15, defect 5: one typed column per model output, holding the online answer."""
+    tmp = env["tmp"]
+    churn = churn_rows(150, 11)
+    xr = np.random.default_rng(12).normal(size=(120, 64)).astype(np.float32)
+    price = [{"id": 5000 + i, "X": [float(v) for v in row]} for i, row in enumerate(xr)]
+    write_parquet(str(tmp / "in-churn" / "c.parquet"), churn)
+    write_parquet(str(tmp / "in-price" / "p.parquet"), price)
+
+    workdir = tmp / "server"
+    workdir.mkdir()
+    srv = FerryServer(workdir, env["cfg"], "typed")
+    srv.start()
+    try:
+        srv.wait_ready()
+        # 64-row calls, one chunk at a time in batch (--inflight 1): the same engine calls,
+        # so even the tree ensemble's float sums are bit-equal.
+        online_churn = online_predictions(srv, "churn", churn, 64)
+        online_price = online_predictions(srv, "price", price, 64)
+    finally:
+        srv.stop()
+
+    for name, inp in (("churn", "in-churn"), ("price", "in-price")):
+        for fmt in ("parquet", "jsonl"):
+            batch(env, "--endpoint", name, "--input", str(tmp / inp), "--output",
+                  str(tmp / f"out-{name}-{fmt}"), "--id-columns", "id", "--chunk-rows", "64",
+                  "--inflight", "1", "--format", fmt)
+
+    # Classifier: label INT64 [-1] and probabilities FP32 [-1, 2].
+    t = pq.read_table(str(tmp / "out-churn-parquet" / "c.parquet"))
+    assert t.column_names == ["id", "label", "probabilities"] + META
+    assert t.schema.field("label").type == pa.int64()
+    assert t.schema.field("probabilities").type == pa.list_(pa.float32(), 2)
+    assert t.schema.field("version").type == pa.uint64()
+    assert t.column("id").to_pylist() == [r["id"] for r in churn]
+    assert t.column("label").to_pylist() == [p["label"] for p in online_churn]
+    np.testing.assert_array_equal(
+        t.column("probabilities").combine_chunks().flatten().to_numpy().reshape(-1, 2),
+        np.array([p["probabilities"] for p in online_churn], dtype=np.float32))
+    sess = onnxruntime.InferenceSession(os.path.join(DEMO_REGISTRY, "churn", "1", "model.onnx"),
+                                        providers=["CPUExecutionProvider"])
+    label, proba = sess.run(None, {"X": np.array([r["X"] for r in churn], dtype=np.float32)})
+    assert t.column("label").to_pylist() == [int(v) for v in label]
+    np.testing.assert_allclose(t.column("probabilities").to_pylist(), proba, rtol=1e-5, atol=1e-6)
+
+    # Regressor: one FP32 [-1, 1] output is a plain float32 column.
+    t = pq.read_table(str(tmp / "out-price-parquet" / "p.parquet"))
+    assert t.column_names == ["id", "variable"] + META
+    assert t.schema.field("variable").type == pa.float32()
+    assert t.column("variable").to_pylist() == [p[0] for p in online_price]
+    sess = onnxruntime.InferenceSession(os.path.join(DEMO_REGISTRY, "mlp", "1", "model.onnx"),
+                                        providers=["CPUExecutionProvider"])
+    (ref,) = sess.run(None, {"X": xr})
+    np.testing.assert_allclose(t.column("variable").to_numpy(), ref[:, 0], rtol=1e-4, atol=1e-4)
+
+    # JSON Lines: the same columns, numbers as numbers and lists as arrays.
+    with open(tmp / "out-churn-jsonl" / "c.jsonl") as f:
+        lines = [json.loads(line) for line in f]
+    assert list(lines[0]) == ["id", "label", "probabilities"] + META
+    assert [x["label"] for x in lines] == [p["label"] for p in online_churn]
+    assert [x["probabilities"] for x in lines] == [p["probabilities"] for p in online_churn]
+    assert all(type(x["label"]) is int for x in lines)
+    with open(tmp / "out-price-jsonl" / "p.jsonl") as f:
+        lines = [json.loads(line) for line in f]
+    assert [x["variable"] for x in lines] == [p[0] for p in online_price]
+    assert all(type(x["variable"]) is float for x in lines)
+
+
+def write_bad_shape_model(registry, name, label_skip, proba_skip, width):
+    """A model whose manifest declares label INT64 [-1] and probabilities FP32 [-1, 2], but
+    which answers a label for all rows but the first `label_skip` and `width` probabilities
+    for all rows but the first `proba_skip`."""
+    from onnx import TensorProto, helper, numpy_helper
+    big = np.iinfo(np.int64).max
+    inits = [numpy_helper.from_array(np.array(v, dtype=np.int64), n) for n, v in (
+        ("label_from", [label_skip]), ("proba_from", [proba_skip]), ("rows_to", [big]),
+        ("axis0", [0]), ("cols_from", [0]), ("cols_to", [width]), ("axis1", [1]))]
+    nodes = [
+        helper.make_node("Slice", ["X", "label_from", "rows_to", "axis0"], ["label_rows"]),
+        helper.make_node("ArgMax", ["label_rows"], ["label"], axis=1, keepdims=0),
+        helper.make_node("Slice", ["X", "proba_from", "rows_to", "axis0"], ["proba_rows"]),
+        helper.make_node("Slice", ["proba_rows", "cols_from", "cols_to", "axis1"],
+                         ["probabilities"]),
+    ]
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, ["L"]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["P", "K"])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    vdir = os.path.join(str(registry), name, "1")
+    os.makedirs(vdir)
+    path = os.path.join(vdir, "model.onnx")
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
+    with open(path, "rb") as f:
+        digest = __import__("hashlib").sha256(f.read()).hexdigest()
+    manifest = {"name": name, "version": 1, "format": "onnx", "artifact": "model.onnx",
+                "sha256": digest,
+                "inputs": [{"name": "X", "datatype": "FP32", "shape": [-1, 4]}],
+                "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]},
+                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}]}
+    with open(os.path.join(vdir, "model.yaml"), "w") as f:
+        json.dump(manifest, f)
+
+
+def test_a_model_answering_the_wrong_shape_fails_the_unit_not_rows(env):
+    """Issue 15, defect 7a: a model answering with outputs that break its own signature is the
+    model's fault: the unit fails (exit 3) and commits nothing, no row is blamed."""
+    tmp = env["tmp"]
+    write_bad_shape_model(env["registry"], "wide", 0, 0, 3)    # [N, 3] for a declared [-1, 2]
+    write_bad_shape_model(env["registry"], "short", 1, 1, 2)   # N - 1 rows
+    write_bad_shape_model(env["registry"], "uneven", 0, 1, 2)  # N labels, N - 1 probabilities
+    cfg = dict(env["cfg"])
+    # Without dynamic batching no merge-and-split step notices a short answer on its way.
+    cfg["batching"] = {"max_batch_size": 0}
+    cfg["endpoints"] = [{"name": n, "variants": [{"name": "main", "model": f"{n}@1",
+                                                  "weight": 100}]}
+                        for n in ("wide", "short", "uneven")]
+    config = tmp / "bad-shape.yaml"
+    config.write_text(to_yaml(cfg))
+    bad_env = dict(env, config=str(config))
+    rng = np.random.default_rng(13)
+    rows = [{"id": i, "X": [float(v) for v in rng.normal(size=4)]} for i in range(20)]
+    write_jsonl(str(tmp / "in" / "x.jsonl"), rows)
+
+    for name, says in (("wide", "`probabilities` with shape [8, 3] for 8 rows"),
+                       ("short", "`label` with shape [7] for 8 rows"),
+                       ("uneven", "`probabilities` with shape [7, 2] for 8 rows")):
+        out = tmp / f"out-{name}"
+        r = batch(bad_env, "--endpoint", name, "--input", str(tmp / "in"), "--output", str(out),
+                  "--chunk-rows", "8", "--inflight", "1", expect=3)
+        assert "0 scored, 0 skipped (already committed), 1 failed;" in r.stdout, r.stdout
+        assert says in r.stderr and f"model {name}@1" in r.stderr, r.stderr
+        assert glob.glob(str(out / "*.parquet")) == []
+        assert not os.path.exists(out / "_errors"), "a model fault must not be blamed on rows"
+        assert not os.path.exists(out / "_markers" / "x.json")
+
+
+def test_postprocess_fields_become_columns_and_clashes_are_refused(env):
+    """A postprocess's fields are columns, typed by the output signature where a field keeps an
+    output's name and by their values otherwise, fixed once for the job (`_schema.json`).
+    Output names that clash, and variants whose outputs differ, stop the job (exit 1)."""
+    tmp = env["tmp"]
+    decide = {"name": "decide", "variants": [{"name": "main", "model": "churn@champion",
+                                              "weight": 100}],
+              "postprocess": [
+                  {"threshold": {"field": "probabilities", "index": 1, "threshold": 0.5,
+                                 "labels": ["no", "yes"], "output": "decision"}},
+                  {"rename": {"probabilities": "scores"}}]}
+    clash = {"name": "clash", "variants": [{"name": "main", "model": "churn@champion",
+                                            "weight": 100}],
+             "postprocess": [{"rename": {"label": "version"}}]}
+    mixed = {"name": "mixed", "variants": [{"name": "a", "model": "churn@champion", "weight": 50},
+                                           {"name": "b", "model": "mlp@1", "weight": 50}]}
+    cfg = dict(env["cfg"], endpoints=env["cfg"]["endpoints"] + [decide, clash, mixed])
+    config = tmp / "post.yaml"
+    config.write_text(to_yaml(cfg))
+    penv = dict(env, config=str(config))
+    rows = churn_rows(100, 21)
+    write_parquet(str(tmp / "in" / "a.parquet"), rows[:64])
+
+    workdir = tmp / "server"
+    workdir.mkdir()
+    srv = FerryServer(workdir, cfg, "post")
+    srv.start()
+    try:
+        srv.wait_ready()
+        online = online_predictions(srv, "decide", rows, 64)
+    finally:
+        srv.stop()
+
+    out = tmp / "out"
+    batch(penv, "--endpoint", "decide", "--input", str(tmp / "in"), "--output", str(out),
+          "--id-columns", "id", "--chunk-rows", "64", "--inflight", "1")
+    # A second unit scored by a later run gets the same columns.
+    write_parquet(str(tmp / "in" / "b.parquet"), rows[64:])
+    batch(penv, "--endpoint", "decide", "--input", str(tmp / "in"), "--output", str(out),
+          "--id-columns", "id", "--chunk-rows", "64", "--inflight", "1")
+    schema = json.load(open(out / "_schema.json"))
+    assert [c["name"] for c in schema["columns"]] == ["decision", "label", "scores"]
+    tables = [pq.read_table(str(out / f"{u}.parquet")) for u in ("a", "b")]
+    assert tables[0].schema == tables[1].schema
+    t = pa.concat_tables(tables)
+    assert t.column_names == ["id", "decision", "label", "scores"] + META
+    assert t.schema.field("decision").type == pa.string()
+    assert t.schema.field("label").type == pa.int64()  # an output's name: typed by it
+    assert t.schema.field("scores").type == pa.list_(pa.float64())  # typed by its values
+    assert t.column("id").to_pylist() == [r["id"] for r in rows]
+    assert t.drop_columns(["id"] + META).to_pylist() == online
+
+    for endpoint, says in (("clash", "prediction field `version` clashes"),
+                           ("mixed", "different outputs")):
+        r = batch(penv, "--endpoint", endpoint, "--input", str(tmp / "in"), "--output",
+                  str(tmp / f"out-{endpoint}"), expect=1)
+        assert says in r.stderr, r.stderr
+    # An id column named like an output.
+    write_parquet(str(tmp / "in-ids" / "x.parquet"), [dict(r, label=1) for r in rows[:5]])
+    r = batch(penv, "--endpoint", "churn", "--input", str(tmp / "in-ids"), "--output",
+              str(tmp / "out-ids"), expect=1)
+    assert "input column `label` clashes" in r.stderr, r.stderr
+    assert glob.glob(str(tmp / "out-ids" / "*.parquet")) == []

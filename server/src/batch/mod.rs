@@ -8,6 +8,7 @@
 //! units with a marker and redoes the others from scratch, overwriting whatever a killed run
 //! left: every unit's rows appear exactly once.
 
+pub mod columns;
 pub mod read;
 pub mod score;
 pub mod storage;
@@ -15,6 +16,7 @@ pub mod write;
 
 use crate::config::ServerConfig;
 use crate::pipeline::{Pipeline, PredictError};
+use columns::PredictionColumns;
 use ferry_registry::{RegistryError, S3Options, Store};
 use read::RowError;
 use score::ScoredRow;
@@ -409,6 +411,7 @@ pub async fn run(config: ServerConfig, options: BatchOptions) -> Result<Summary,
         )));
     }
     let pipeline = state.pipeline.clone();
+    let mut columns = job_columns(&pipeline, &options.endpoint, &output).await?;
 
     let reporter = Reporter::new(todo.len());
     let mut committed = 0usize;
@@ -423,6 +426,7 @@ pub async fn run(config: ServerConfig, options: BatchOptions) -> Result<Summary,
             single_download.clone(),
             &scratch,
             stall,
+            &mut columns,
             &mut summary,
             &reporter,
         )
@@ -439,6 +443,11 @@ pub async fn run(config: ServerConfig, options: BatchOptions) -> Result<Summary,
                     "Unit committed."
                 );
             }
+            // A column clash is the same in every unit: stop instead of failing each.
+            Err(e @ BatchError::Config(_)) => {
+                reporter.finish();
+                return Err(e);
+            }
             Err(e) => {
                 summary.units_failed += 1;
                 tracing::error!(unit = %unit.name, input = %unit.file.key, error = %e, "Unit failed; nothing of it was committed (a re-run retries it).");
@@ -449,6 +458,93 @@ pub async fn run(config: ServerConfig, options: BatchOptions) -> Result<Summary,
     reporter.finish();
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The prediction columns of a job: fixed now from the model signatures, or, behind a
+/// `postprocess`, by the first scored chunk (`known` stays None until then).
+struct JobColumns {
+    known: Option<PredictionColumns>,
+    /// Model outputs that type a postprocess field of the same name.
+    outputs: Vec<ferry_runtimes::TensorSpec>,
+}
+
+/// Where a postprocess endpoint's inferred columns are kept, so every run and unit of the job
+/// writes the same schema.
+const SCHEMA_FILE: &str = "_schema.json";
+
+async fn job_columns(
+    pipeline: &Pipeline,
+    endpoint: &str,
+    output: &Location,
+) -> Result<JobColumns, BatchError> {
+    let (variants, postprocess) = pipeline.endpoint_outputs(endpoint)?;
+    if postprocess {
+        let key = output.join(SCHEMA_FILE);
+        let known = match output.store.read(&key).await? {
+            Some(bytes) => Some(serde_json::from_slice::<PredictionColumns>(&bytes).map_err(|e| {
+                BatchError::Config(format!(
+                    "{}: {e}; it holds the prediction columns an earlier run inferred: delete it to infer them again",
+                    output.uri_of(&key)
+                ))
+            })?),
+            None => None,
+        };
+        // An output name whose spec differs between variants types nothing: its field is
+        // typed by its values.
+        let mut outputs: Vec<ferry_runtimes::TensorSpec> = Vec::new();
+        let mut conflicting = Vec::new();
+        for o in variants.iter().flat_map(|v| &v.outputs) {
+            match outputs.iter().find(|x| x.name == o.name) {
+                Some(x) if x != o => conflicting.push(o.name.clone()),
+                Some(_) => {}
+                None => outputs.push(o.clone()),
+            }
+        }
+        outputs.retain(|o| !conflicting.contains(&o.name));
+        return Ok(JobColumns { known, outputs });
+    }
+    let known = PredictionColumns::from_signatures(&variants)
+        .map_err(|e| BatchError::Config(format!("endpoint `{endpoint}`: {e}")))?;
+    write::check_clashes(&arrow_schema::Schema::empty(), &known)?;
+    Ok(JobColumns {
+        known: Some(known),
+        outputs: Vec::new(),
+    })
+}
+
+/// Fixes a postprocess endpoint's columns from its first chunk with a scored row, and records
+/// them before any output that uses them is committed.
+async fn fix_columns(
+    columns: &mut JobColumns,
+    scored: &[Option<ScoredRow>],
+    ids_schema: &arrow_schema::Schema,
+    output: &Location,
+    endpoint: &str,
+) -> Result<(), BatchError> {
+    let predictions: Vec<&serde_json::Value> =
+        scored.iter().flatten().map(|s| &s.prediction).collect();
+    if predictions.is_empty() {
+        return Ok(());
+    }
+    let inferred = PredictionColumns::infer(&columns.outputs, &predictions)
+        .map_err(|e| BatchError::Config(format!("endpoint `{endpoint}`: {e}")))?;
+    write::check_clashes(ids_schema, &inferred)?;
+    let bytes =
+        serde_json::to_vec_pretty(&inferred).map_err(|e| BatchError::Input(e.to_string()))?;
+    output
+        .store
+        .write(&output.join(SCHEMA_FILE), &bytes)
+        .await?;
+    tracing::info!(
+        columns = ?inferred
+            .columns
+            .iter()
+            .map(|c| format!("{}: {}", c.name, c.field().data_type()))
+            .collect::<Vec<_>>(),
+        "Prediction columns fixed by the first scored chunk (the endpoint has a postprocess)."
+    );
+    columns.known = Some(inferred);
+    Ok(())
 }
 
 fn now_ms() -> i64 {
@@ -520,6 +616,7 @@ async fn run_unit(
     single_download: Option<Arc<LocalInput>>,
     scratch: &Path,
     stall: bool,
+    columns: &mut JobColumns,
     summary: &mut Summary,
     reporter: &Reporter,
 ) -> Result<Marker, BatchError> {
@@ -544,8 +641,11 @@ async fn run_unit(
         options.chunk_rows.max(1),
         options.id_columns.as_deref(),
     )?;
-    let mut writer =
-        write::OutputWriter::create(&out_tmp, options.format, reader.ids_schema.clone())?;
+    if let Some(known) = &columns.known {
+        write::check_clashes(&reader.ids_schema, known)?;
+    }
+    let ids_schema = reader.ids_schema.clone();
+    let mut writer = write::OutputWriter::create(&out_tmp, options.format, ids_schema.clone())?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<read::Chunk, BatchError>>(2);
     let reader_thread = std::thread::Builder::new()
         .name("ferry-batch-read".into())
@@ -599,7 +699,13 @@ async fn run_unit(
             let (scored, failed) = handle
                 .await
                 .map_err(|e| BatchError::Input(format!("a scoring task failed: {e}")))??;
-            let n = writer.write(&chunk.ids, &scored, now_ms())?;
+            if columns.known.is_none() {
+                fix_columns(columns, &scored, &ids_schema, output, &options.endpoint).await?;
+            }
+            let n = match &columns.known {
+                Some(known) => writer.write(&chunk.ids, &scored, known, now_ms())?,
+                None => 0,
+            };
             let read_n = (chunk.index.len() + chunk.bad.len()) as u64;
             rows += read_n;
             scored_rows += n as u64;
@@ -635,7 +741,7 @@ async fn run_unit(
         return Err(e);
     }
     let _ = reader_thread.join();
-    writer.finish()?;
+    writer.finish(columns.known.as_ref())?;
     errors.sort_by_key(|e| e.row);
 
     // Commit: the output, then the error file (or the removal of a stale one), then the

@@ -159,3 +159,19 @@ pub async fn score_isolating(
     failed.sort_by_key(|f| f.position);
     Ok((scored, failed))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::error::ApiError;
+
+    #[test]
+    fn a_model_answering_the_wrong_shape_is_not_a_row_error() {
+        assert!(!row_caused(&PredictError::ModelOutput(
+            "model m@1 answered output `p` with shape [1, 2] for 8 rows".into()
+        )));
+        assert!(row_caused(&PredictError::Input(ApiError::InvalidInput(
+            "input `X`: expected 30 values".into()
+        ))));
+    }
+}

@@ -1,7 +1,9 @@
-//! Output files: the id columns of the scored rows, then `prediction`, `variant`, `model`,
-//! `version` and `scored_at`. Written to a local temporary file, committed by the caller.
+//! Output files: the id columns of the scored rows, then one typed column per prediction field
+//! (see `columns`), then `variant`, `model`, `version` and `scored_at`. Written to a local
+//! temporary file, committed by the caller.
 
 use super::BatchError;
+use super::columns::PredictionColumns;
 use super::read::{RowError, array_value};
 use super::score::ScoredRow;
 use arrow_array::builder::{StringBuilder, TimestampMillisecondBuilder, UInt64Builder};
@@ -10,7 +12,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -34,20 +36,22 @@ impl OutputFormat {
     }
 }
 
-/// Columns batch adds after the id columns.
-pub const RESULT_COLUMNS: [&str; 5] = ["prediction", "variant", "model", "version", "scored_at"];
+/// Columns batch adds after the id and prediction columns.
+pub const META_COLUMNS: [&str; 4] = ["variant", "model", "version", "scored_at"];
 
 /// Rows per output row group: the writer buffers one row group, so this bounds its memory.
 pub const OUTPUT_ROW_GROUP_ROWS: usize = 131_072;
 
 enum Sink {
-    Parquet(Box<ArrowWriter<File>>),
+    /// Opened at the first write: a postprocess endpoint's columns are known only then.
+    Parquet(Option<(Box<ArrowWriter<File>>, SchemaRef)>),
     Jsonl(BufWriter<File>),
 }
 
 pub struct OutputWriter {
     sink: Sink,
-    schema: SchemaRef,
+    /// Kept until the Parquet writer opens.
+    file: Option<File>,
     ids_schema: SchemaRef,
     path: PathBuf,
 }
@@ -59,65 +63,94 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> BatchError {
     }
 }
 
+/// Refuses prediction columns that clash with the id columns or with the columns batch adds.
+pub fn check_clashes(ids_schema: &Schema, columns: &PredictionColumns) -> Result<(), BatchError> {
+    for name in columns.names() {
+        if META_COLUMNS.contains(&name) {
+            return Err(BatchError::Config(format!(
+                "the endpoint's prediction field `{name}` clashes with a column batch adds ({META_COLUMNS:?}); rename it with a `postprocess` step (`rename: {{{name}: ...}}`)"
+            )));
+        }
+    }
+    for f in ids_schema.fields() {
+        if META_COLUMNS.contains(&f.name().as_str()) || columns.names().any(|n| n == f.name()) {
+            return Err(BatchError::Config(format!(
+                "input column `{}` clashes with an output column (prediction fields {:?}, then {META_COLUMNS:?}); leave it out with --id-columns",
+                f.name(),
+                columns.names().collect::<Vec<_>>()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn output_schema(ids_schema: &Schema, columns: Option<&PredictionColumns>) -> SchemaRef {
+    let mut fields: Vec<Field> = ids_schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.extend(
+        columns
+            .iter()
+            .flat_map(|c| c.columns.iter().map(|c| c.field())),
+    );
+    fields.push(Field::new("variant", DataType::Utf8, false));
+    fields.push(Field::new("model", DataType::Utf8, false));
+    fields.push(Field::new("version", DataType::UInt64, false));
+    fields.push(Field::new(
+        "scored_at",
+        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        false,
+    ));
+    Arc::new(Schema::new(fields))
+}
+
 impl OutputWriter {
     pub fn create(
         path: &Path,
         format: OutputFormat,
         ids_schema: SchemaRef,
     ) -> Result<OutputWriter, BatchError> {
-        if let Some(clash) = ids_schema
-            .fields()
-            .iter()
-            .find(|f| RESULT_COLUMNS.contains(&f.name().as_str()))
-        {
-            return Err(BatchError::Input(format!(
-                "input column `{}` clashes with an output column ({RESULT_COLUMNS:?}); leave it out with --id-columns",
-                clash.name()
-            )));
-        }
-        let mut fields: Vec<Field> = ids_schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(Field::new("prediction", DataType::Utf8, false));
-        fields.push(Field::new("variant", DataType::Utf8, false));
-        fields.push(Field::new("model", DataType::Utf8, false));
-        fields.push(Field::new("version", DataType::UInt64, false));
-        fields.push(Field::new(
-            "scored_at",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            false,
-        ));
-        let schema = Arc::new(Schema::new(fields));
         let file = File::create(path).map_err(|e| io_err(path, e))?;
-        let sink = match format {
-            OutputFormat::Parquet => {
-                let props = WriterProperties::builder()
-                    .set_compression(Compression::SNAPPY)
-                    .set_max_row_group_row_count(Some(OUTPUT_ROW_GROUP_ROWS))
-                    .build();
-                Sink::Parquet(Box::new(
-                    ArrowWriter::try_new(file, schema.clone(), Some(props))
-                        .map_err(|e| io_err(path, e))?,
-                ))
-            }
-            OutputFormat::Jsonl => Sink::Jsonl(BufWriter::new(file)),
+        let (sink, file) = match format {
+            OutputFormat::Parquet => (Sink::Parquet(None), Some(file)),
+            OutputFormat::Jsonl => (Sink::Jsonl(BufWriter::new(file)), None),
         };
         Ok(OutputWriter {
             sink,
-            schema,
+            file,
             ids_schema,
             path: path.to_path_buf(),
         })
     }
 
+    fn open_parquet(
+        path: &Path,
+        file: &mut Option<File>,
+        schema: SchemaRef,
+    ) -> Result<Box<ArrowWriter<File>>, BatchError> {
+        let file = file
+            .take()
+            .ok_or_else(|| io_err(path, "the Parquet writer was opened twice"))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(OUTPUT_ROW_GROUP_ROWS))
+            .build();
+        Ok(Box::new(
+            ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| io_err(path, e))?,
+        ))
+    }
+
     /// Appends the rows of a chunk that were scored: `ids` hold every row read, `scored` is
-    /// aligned with them (`None` = failed).
+    /// aligned with them (`None` = failed). A prediction that does not fit `columns` is the
+    /// deployment's fault (the model or postprocess changed its answer's shape) and fails the
+    /// unit.
     pub fn write(
         &mut self,
         ids: &[ArrayRef],
         scored: &[Option<ScoredRow>],
+        columns: &PredictionColumns,
         scored_at_ms: i64,
     ) -> Result<usize, BatchError> {
         let keep = BooleanArray::from(scored.iter().map(Option::is_some).collect::<Vec<_>>());
@@ -130,30 +163,42 @@ impl OutputWriter {
         if ok.is_empty() {
             return Ok(0);
         }
+        let predictions: Vec<&Value> = ok.iter().map(|s| &s.prediction).collect();
+        let typed = columns.arrays(&predictions).map_err(|e| {
+            BatchError::Input(format!(
+                "a prediction does not fit the job's output columns: {e}"
+            ))
+        })?;
         match &mut self.sink {
             Sink::Parquet(w) => {
-                let mut prediction = StringBuilder::new();
                 let mut variant = StringBuilder::new();
                 let mut model = StringBuilder::new();
                 let mut version = UInt64Builder::with_capacity(ok.len());
                 let mut at =
                     TimestampMillisecondBuilder::with_capacity(ok.len()).with_timezone("UTC");
                 for s in &ok {
-                    prediction.append_value(s.prediction.to_string());
                     variant.append_value(&s.variant);
                     model.append_value(&s.model);
                     version.append_value(s.version);
                     at.append_value(scored_at_ms);
                 }
-                let mut columns = ids;
-                columns.push(Arc::new(prediction.finish()));
-                columns.push(Arc::new(variant.finish()));
-                columns.push(Arc::new(model.finish()));
-                columns.push(Arc::new(version.finish()));
-                columns.push(Arc::new(at.finish()));
-                let batch = RecordBatch::try_new(self.schema.clone(), columns)
-                    .map_err(|e| io_err(&self.path, e))?;
-                w.write(&batch).map_err(|e| io_err(&self.path, e))?;
+                let mut all = ids;
+                all.extend(typed);
+                all.push(Arc::new(variant.finish()));
+                all.push(Arc::new(model.finish()));
+                all.push(Arc::new(version.finish()));
+                all.push(Arc::new(at.finish()));
+                if w.is_none() {
+                    let schema = output_schema(&self.ids_schema, Some(columns));
+                    let opened = Self::open_parquet(&self.path, &mut self.file, schema.clone())?;
+                    *w = Some((opened, schema));
+                }
+                let Some((writer, schema)) = w else {
+                    return Err(io_err(&self.path, "the Parquet writer did not open"));
+                };
+                let batch =
+                    RecordBatch::try_new(schema.clone(), all).map_err(|e| io_err(&self.path, e))?;
+                writer.write(&batch).map_err(|e| io_err(&self.path, e))?;
             }
             Sink::Jsonl(w) => {
                 let at = humantime::format_rfc3339_millis(
@@ -161,18 +206,23 @@ impl OutputWriter {
                 )
                 .to_string();
                 for (i, s) in ok.iter().enumerate() {
-                    let mut row = Map::new();
+                    // Fields in the Parquet column order (a JSON map would sort them).
+                    let mut row: Vec<(&str, Value)> =
+                        Vec::with_capacity(ids.len() + typed.len() + 4);
                     for (f, a) in self.ids_schema.fields().iter().zip(&ids) {
                         let v = array_value(a.as_ref(), i).map_err(BatchError::Input)?;
-                        row.insert(f.name().clone(), v);
+                        row.push((f.name(), v));
                     }
-                    row.insert("prediction".into(), s.prediction.clone());
-                    row.insert("variant".into(), s.variant.clone().into());
-                    row.insert("model".into(), s.model.clone().into());
-                    row.insert("version".into(), s.version.into());
-                    row.insert("scored_at".into(), at.clone().into());
-                    serde_json::to_writer(&mut *w, &Value::Object(row))
-                        .map_err(|e| io_err(&self.path, e))?;
+                    // Read back from the typed arrays, so JSONL holds what Parquet would.
+                    for (c, a) in columns.columns.iter().zip(&typed) {
+                        let v = array_value(a.as_ref(), i).map_err(BatchError::Input)?;
+                        row.push((&c.name, v));
+                    }
+                    row.push(("variant", s.variant.clone().into()));
+                    row.push(("model", s.model.clone().into()));
+                    row.push(("version", s.version.into()));
+                    row.push(("scored_at", at.clone().into()));
+                    write_object(&mut *w, &row).map_err(|e| io_err(&self.path, e))?;
                     w.write_all(b"\n").map_err(|e| io_err(&self.path, e))?;
                 }
             }
@@ -183,19 +233,45 @@ impl OutputWriter {
     /// Pushes buffered rows to the file (used by the test hook that stalls mid-unit).
     pub fn flush(&mut self) -> Result<(), BatchError> {
         match &mut self.sink {
-            Sink::Parquet(w) => w.flush().map_err(|e| io_err(&self.path, e)),
+            Sink::Parquet(Some((w, _))) => w.flush().map_err(|e| io_err(&self.path, e)),
+            Sink::Parquet(None) => Ok(()),
             Sink::Jsonl(w) => w.flush().map_err(|e| io_err(&self.path, e)),
         }
     }
 
-    /// Finishes the file and syncs it to disk.
-    pub fn finish(self) -> Result<(), BatchError> {
+    /// Finishes the file and syncs it to disk. A Parquet unit without a scored row gets the
+    /// job's schema (`columns`), or no prediction columns when no row of the job was scored yet.
+    pub fn finish(mut self, columns: Option<&PredictionColumns>) -> Result<(), BatchError> {
         let file = match self.sink {
-            Sink::Parquet(w) => w.into_inner().map_err(|e| io_err(&self.path, e))?,
+            Sink::Parquet(w) => {
+                let w = match w {
+                    Some((w, _)) => w,
+                    None => Self::open_parquet(
+                        &self.path,
+                        &mut self.file,
+                        output_schema(&self.ids_schema, columns),
+                    )?,
+                };
+                w.into_inner().map_err(|e| io_err(&self.path, e))?
+            }
             Sink::Jsonl(w) => w.into_inner().map_err(|e| io_err(&self.path, e))?,
         };
         file.sync_all().map_err(|e| io_err(&self.path, e))
     }
+}
+
+/// One JSON object with its fields in the given order.
+fn write_object(w: &mut impl Write, fields: &[(&str, Value)]) -> std::io::Result<()> {
+    w.write_all(b"{")?;
+    for (k, (name, value)) in fields.iter().enumerate() {
+        if k > 0 {
+            w.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut *w, name)?;
+        w.write_all(b":")?;
+        serde_json::to_writer(&mut *w, value)?;
+    }
+    w.write_all(b"}")
 }
 
 /// The error file of a unit: one JSON object per failed row with its index, the row and why.

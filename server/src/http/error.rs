@@ -234,7 +234,7 @@ impl From<PredictError> for ApiError {
                     ApiError::TransformFailed(e.to_string())
                 }
             },
-            PredictError::Misconfigured(m) => ApiError::Internal(m),
+            PredictError::Misconfigured(m) | PredictError::ModelOutput(m) => ApiError::Internal(m),
             PredictError::DeadlineExceeded { .. } => ApiError::DeadlineExceeded(e.to_string()),
         }
     }

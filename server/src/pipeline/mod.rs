@@ -65,6 +65,10 @@ pub enum PredictError {
         "endpoint `{endpoint}` did not answer within the request's deadline of {timeout_ms} ms (x-ferry-timeout-ms or request_timeout_ms)"
     )]
     DeadlineExceeded { endpoint: String, timeout_ms: u128 },
+    /// The model answered with outputs that break its own signature: its fault, never the
+    /// rows'.
+    #[error("{0}")]
+    ModelOutput(String),
 }
 
 impl PredictError {
@@ -81,6 +85,7 @@ impl PredictError {
             PredictError::Input(_) => "invalid_input",
             PredictError::Transform { .. } => "transform",
             PredictError::Misconfigured(_) => "misconfigured",
+            PredictError::ModelOutput(_) => "model_output",
         }
     }
 }
@@ -442,8 +447,9 @@ impl Core {
             }
             None => model.queue.submit(inputs).await?,
         };
-        let mut predictions =
-            crate::http::v1::predictions(&outputs).map_err(PredictError::Input)?;
+        check_outputs(&model, &outputs, rows.len())?;
+        let mut predictions = crate::http::v1::predictions(&outputs)
+            .map_err(|e| PredictError::ModelOutput(e.to_string()))?;
         if !post.is_empty() {
             let started = Instant::now();
             // Post steps see each prediction as a map of output name → value, whatever the
@@ -820,6 +826,81 @@ impl Pipeline {
     }
 }
 
+/// Refuses outputs that do not fit the model's signature or do not have one row per input row:
+/// turned into predictions they would be misread (rows shifted, nulls, wrong widths).
+fn check_outputs(model: &LoadedModel, outputs: &[Tensor], rows: usize) -> Result<(), PredictError> {
+    let specs = &model.signature().outputs;
+    outputs_fit(specs, outputs, rows).map_err(|what| {
+        PredictError::ModelOutput(format!(
+            "model {}@{} answered {what}; its signature declares outputs {:?} (a model fault, not the rows')",
+            model.name,
+            model.version,
+            specs
+                .iter()
+                .map(|s| (s.name.as_str(), s.datatype, &s.shape))
+                .collect::<Vec<_>>()
+        ))
+    })
+}
+
+fn outputs_fit(
+    specs: &[ferry_runtimes::TensorSpec],
+    outputs: &[Tensor],
+    rows: usize,
+) -> Result<(), String> {
+    if outputs.len() != specs.len() {
+        return Err(format!("{} outputs", outputs.len()));
+    }
+    for (t, spec) in outputs.iter().zip(specs) {
+        if t.name != spec.name || t.data.datatype() != spec.datatype {
+            return Err(format!(
+                "output `{}` as {} where `{}` {} was due",
+                t.name,
+                t.data.datatype(),
+                spec.name,
+                spec.datatype
+            ));
+        }
+        if t.shape.first() != Some(&rows) || !spec.accepts_shape(&t.shape) {
+            return Err(format!(
+                "output `{}` with shape {:?} for {rows} rows",
+                t.name, t.shape
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One variant's model outputs (batch types its output columns by them).
+#[derive(Debug, Clone)]
+pub struct VariantOutputs {
+    pub variant: String,
+    /// `name@version`.
+    pub model: String,
+    pub outputs: Vec<ferry_runtimes::TensorSpec>,
+}
+
+impl Pipeline {
+    /// The outputs of each variant's loaded model, and whether the endpoint has a
+    /// `postprocess` (then predictions are whatever objects it makes).
+    pub fn endpoint_outputs(
+        &self,
+        endpoint: &str,
+    ) -> Result<(Vec<VariantOutputs>, bool), PredictError> {
+        let ep = self.endpoint(endpoint)?;
+        let mut variants = Vec::with_capacity(ep.variants.len());
+        for v in &ep.variants {
+            let model = self.core.models.lookup_ref(&v.model)?;
+            variants.push(VariantOutputs {
+                variant: v.name.clone(),
+                model: format!("{}@{}", model.name, model.version),
+                outputs: model.signature().outputs.clone(),
+            });
+        }
+        Ok((variants, !ep.post.is_empty()))
+    }
+}
+
 /// One variant's share of a request, with its per-variant metrics.
 async fn run_group(
     core: &Core,
@@ -880,4 +961,62 @@ pub struct ReloadSummary {
     pub added: Vec<String>,
     pub changed: Vec<String>,
     pub removed: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_runtimes::TensorSpec;
+
+    fn specs() -> Vec<TensorSpec> {
+        vec![
+            TensorSpec {
+                name: "label".into(),
+                datatype: DataType::Int64,
+                shape: vec![-1],
+            },
+            TensorSpec {
+                name: "probabilities".into(),
+                datatype: DataType::Fp32,
+                shape: vec![-1, 2],
+            },
+        ]
+    }
+
+    fn outputs(rows: usize, width: usize) -> Vec<Tensor> {
+        vec![
+            Tensor::new("label", vec![rows], TensorData::Int64(vec![0; rows])).unwrap(),
+            Tensor::new(
+                "probabilities",
+                vec![rows, width],
+                TensorData::Fp32(vec![0.5; rows * width]),
+            )
+            .unwrap(),
+        ]
+    }
+
+    #[test]
+    fn outputs_must_have_one_row_per_input_and_the_declared_widths() {
+        assert!(outputs_fit(&specs(), &outputs(4, 2), 4).is_ok());
+        let fewer = outputs_fit(&specs(), &outputs(1, 2), 4).unwrap_err();
+        assert!(
+            fewer.contains("shape [1]") && fewer.contains("4 rows"),
+            "{fewer}"
+        );
+        let wider = outputs_fit(&specs(), &outputs(4, 3), 4).unwrap_err();
+        assert!(
+            wider.contains("probabilities") && wider.contains("[4, 3]"),
+            "{wider}"
+        );
+        let mut swapped = outputs(4, 2);
+        swapped.reverse();
+        assert!(outputs_fit(&specs(), &swapped, 4).is_err());
+    }
+
+    #[test]
+    fn model_output_faults_are_not_the_rows_fault() {
+        let e = PredictError::ModelOutput("model m@1 answered ...".into());
+        assert_eq!(e.error_type(), "model_output");
+        assert!(matches!(ApiError::from(e), ApiError::Internal(_)));
+    }
 }
