@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from conftest import FerryServer, ferry_bin, to_yaml
+from conftest import FerryServer, ferry_bin, ort_lib, to_yaml
+from test_batch import read_output
 from test_features import RedisServer, expected_risk, load_demo_module
 
 DATA_BUCKET = "data"
@@ -278,6 +279,26 @@ def test_s3_views_materialize_incrementally_export_and_serve(tmp_path, s3, redis
         assert resp.headers["x-ferry-features-defaulted"] == "2"  # `nobody`'s two features
     finally:
         srv.stop()
+
+    # A batch join without Redis: the in-process store is loaded from the same S3 prefix and
+    # gives the same predictions.
+    batch_cfg = tmp_path / "batch.yaml"
+    batch_cfg.write_text(to_yaml({**cfg, "features": {"repo": str(repo), "timeout": "2s"}}))
+    batch_in = tmp_path / "batch-in" / "rows.parquet"
+    batch_in.parent.mkdir()
+    pq.write_table(pa.table({"user_id": [i["user_id"] for i in instances],
+                             "amount": pa.array([i["amount"] for i in instances],
+                                                pa.float64())}), batch_in)
+    env = {**os.environ, "FERRY_ORT_LIB": ort_lib()}
+    log.new_gets()
+    done = subprocess.run([ferry_bin(), "batch", "--config", str(batch_cfg), "--endpoint", "risk",
+                           "--input", str(batch_in), "--output", str(tmp_path / "batch-out")],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert log.new_gets() == [PREFIX + "part-0.parquet", PREFIX + "part-1.parquet"]
+    got = read_output(tmp_path / "batch-out")
+    assert [g["user_id"] for g in got] == [i["user_id"] for i in instances]
+    assert [g["prediction"] for g in got] == body["predictions"]
 
 
 def test_s3_view_without_redis_loads_the_prefix_into_the_in_process_store(tmp_path, s3):
