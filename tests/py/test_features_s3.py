@@ -318,8 +318,21 @@ def test_s3_view_without_redis_loads_the_prefix_into_the_in_process_store(tmp_pa
                 "--key", "u1").stdout
     assert '"_ts": 2000' in out and '"visits_7d": 3.0' in out, out
 
+    # A source naming one object (no trailing slash) reads only that object.
+    one = f"{SOURCE}a/part-0.parquet"
+    repo.write_text(demo.FEATURES_YAML.replace("path: user_stats/", f"path: {one}"))
+    out = ferry("features", "--config", config, "get", "--view", "user_stats",
+                "--key", "u1").stdout
+    assert '"_ts": 1000' in out and '"visits_7d": 1.0' in out, out
+    missing = f"{SOURCE}a/missing.parquet"
+    repo.write_text(demo.FEATURES_YAML.replace("path: user_stats/", f"path: {missing}"))
+    r = ferry("features", "--config", config, "get", "--view", "user_stats", "--key", "u1",
+              check=False)
+    assert r.returncode != 0 and missing in r.stderr and "no such object" in r.stderr, \
+        r.stderr
 
-def test_s3_source_errors_name_the_uri_and_the_fix(tmp_path, s3, redis_server):
+
+def test_s3_source_errors_name_the_uri_and_the_fix(tmp_path, s3, redis_server, monkeypatch):
     demo = load_demo_module()
     config = tmp_path / "ferry.yaml"
     repo = tmp_path / "features.yaml"
@@ -331,6 +344,16 @@ def test_s3_source_errors_name_the_uri_and_the_fix(tmp_path, s3, redis_server):
     r = ferry("features", "--config", config, "materialize", check=False)
     assert r.returncode != 0
     assert missing in r.stderr and "bucket does not exist" in r.stderr, r.stderr
+
+    repo.write_text(demo.FEATURES_YAML.replace("path: user_stats/", f"path: {SOURCE}"))
+    with monkeypatch.context() as m:
+        m.delenv("AWS_ACCESS_KEY_ID")
+        m.delenv("AWS_SECRET_ACCESS_KEY")
+        m.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        m.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        r = ferry("features", "--config", config, "materialize", check=False)
+    assert r.returncode != 0
+    assert SOURCE in r.stderr and "no AWS credentials found" in r.stderr, r.stderr
 
     # An object that is not Parquet: named by its S3 URI, not a temporary path.
     s3.client().put_object(Bucket=DATA_BUCKET, Key=PREFIX + "broken.parquet", Body=b"garbage")

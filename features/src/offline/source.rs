@@ -245,15 +245,32 @@ fn s3_file(bucket: &str, key: &str, info: &ObjectInfo) -> OfflineFile {
     }
 }
 
-/// An S3 failure as an offline-data error that says what to check.
+/// An S3 failure as an offline-data error that says what to check. The registry's error
+/// types are reused, but their wording ("registry …") would mislead here.
 fn s3_error(uri: &str, e: &RegistryError) -> FeatureError {
-    let text = e.to_string();
+    let text = match e {
+        RegistryError::Store {
+            operation,
+            key,
+            message,
+            ..
+        } => format!("{operation} {key} failed: {message}"),
+        RegistryError::Unavailable {
+            operation,
+            key,
+            message,
+            ..
+        } => format!("{operation} {key} could not reach S3: {message}"),
+        other => other.to_string(),
+    };
     let hint = if text.contains("NoSuchBucket") {
         "the bucket does not exist: create it or fix `source.path`"
-    } else if text.contains("AccessDenied") || text.contains("403") || text.contains("Forbidden") {
-        "access denied: the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or the instance role) need s3:ListBucket and s3:GetObject on it"
+    } else if text.contains("AccessDenied") || text.contains("Forbidden") {
+        "access denied: the credentials need s3:ListBucket on the bucket and s3:GetObject on the objects"
+    } else if text.contains("CredentialsNotLoaded") || text.contains("no credentials") {
+        "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or run with a web-identity or instance role"
     } else if e.is_unavailable() {
-        "S3 is unreachable: check `registry.endpoint` / AWS_ENDPOINT_URL_S3, the network and AWS_REGION, then run again"
+        "check `registry.endpoint` / AWS_ENDPOINT_URL_S3, AWS_REGION and the network, then run again"
     } else {
         "check `source.path`, the credentials and the S3 settings (`registry.endpoint`, `registry.path_style`, AWS_REGION)"
     };
@@ -437,6 +454,15 @@ mod tests {
         };
         let text = s3_error("s3://b/x/a.parquet", &e).to_string();
         assert!(text.contains("s3:GetObject"), "{text}");
+        assert!(!text.contains("registry"), "{text}");
+        let e = RegistryError::Unavailable {
+            registry: "s3://b".into(),
+            operation: "ListObjectsV2",
+            key: "s3://b/x/".into(),
+            message: "dispatch failure: CredentialsNotLoaded".into(),
+        };
+        let text = s3_error("s3://b/x/", &e).to_string();
+        assert!(text.contains("AWS_ACCESS_KEY_ID"), "{text}");
     }
 
     fn write_part(path: &Path, users: &[&str], ts: &[i64]) {
