@@ -10,6 +10,7 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use ferry_features::materialize::{MaterializeOptions, Quiet, materialize_view};
+use ferry_features::offline::OfflineSource;
 use ferry_features::online::RedisStore;
 use ferry_features::{FeatureRepo, JoinPlan, OnMissing, OnlineFeatures};
 use parquet::arrow::ArrowWriter;
@@ -104,9 +105,13 @@ async fn main() {
     let store = RedisStore::connect(url, Duration::from_secs(30))
         .await
         .unwrap();
+    let source = OfflineSource::open(&repo.views[0], &Default::default())
+        .await
+        .unwrap();
     let report = materialize_view(
         &repo,
         &repo.views[0],
+        &source,
         &store,
         &MaterializeOptions {
             full: true,

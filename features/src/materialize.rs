@@ -1,11 +1,15 @@
-//! Materialization: offline Parquet → Redis. Writes the newest row per entity, never replaces
-//! a newer value with an older one (`WRITE_IF_NEWER`, atomic per key), and skips files whose
-//! (modification time, size) match the watermark stored in Redis, so unchanged data is not
-//! reprocessed. Files are streamed as record batches of bounded size through a small channel:
-//! memory is bounded by the batch size, not by the data.
+//! Materialization: offline Parquet (local or S3) → Redis. Writes the newest row per entity,
+//! never replaces a newer value with an older one (`WRITE_IF_NEWER`, atomic per key), and skips
+//! files whose stamp (S3: ETag and size; local: modification time and size) matches the
+//! watermark stored in Redis, so unchanged data is not reprocessed. The source is listed a page
+//! at a time and each page checked against the watermark with one HMGET; files are read one at
+//! a time (an S3 object is downloaded to a temporary file first) and streamed as record batches
+//! of bounded size through a small channel: memory is bounded by the batch size and the listing
+//! page, not by the data.
 
 use crate::FeatureError;
-use crate::offline::parquet::{DEFAULT_BATCH_ROWS, OfflineFile, RowBatch, ViewReader, list_files};
+use crate::offline::parquet::{DEFAULT_BATCH_ROWS, OfflineFile, RowBatch};
+use crate::offline::{FileEvent, OfflineSource, spawn_reader};
 use crate::online::redis::{RedisStore, WRITE_IF_NEWER};
 use crate::repo::{FeatureRepo, View};
 use std::collections::HashMap;
@@ -57,8 +61,10 @@ impl MaterializeReport {
 
 /// Progress callbacks (a terminal progress bar in the CLI; nothing in tests).
 pub trait Progress: Send + Sync {
-    /// `rows`: total rows in the files about to be read.
-    fn start(&self, _view: &str, _rows: u64) {}
+    /// A view's run starts; the total grows as files are opened (the listing is incremental).
+    fn start(&self, _view: &str) {}
+    /// A file of `rows` rows is about to be read.
+    fn add_total(&self, _rows: u64) {}
     fn advance(&self, _rows: u64) {}
     fn finish(&self) {}
 }
@@ -67,15 +73,11 @@ pub trait Progress: Send + Sync {
 pub struct Quiet;
 impl Progress for Quiet {}
 
-enum Msg {
-    Batch(RowBatch),
-    FileDone(OfflineFile),
-}
-
-/// Materializes one view into Redis.
+/// Materializes one view into Redis from its opened `source`.
 pub async fn materialize_view(
     repo: &FeatureRepo,
     view: &View,
+    source: &OfflineSource,
     store: &RedisStore,
     options: &MaterializeOptions,
     progress: &dyn Progress,
@@ -90,93 +92,71 @@ pub async fn materialize_view(
         .await
         .map_err(write_err)?;
     let watermark_key = repo.watermark_key(view);
-    let seen: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(&watermark_key)
-        .query_async(&mut conn)
-        .await
-        .map_err(write_err)?;
-    let files = list_files(view)?;
-    let todo: Vec<OfflineFile> = files
-        .iter()
-        .filter(|f| options.full || seen.get(&f.path.display().to_string()) != Some(&f.stamp()))
-        .cloned()
-        .collect();
     let mut report = MaterializeReport {
         view: view.name.clone(),
-        files_total: files.len(),
-        files_read: todo.len(),
         ..MaterializeReport::default()
     };
-    let total_rows = todo.iter().map(file_rows).sum();
-    progress.start(&view.name, total_rows);
-
-    // A reader thread decodes Parquet (blocking work) while this task writes to Redis; the
-    // channel holds at most two batches.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Msg, FeatureError>>(2);
-    let reader_view = view.clone();
-    let batch_rows = options.batch_rows;
-    let reader = std::thread::Builder::new()
-        .name("ferry-materialize-reader".into())
-        .spawn(move || {
-            for file in todo {
-                let opened = ViewReader::open(&reader_view, &file.path, batch_rows);
-                let reader = match opened {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                };
-                for batch in reader {
-                    let failed = batch.is_err();
-                    if tx.blocking_send(batch.map(Msg::Batch)).is_err() || failed {
-                        return;
+    progress.start(&view.name);
+    let mut files = source.files();
+    while let Some(page) = files.next_page().await? {
+        report.files_total += page.len();
+        if page.is_empty() {
+            continue;
+        }
+        let todo: Vec<OfflineFile> = if options.full {
+            page
+        } else {
+            let uris: Vec<&str> = page.iter().map(|f| f.uri.as_str()).collect();
+            let seen: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(&watermark_key)
+                .arg(&uris)
+                .query_async(&mut conn)
+                .await
+                .map_err(write_err)?;
+            page.into_iter()
+                .zip(seen)
+                .filter(|(f, seen)| seen.as_deref() != Some(f.stamp().as_str()))
+                .map(|(f, _)| f)
+                .collect()
+        };
+        for file in todo {
+            let copy = source.fetch(&file).await?;
+            let mut events = spawn_reader(
+                view.clone(),
+                copy,
+                file.uri.clone(),
+                options.batch_rows.max(1),
+            );
+            while let Some(event) = events.recv().await {
+                match event? {
+                    FileEvent::Opened { rows } => progress.add_total(rows),
+                    FileEvent::Batch(batch) => {
+                        let rows = (batch.len() + batch.skipped) as u64;
+                        report.rows_read += rows;
+                        report.rows_skipped += batch.skipped as u64;
+                        let (written, not_newer) =
+                            write_batch(repo, view, &batch, &sha, store).await?;
+                        report.keys_written += written;
+                        report.keys_not_newer += not_newer;
+                        progress.advance(rows);
                     }
                 }
-                if tx.blocking_send(Ok(Msg::FileDone(file))).is_err() {
-                    return;
-                }
             }
-        })
-        .map_err(|e| FeatureError::Io(format!("could not start the reader thread: {e}")))?;
-
-    while let Some(msg) = rx.recv().await {
-        match msg? {
-            Msg::Batch(batch) => {
-                report.rows_read += (batch.len() + batch.skipped) as u64;
-                report.rows_skipped += batch.skipped as u64;
-                let (written, not_newer) = write_batch(repo, view, &batch, &sha, store).await?;
-                report.keys_written += written;
-                report.keys_not_newer += not_newer;
-                progress.advance((batch.len() + batch.skipped) as u64);
-            }
-            Msg::FileDone(file) => {
-                // Recorded only once every batch of the file is written: a crash re-reads it.
-                redis::cmd("HSET")
-                    .arg(&watermark_key)
-                    .arg(file.path.display().to_string())
-                    .arg(file.stamp())
-                    .query_async::<i64>(&mut conn)
-                    .await
-                    .map_err(write_err)?;
-            }
+            // Recorded only once every batch of the file is written: a crash re-reads it.
+            redis::cmd("HSET")
+                .arg(&watermark_key)
+                .arg(&file.uri)
+                .arg(file.stamp())
+                .query_async::<i64>(&mut conn)
+                .await
+                .map_err(write_err)?;
+            report.files_read += 1;
+            tracing::debug!(view = %view.name, file = %file.uri, stamp = %file.stamp(), "Materialized a file.");
         }
     }
-    let _ = reader.join();
     progress.finish();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
-}
-
-fn file_rows(file: &OfflineFile) -> u64 {
-    std::fs::File::open(&file.path)
-        .ok()
-        .and_then(|f| parquet::file::reader::SerializedFileReader::new(f).ok())
-        .map(|r| {
-            use parquet::file::reader::FileReader;
-            r.metadata().file_metadata().num_rows().max(0) as u64
-        })
-        .unwrap_or(0)
 }
 
 /// Writes the newest row per key of one batch, pipelined; returns (written, not newer).

@@ -4,11 +4,14 @@
 //! disabled, the same defaults. The training set a training job reads.
 //!
 //! Every column of the entities file passes through (labels included); one column per feature
-//! is appended, named `view.feature`. Each view's offline history is held in memory while the
-//! export runs; the entities file is streamed in record batches.
+//! is appended, named `view.feature`. The entities file is read twice in record batches: first
+//! its join-key columns, to learn which entities it asks about, then whole for the join. Each
+//! view's offline files (local or S3, one file at a time) are streamed and only the history of
+//! those entities is held in memory while the export runs.
 
 use crate::FeatureError;
-use crate::offline::parquet::{DEFAULT_BATCH_ROWS, RowBatch, keys, read_all, timestamps};
+use crate::offline::parquet::{DEFAULT_BATCH_ROWS, RowBatch, keys, timestamps};
+use crate::offline::{OfflineSource, scan};
 use crate::repo::{FeatureRef, FeatureRepo};
 use crate::value::{FeatureType, FeatureValue};
 use arrow_array::builder::{
@@ -16,9 +19,11 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
+use ferry_registry::S3Options;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -84,17 +89,84 @@ impl History {
     }
 }
 
-pub fn export(
+/// Exports the point-in-time join of `entities` with the repo's features to `out`. `s3` are
+/// the registry's S3 settings, used for views whose source is on S3.
+pub async fn export(
     repo: &FeatureRepo,
     entities: &Path,
     out: &Path,
     options: &ExportOptions,
+    s3: &S3Options,
 ) -> Result<ExportReport, FeatureError> {
+    let blocking =
+        |e: tokio::task::JoinError| FeatureError::Io(format!("the export task failed: {e}"));
+    let (refs, wanted) = {
+        let (repo, entities, options) = (repo.clone(), entities.to_path_buf(), options.clone());
+        tokio::task::spawn_blocking(move || {
+            let refs = plan(&repo, &entities, &options)?;
+            let wanted = entity_keys(&repo, &entities, &refs)?;
+            Ok::<_, FeatureError>((refs, wanted))
+        })
+        .await
+        .map_err(blocking)??
+    };
+    let mut histories: HashMap<usize, History> = HashMap::new();
+    for (vi, keep) in wanted {
+        let view = &repo.views[vi];
+        let source = OfflineSource::open(view, s3).await?;
+        let mut rows = RowBatch {
+            values: vec![Vec::new(); view.features.len()],
+            ..RowBatch::default()
+        };
+        scan(view, &source, DEFAULT_BATCH_ROWS, |batch| {
+            append_kept(&mut rows, batch, &keep);
+            Ok(())
+        })
+        .await?;
+        histories.insert(vi, History::new(rows));
+    }
+    let (repo, entities, out, options) = (
+        repo.clone(),
+        entities.to_path_buf(),
+        out.to_path_buf(),
+        options.clone(),
+    );
+    tokio::task::spawn_blocking(move || join(&repo, &entities, &out, &options, &refs, &histories))
+        .await
+        .map_err(blocking)?
+}
+
+/// Appends the rows of `batch` whose key is in `keep`.
+fn append_kept(all: &mut RowBatch, mut batch: RowBatch, keep: &HashSet<String>) {
+    for row in 0..batch.keys.len() {
+        if !keep.contains(&batch.keys[row]) {
+            continue;
+        }
+        all.keys.push(std::mem::take(&mut batch.keys[row]));
+        all.ts_ms.push(batch.ts_ms[row]);
+        for (dst, src) in all.values.iter_mut().zip(batch.values.iter_mut()) {
+            dst.push(src[row].take());
+        }
+    }
+    all.skipped += batch.skipped;
+}
+
+fn open_entities(
+    entities: &Path,
+) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>, FeatureError> {
     let file =
         std::fs::File::open(entities).map_err(|e| FeatureError::offline(entities.display(), e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| FeatureError::offline(entities.display(), e))?;
-    let in_schema = builder.schema().clone();
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| FeatureError::offline(entities.display(), e))
+}
+
+/// The features to export, checked against the entities file's columns.
+fn plan(
+    repo: &FeatureRepo,
+    entities: &Path,
+    options: &ExportOptions,
+) -> Result<Vec<FeatureRef>, FeatureError> {
+    let in_schema = open_entities(entities)?.schema().clone();
     let has = |c: &str| in_schema.index_of(c).is_ok();
     if !has(&options.timestamp_column) {
         return Err(FeatureError::offline(
@@ -129,7 +201,6 @@ pub fn export(
             "no feature to export: the file has no join key column of any view",
         ));
     }
-    let mut histories: HashMap<usize, History> = HashMap::new();
     for r in &refs {
         let view = &repo.views[r.view];
         if !has(&view.entity.join_key) {
@@ -141,11 +212,74 @@ pub fn export(
                 ),
             ));
         }
-        if let std::collections::hash_map::Entry::Vacant(slot) = histories.entry(r.view) {
-            slot.insert(History::new(read_all(view)?));
+    }
+    Ok(refs)
+}
+
+/// Per view used by `refs`, the entity keys the entities file asks about (reading only the
+/// join-key columns), so only their history is loaded.
+fn entity_keys(
+    repo: &FeatureRepo,
+    entities: &Path,
+    refs: &[FeatureRef],
+) -> Result<HashMap<usize, HashSet<String>>, FeatureError> {
+    let builder = open_entities(entities)?;
+    let schema = builder.schema().clone();
+    let mut by_column: HashMap<&str, Vec<usize>> = HashMap::new();
+    for r in refs {
+        let views = by_column
+            .entry(repo.views[r.view].entity.join_key.as_str())
+            .or_default();
+        if !views.contains(&r.view) {
+            views.push(r.view);
         }
     }
+    let roots = by_column
+        .keys()
+        .filter_map(|c| schema.index_of(c).ok())
+        .collect::<Vec<_>>();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(DEFAULT_BATCH_ROWS)
+        .build()
+        .map_err(|e| FeatureError::offline(entities.display(), e))?;
+    let mut seen: HashMap<&str, HashSet<String>> = HashMap::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| FeatureError::offline(entities.display(), e))?;
+        for column in by_column.keys() {
+            let col = batch.column_by_name(column).ok_or_else(|| {
+                FeatureError::offline(entities.display(), format!("has no column `{column}`"))
+            })?;
+            let k = keys(col.as_ref()).map_err(|m| {
+                FeatureError::offline(entities.display(), format!("column `{column}`: {m}"))
+            })?;
+            seen.entry(column)
+                .or_default()
+                .extend(k.into_iter().flatten());
+        }
+    }
+    let mut out = HashMap::new();
+    for (column, views) in by_column {
+        let keys = seen.remove(column).unwrap_or_default();
+        for vi in views {
+            out.insert(vi, keys.clone());
+        }
+    }
+    Ok(out)
+}
 
+/// The second pass: every entities row with its features as of its time, written to `out`.
+fn join(
+    repo: &FeatureRepo,
+    entities: &Path,
+    out: &Path,
+    options: &ExportOptions,
+    refs: &[FeatureRef],
+    histories: &HashMap<usize, History>,
+) -> Result<ExportReport, FeatureError> {
+    let builder = open_entities(entities)?;
+    let in_schema = builder.schema().clone();
     let names: Vec<String> = refs.iter().map(|r| repo.ref_name(*r)).collect();
     let mut fields: Vec<Arc<Field>> = in_schema.fields().iter().cloned().collect();
     for (r, name) in refs.iter().zip(&names) {
@@ -183,7 +317,7 @@ pub fn export(
             )
         })?;
         let mut key_cache: HashMap<&str, Vec<Option<String>>> = HashMap::new();
-        for r in &refs {
+        for r in refs {
             let jk = repo.views[r.view].entity.join_key.as_str();
             if let std::collections::hash_map::Entry::Vacant(slot) = key_cache.entry(jk) {
                 let col = batch
@@ -196,7 +330,7 @@ pub fn export(
             }
         }
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        for r in &refs {
+        for r in refs {
             let view = &repo.views[r.view];
             let feature = repo.feature(*r);
             let history = &histories[&r.view];
@@ -284,5 +418,37 @@ fn build_array(t: FeatureType, values: &[Option<FeatureValue>]) -> ArrayRef {
             }
             Arc::new(b.finish()) as ArrayRef
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_asked_for_entities_history_is_kept() {
+        let batch = RowBatch {
+            keys: vec!["u1".into(), "u2".into(), "u1".into()],
+            ts_ms: vec![1, 2, 3],
+            values: vec![vec![
+                Some(FeatureValue::Int(10)),
+                Some(FeatureValue::Int(20)),
+                None,
+            ]],
+            skipped: 1,
+        };
+        let mut all = RowBatch {
+            values: vec![Vec::new()],
+            ..RowBatch::default()
+        };
+        append_kept(&mut all, batch, &HashSet::from(["u1".to_string()]));
+        assert_eq!(all.keys, ["u1", "u1"]);
+        assert_eq!(all.ts_ms, [1, 3]);
+        assert_eq!(all.values, vec![vec![Some(FeatureValue::Int(10)), None]]);
+        assert_eq!(all.skipped, 1);
+        let h = History::new(all);
+        assert_eq!(h.at("u1", 2), Some(0));
+        assert_eq!(h.at("u1", 3), Some(1));
+        assert_eq!(h.at("u2", 3), None);
     }
 }

@@ -179,7 +179,10 @@ pub enum ModelsCommand {
 
 #[derive(Debug, Args)]
 pub struct FeaturesArgs {
-    /// Config file (ferry.yaml) whose `features` section names the repo and Redis.
+    /// Config file (ferry.yaml) whose `features` section names the repo and Redis; its
+    /// `registry` section's S3 settings (endpoint, path_style, region) also reach views whose
+    /// source is s3://bucket/prefix/ (AWS_REGION, credentials and AWS_ENDPOINT_URL[_S3] work
+    /// too, through the AWS SDK chain).
     #[arg(long, env = "FERRY_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 
@@ -197,9 +200,10 @@ pub struct FeaturesArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum FeaturesCommand {
-    /// Write the newest offline row per entity to Redis. Incremental: files whose modification
-    /// time and size match the stored watermark are skipped; a value is only ever replaced by
-    /// one with a newer event time.
+    /// Write the newest offline row per entity to Redis, from local files or an S3 prefix (listed
+    /// a page at a time; objects downloaded and read one at a time). Incremental: files whose
+    /// stamp matches the stored watermark are skipped (local: modification time and size; S3:
+    /// ETag and size); a value is only ever replaced by one with a newer event time.
     Materialize {
         /// Only this view (default: every view).
         #[arg(long)]

@@ -60,7 +60,9 @@ pub async fn build_state_with(
     let metrics = Metrics::new();
     let features = match &config.features {
         Some(f) => Some(Arc::new(
-            pipeline::open_features(f).map_err(ServeError::Features)?,
+            pipeline::open_features(f, &config.registry.options().s3)
+                .await
+                .map_err(ServeError::Features)?,
         )),
         None => None,
     };

@@ -2,7 +2,9 @@ use anyhow::Context;
 use clap::Parser;
 use ferry_features::FeatureRepo;
 use ferry_features::materialize::{MaterializeOptions, Progress, materialize_view};
+use ferry_features::offline::OfflineSource;
 use ferry_features::online::{MemoryStore, OnlineStore, RedisStore, RowKey};
+use ferry_registry::S3Options;
 use ferry_runtimes::OnnxEngine;
 use ferry_server::batch::{BatchOptions, OutputFormat, Shard};
 use ferry_server::cli::{
@@ -62,9 +64,14 @@ fn main() -> anyhow::Result<()> {
 const JOB_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn features(args: FeaturesArgs) -> anyhow::Result<()> {
-    let section = match &args.config {
-        Some(path) => ServerConfig::load(path)?.features,
-        None => None,
+    // S3 sources use the registry's S3 settings (endpoint, path style, region), so one config
+    // section points every job at the same store.
+    let (section, s3) = match &args.config {
+        Some(path) => {
+            let config = ServerConfig::load(path)?;
+            (config.features, config.registry.options().s3)
+        }
+        None => (None, S3Options::default()),
     };
     let repo_path = args
         .repo
@@ -102,9 +109,11 @@ async fn features(args: FeaturesArgs) -> anyhow::Result<()> {
             };
             let progress = Bar::new();
             for v in &views {
-                let r = materialize_view(&repo, v, &store, &options, &progress)
+                let context = || format!("Could not materialize view `{}`", v.name);
+                let source = OfflineSource::open(v, &s3).await.with_context(context)?;
+                let r = materialize_view(&repo, v, &source, &store, &options, &progress)
                     .await
-                    .with_context(|| format!("Could not materialize view `{}`", v.name))?;
+                    .with_context(context)?;
                 println!(
                     "view {}: {} of {} files read, {} rows read ({} skipped: null key or time), {} keys written, {} not newer; {:.2} s, {:.0} rows/s",
                     r.view,
@@ -136,7 +145,7 @@ async fn features(args: FeaturesArgs) -> anyhow::Result<()> {
                     store.get_many(&repo, &keys).await?.pop().flatten()
                 }
                 None => {
-                    let store = MemoryStore::load(&repo)?;
+                    let store = MemoryStore::load(&repo, &s3).await?;
                     let keys = [RowKey {
                         view: vi,
                         key: key.clone(),
@@ -193,12 +202,7 @@ async fn features(args: FeaturesArgs) -> anyhow::Result<()> {
                 timestamp_column,
                 no_defaults,
             };
-            let report = tokio::task::spawn_blocking(move || {
-                ferry_features::pit::export(&repo, &entities, &out, &options).map(|r| (r, out))
-            })
-            .await
-            .context("The export task failed")??;
-            let (r, out) = report;
+            let r = ferry_features::pit::export(&repo, &entities, &out, &options, &s3).await?;
             println!(
                 "wrote {} rows × {} features to {} ({} values missing or stale at their row's time)",
                 r.rows,
@@ -298,9 +302,9 @@ impl Bar {
 }
 
 impl Progress for Bar {
-    fn start(&self, view: &str, rows: u64) {
+    fn start(&self, view: &str) {
         self.0.reset();
-        self.0.set_length(rows);
+        self.0.set_length(0);
         self.0.set_position(0);
         if let Ok(style) = indicatif::ProgressStyle::with_template(
             "{msg} [{bar:40}] {pos}/{len} rows ({per_sec}, eta {eta})",
@@ -308,6 +312,9 @@ impl Progress for Bar {
             self.0.set_style(style.progress_chars("=> "));
         }
         self.0.set_message(view.to_string());
+    }
+    fn add_total(&self, rows: u64) {
+        self.0.inc_length(rows);
     }
     fn advance(&self, rows: u64) {
         self.0.inc(rows);

@@ -1,6 +1,7 @@
 //! Streaming reads of a view's offline Parquet files as `RowBatch`es of bounded size.
 
 use crate::FeatureError;
+use crate::offline::source::FileLocation;
 use crate::repo::View;
 use crate::value::{FeatureType, FeatureValue};
 use arrow_array::cast::AsArray;
@@ -13,8 +14,7 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::path::Path;
 
 /// Rows per record batch: memory stays bounded by this, not by file size.
 pub const DEFAULT_BATCH_ROWS: usize = 8192;
@@ -22,72 +22,26 @@ pub const DEFAULT_BATCH_ROWS: usize = 8192;
 /// One offline file and what identifies its content for incremental runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfflineFile {
-    pub path: PathBuf,
-    /// Last modification time, Unix milliseconds.
+    /// The local path or `s3://bucket/key`: the watermark's field and what messages name.
+    pub uri: String,
+    pub location: FileLocation,
+    /// Last modification time, Unix milliseconds (S3: whole seconds).
     pub modified_ms: i64,
     pub size: u64,
+    /// The S3 ETag; `None` for local files.
+    pub etag: Option<String>,
 }
 
 impl OfflineFile {
-    /// The watermark entry: changes whenever the file is rewritten or appended to.
+    /// The watermark entry: changes whenever the file is rewritten or appended to. S3 objects
+    /// are identified by ETag and size (last-modified has only second precision); local files
+    /// by modification time and size.
     pub fn stamp(&self) -> String {
-        format!("{}:{}", self.modified_ms, self.size)
-    }
-}
-
-/// The `*.parquet` files of a view's source (a file, or a directory searched recursively),
-/// sorted by path.
-pub fn list_files(view: &View) -> Result<Vec<OfflineFile>, FeatureError> {
-    let root = &view.source.resolved;
-    if view.source.path.contains("://") && !view.source.path.starts_with("file://") {
-        return Err(FeatureError::offline(
-            &view.source.path,
-            "only local sources are supported in this build (S3 sources need the S3 registry client); copy the files locally or use a path",
-        ));
-    }
-    let mut out = Vec::new();
-    let meta = std::fs::metadata(root).map_err(|e| FeatureError::offline(root.display(), e))?;
-    if meta.is_file() {
-        out.push(describe(root)?);
-    } else {
-        walk(root, &mut out)?;
-    }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
-}
-
-fn walk(dir: &Path, out: &mut Vec<OfflineFile>) -> Result<(), FeatureError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| FeatureError::offline(dir.display(), e))?;
-    for entry in entries {
-        let path = entry
-            .map_err(|e| FeatureError::offline(dir.display(), e))?
-            .path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') || name.starts_with('_') {
-            continue; // hidden and marker files (_SUCCESS, .crc) of Spark-style outputs
-        }
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else if name.ends_with(".parquet") {
-            out.push(describe(&path)?);
+        match &self.etag {
+            Some(etag) => format!("etag:{}:{}", etag.trim_matches('"'), self.size),
+            None => format!("{}:{}", self.modified_ms, self.size),
         }
     }
-    Ok(())
-}
-
-fn describe(path: &Path) -> Result<OfflineFile, FeatureError> {
-    let meta = std::fs::metadata(path).map_err(|e| FeatureError::offline(path.display(), e))?;
-    let modified_ms = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    Ok(OfflineFile {
-        path: path.to_path_buf(),
-        modified_ms,
-        size: meta.len(),
-    })
 }
 
 /// Rows of one view, column-wise: `values[f][row]` is feature `f` of row `row`.
@@ -112,7 +66,9 @@ impl RowBatch {
 /// Reads one file of a view as `RowBatch`es.
 pub struct ViewReader<'a> {
     view: &'a View,
-    path: PathBuf,
+    /// What messages name: the path, or the S3 URI of a downloaded object.
+    name: String,
+    rows: u64,
     reader: ParquetRecordBatchReader,
 }
 
@@ -122,10 +78,22 @@ impl<'a> ViewReader<'a> {
         path: &Path,
         batch_rows: usize,
     ) -> Result<ViewReader<'a>, FeatureError> {
-        let file =
-            std::fs::File::open(path).map_err(|e| FeatureError::offline(path.display(), e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| FeatureError::offline(path.display(), e))?;
+        ViewReader::open_named(view, path, &path.display().to_string(), batch_rows)
+    }
+
+    /// Opens the local file `path`, naming it `name` in messages (a downloaded S3 object is
+    /// named by its URI, not its temporary path).
+    pub fn open_named(
+        view: &'a View,
+        path: &Path,
+        name: &str,
+        batch_rows: usize,
+    ) -> Result<ViewReader<'a>, FeatureError> {
+        let file = std::fs::File::open(path).map_err(|e| FeatureError::offline(name, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+            FeatureError::offline(name, format!("is not a readable Parquet file: {e}"))
+        })?;
+        let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
         let schema = builder.schema().clone();
         let mut wanted = vec![
             view.entity.join_key.as_str(),
@@ -136,7 +104,7 @@ impl<'a> ViewReader<'a> {
         for name in &wanted {
             let index = schema.index_of(name).map_err(|_| {
                 FeatureError::offline(
-                    path.display(),
+                    name,
                     format!(
                         "has no column `{name}` (view `{}` needs {wanted:?}; the file has {:?})",
                         view.name,
@@ -151,16 +119,22 @@ impl<'a> ViewReader<'a> {
             .with_projection(mask)
             .with_batch_size(batch_rows.max(1))
             .build()
-            .map_err(|e| FeatureError::offline(path.display(), e))?;
+            .map_err(|e| FeatureError::offline(name, e))?;
         Ok(ViewReader {
             view,
-            path: path.to_path_buf(),
+            name: name.to_string(),
+            rows,
             reader,
         })
     }
 
+    /// Rows in the file (from its footer), skipped ones included.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
     fn convert(&self, batch: &RecordBatch) -> Result<RowBatch, FeatureError> {
-        let err = |m: String| FeatureError::offline(self.path.display(), m);
+        let err = |m: String| FeatureError::offline(&self.name, m);
         let column = |name: &str| {
             batch
                 .column_by_name(name)
@@ -204,30 +178,10 @@ impl Iterator for ViewReader<'_> {
         let batch = self.reader.next()?;
         Some(
             batch
-                .map_err(|e| FeatureError::offline(self.path.display(), e))
+                .map_err(|e| FeatureError::offline(&self.name, e))
                 .and_then(|b| self.convert(&b)),
         )
     }
-}
-
-/// Every row of every file of `view`, in one batch (for the in-process store and export).
-pub fn read_all(view: &View) -> Result<RowBatch, FeatureError> {
-    let mut all = RowBatch {
-        values: vec![Vec::new(); view.features.len()],
-        ..RowBatch::default()
-    };
-    for file in list_files(view)? {
-        for batch in ViewReader::open(view, &file.path, DEFAULT_BATCH_ROWS)? {
-            let mut batch = batch?;
-            all.keys.append(&mut batch.keys);
-            all.ts_ms.append(&mut batch.ts_ms);
-            for (dst, src) in all.values.iter_mut().zip(batch.values.iter_mut()) {
-                dst.append(src);
-            }
-            all.skipped += batch.skipped;
-        }
-    }
-    Ok(all)
 }
 
 fn unsupported(dt: &DataType) -> String {

@@ -3,8 +3,10 @@
 
 use super::{BoxFuture, OnlineStore, RowKey, StoredRow};
 use crate::FeatureError;
-use crate::offline::read_all;
+use crate::offline::parquet::DEFAULT_BATCH_ROWS;
+use crate::offline::{OfflineSource, scan};
 use crate::repo::FeatureRepo;
+use ferry_registry::S3Options;
 use std::collections::HashMap;
 
 #[derive(Debug, Default)]
@@ -13,24 +15,30 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    /// Reads every view's offline files and keeps the newest row per entity (a row replaces
-    /// another only if its event time is strictly newer, as in Redis materialization).
-    pub fn load(repo: &FeatureRepo) -> Result<MemoryStore, FeatureError> {
+    /// Reads every view's offline files (local or S3, `s3` being the registry's S3 settings)
+    /// and keeps the newest row per entity (a row replaces another only if its event time is
+    /// strictly newer, as in Redis materialization). Files are streamed: memory holds the
+    /// store plus a couple of record batches.
+    pub async fn load(repo: &FeatureRepo, s3: &S3Options) -> Result<MemoryStore, FeatureError> {
         let mut store = MemoryStore::default();
         for (vi, view) in repo.views.iter().enumerate() {
-            let batch = read_all(view)?;
-            for (row, key) in batch.keys.iter().enumerate() {
-                let ts = batch.ts_ms[row];
-                let slot = RowKey {
-                    view: vi,
-                    key: key.clone(),
-                };
-                if store.rows.get(&slot).is_some_and(|s| s.ts_ms >= ts) {
-                    continue;
+            let source = OfflineSource::open(view, s3).await?;
+            scan(view, &source, DEFAULT_BATCH_ROWS, |batch| {
+                for (row, key) in batch.keys.iter().enumerate() {
+                    let ts = batch.ts_ms[row];
+                    let slot = RowKey {
+                        view: vi,
+                        key: key.clone(),
+                    };
+                    if store.rows.get(&slot).is_some_and(|s| s.ts_ms >= ts) {
+                        continue;
+                    }
+                    let values = batch.values.iter().map(|col| col[row].clone()).collect();
+                    store.rows.insert(slot, StoredRow { ts_ms: ts, values });
                 }
-                let values = batch.values.iter().map(|col| col[row].clone()).collect();
-                store.rows.insert(slot, StoredRow { ts_ms: ts, values });
-            }
+                Ok(())
+            })
+            .await?;
         }
         Ok(store)
     }

@@ -214,34 +214,58 @@ impl S3Store {
     }
 
     pub async fn list_recursive(&self, key: &str) -> Result<Vec<ObjectInfo>, RegistryError> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let (mut page, next) = self.list_page(key, token).await?;
+            out.append(&mut page);
+            match next {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// One page (at most 1000 objects, S3's page size) of the objects under the directory
+    /// `key`, keys relative to the store root. Pass the returned continuation token to get the
+    /// next page; `None` means this was the last one. Lets callers walk a large prefix without
+    /// holding its whole listing.
+    pub async fn list_page(
+        &self,
+        key: &str,
+        token: Option<String>,
+    ) -> Result<(Vec<ObjectInfo>, Option<String>), RegistryError> {
         let prefix = self.dir_prefix(key);
         let relative_to = self.dir_prefix("");
-        let mut pages = self
+        let page = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(&prefix)
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error("ListObjectsV2", key, e))?;
-            for object in page.contents() {
-                let Some(rel) = object.key().and_then(|k| k.strip_prefix(&relative_to)) else {
-                    continue;
-                };
-                out.push(ObjectInfo {
-                    key: rel.to_string(),
-                    size: object.size().unwrap_or(0).max(0) as u64,
-                    modified: object.last_modified().and_then(|t| {
-                        SystemTime::UNIX_EPOCH
-                            .checked_add(Duration::from_secs(t.secs().max(0) as u64))
-                    }),
-                    etag: object.e_tag().map(str::to_string),
-                });
-            }
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| self.error("ListObjectsV2", key, e))?;
+        let mut out = Vec::with_capacity(page.contents().len());
+        for object in page.contents() {
+            let Some(rel) = object.key().and_then(|k| k.strip_prefix(&relative_to)) else {
+                continue;
+            };
+            out.push(ObjectInfo {
+                key: rel.to_string(),
+                size: object.size().unwrap_or(0).max(0) as u64,
+                modified: object.last_modified().and_then(|t| {
+                    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(t.secs().max(0) as u64))
+                }),
+                etag: object.e_tag().map(str::to_string),
+            });
         }
-        Ok(out)
+        let next = if page.is_truncated() == Some(true) {
+            page.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok((out, next))
     }
 
     /// Overwrites `key` (S3 puts are atomic: readers see the old or the new object).

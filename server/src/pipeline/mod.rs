@@ -131,14 +131,18 @@ impl Predictions {
 }
 
 /// Opens the feature repo and its online store: Redis when a URL is set, else an in-process
-/// store loaded from the offline files.
-pub fn open_features(config: &FeaturesConfig) -> Result<OnlineFeatures, String> {
+/// store loaded from the offline files (local or S3, reached with the registry's S3 settings
+/// `s3`).
+pub async fn open_features(
+    config: &FeaturesConfig,
+    s3: &S3Options,
+) -> Result<OnlineFeatures, String> {
     let repo = FeatureRepo::load(&config.repo).map_err(|e| e.to_string())?;
     let timeout = config.timeout().map_err(|e| e.0)?;
     let store: Arc<dyn OnlineStore> = match &config.redis {
         Some(url) => Arc::new(RedisStore::connect_lazy(url, timeout).map_err(|e| e.to_string())?),
         None => {
-            let store = MemoryStore::load(&repo).map_err(|e| {
+            let store = MemoryStore::load(&repo, s3).await.map_err(|e| {
                 format!(
                     "could not load the in-process feature store (no `features.redis` set): {e}"
                 )
