@@ -30,6 +30,10 @@ pub fn init(library: &Path) -> Result<(), RuntimeError> {
                 .with_name("ferry")
                 .with_telemetry(false)
                 .build()
+                .map(|env| {
+                    env.set_log_level(log_level(std::env::var("ORT_LOG").ok().as_deref()));
+                    env
+                })
                 .map_err(|e| format!("could not create the ONNX Runtime environment: {e}"))
         })
         .as_ref()
@@ -37,6 +41,20 @@ pub fn init(library: &Path) -> Result<(), RuntimeError> {
         .map_err(|reason| RuntimeError::OrtUnavailable {
             reason: reason.clone(),
         })
+}
+
+/// ONNX Runtime's own messages reach ferry's log through `tracing`; at its INFO level it writes
+/// ~100 lines per session (every graph transformer it tried), which buries ferry's own lines.
+/// Warnings and errors still come through; `ORT_LOG=info|verbose` asks for the rest.
+fn log_level(ort_log: Option<&str>) -> ort::logging::LogLevel {
+    use ort::logging::LogLevel;
+    match ort_log {
+        Some("verbose") => LogLevel::Verbose,
+        Some("info") => LogLevel::Info,
+        Some("error") => LogLevel::Error,
+        Some("fatal") => LogLevel::Fatal,
+        _ => LogLevel::Warning,
+    }
 }
 
 /// True once [`init`] has loaded the library.

@@ -59,6 +59,8 @@ def test_auto_finds_the_wheel_of_the_active_virtualenv(tmp_path, fixtures):
         assert "VIRTUAL_ENV" in m.group(1)
         assert m.group(2) == lib
         assert engine_of(srv, "mlp") == "ort"
+        # ONNX Runtime's INFO chatter (one line per graph transformer) stays out by default.
+        assert "GraphTransformer" not in full_log(srv)
     finally:
         srv.stop()
 
