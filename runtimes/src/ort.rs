@@ -30,9 +30,8 @@ pub fn init(library: &Path) -> Result<(), RuntimeError> {
                 .with_name("ferry")
                 .with_telemetry(false)
                 .build()
-                .map(|env| {
-                    env.set_log_level(log_level(std::env::var("ORT_LOG").ok().as_deref()));
-                    env
+                .inspect(|env| {
+                    env.set_log_level(log_level(std::env::var("ORT_LOG").ok().as_deref()))
                 })
                 .map_err(|e| format!("could not create the ONNX Runtime environment: {e}"))
         })
