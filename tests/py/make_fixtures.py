@@ -10,6 +10,8 @@ predict_proba for the forest), never copied from ferry's own output.
 Models:
   churn@1 (alias champion)  RandomForestClassifier, 30 features, skl2onnx zipmap=False
   mlp@1                     MLPRegressor 64 -> 256 -> 256 -> 1
+  boosted@1                 GradientBoostingClassifier (binary): a two-class tree ensemble with
+                            one base value, which tract alone refuses (ferry rewrites it)
   dtypes@1                  hand-built graph over FP64, INT32, INT64 and BOOL inputs
   scaled@1                  StandardScaler + LogisticRegression: the ONNX-ML `Scaler` and
                             `LinearClassifier` operators (ferry rewrites Scaler for tract)
@@ -28,7 +30,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 from skl2onnx import to_onnx
 from sklearn.datasets import make_classification, make_regression
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
@@ -102,6 +104,20 @@ def main():
                   "inputs": [tensor_json("X", xt)],
                   "outputs": run_ort(onx, {"X": xt}),
                   "sklearn_predict_proba": forest.predict_proba(xt).reshape(-1).tolist()})
+
+    # Gradient boosting, binary: one base value for two classes, margins through LOGISTIC.
+    xg, yg = x[:, :8], y
+    boosted = GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=SEED)
+    boosted.fit(xg, yg)
+    onx = to_onnx(boosted, xg[:1], options={id(boosted): {"zipmap": False}},
+                  target_opset={"": 17, "ai.onnx.ml": 3}).SerializeToString()
+    write_version(reg, "boosted", 1, onx, [spec("X", "FP32", [-1, 8])],
+                  [spec("label", "INT64", [-1]), spec("probabilities", "FP32", [-1, 2])])
+    xt = rng.normal(size=(9, 8)).astype(np.float32)
+    cases.append({"model": "boosted", "version": 1, "engines": ["ort", "tract"],
+                  "inputs": [tensor_json("X", xt)],
+                  "outputs": run_ort(onx, {"X": xt}),
+                  "sklearn_predict_proba": boosted.predict_proba(xt).reshape(-1).tolist()})
 
     # MLP 64 -> 256 -> 256 -> 1.
     xr, yr = make_regression(n_samples=400, n_features=64, random_state=SEED)

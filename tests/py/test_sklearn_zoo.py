@@ -36,7 +36,8 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
+from sklearn.preprocessing import (Binarizer, MinMaxScaler, Normalizer, OneHotEncoder,
+                                   StandardScaler)
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from conftest import FerryServer, LOAD_TIMEOUT, infer_path
@@ -64,7 +65,7 @@ ZOO = [
     "logreg_binary", "logreg_multiclass", "linear_regression", "ridge",
     "mlp_classifier", "mlp_binary",
     "pipe_standard_scaler", "pipe_minmax_scaler", "pipe_onehot", "pipe_imputer",
-    "pipe_onehot_strings",
+    "pipe_normalizer", "pipe_binarizer", "pipe_onehot_strings",
     "lgbm_binary", "lgbm_multiclass", "lgbm_regressor",
     "xgb_binary", "xgb_multiclass", "xgb_regressor",
 ] + [f"trees_{v}" for v in "abcdefghijklmnop"]
@@ -299,6 +300,10 @@ def build(name):
         "pipe_onehot": _onehot_numeric,
         "pipe_imputer": lambda: _skl(make_pipeline(SimpleImputer(), StandardScaler(),
                                                    LogisticRegression()), "binary", nan=True),
+        "pipe_normalizer": lambda: _skl(make_pipeline(Normalizer(norm="l2"),
+                                                      LogisticRegression()), "multiclass"),
+        "pipe_binarizer": lambda: _skl(make_pipeline(Binarizer(threshold=0.3),
+                                                     LogisticRegression()), "binary"),
         "pipe_onehot_strings": _onehot_strings,
         "lgbm_binary": lambda: _lgbm(lightgbm.LGBMClassifier(n_estimators=15, random_state=s,
                                                              verbose=-1), "binary"),
@@ -453,5 +458,5 @@ def test_zoo_covers_the_onnx_ml_operators(zoo):
     seen = set().union(*zoo.onnx_ops.values())
     for op in ["TreeEnsembleClassifier", "TreeEnsembleRegressor", "Scaler", "LinearClassifier",
                "LinearRegressor", "Normalizer", "Imputer", "OneHotEncoder",
-               "ArrayFeatureExtractor"]:
+               "ArrayFeatureExtractor", "Binarizer"]:
         assert op in seen, f"no zoo model uses {op}: {json.dumps(zoo.onnx_ops)}"
