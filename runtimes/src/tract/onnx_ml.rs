@@ -647,3 +647,89 @@ fn binarizer(b: &mut Builder, node: &NodeProto) -> bool {
     );
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(node: NodeProto, opsets: &[(&str, i64)]) -> ModelProto {
+        ModelProto {
+            graph: Some(tract_onnx::pb::GraphProto {
+                node: vec![node],
+                ..Default::default()
+            }),
+            opset_import: opsets
+                .iter()
+                .map(|(domain, version)| OperatorSetIdProto {
+                    domain: domain.to_string(),
+                    version: *version,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn tree_classifier_node(post: &str) -> NodeProto {
+        NodeProto {
+            op_type: "TreeEnsembleClassifier".into(),
+            domain: ML_DOMAIN.into(),
+            input: vec!["X".into()],
+            output: vec!["label".into(), "probabilities".into()],
+            attribute: vec![
+                attr_ints("classlabels_int64s", vec![0, 1]),
+                attr_ints("class_ids", vec![0]),
+                AttributeProto {
+                    name: "post_transform".into(),
+                    r#type: AttributeType::String as i32,
+                    s: post.as_bytes().to_vec(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_post_transform_the_rewrite_cannot_reproduce_is_refused_with_its_name() {
+        let mut m = model(tree_classifier_node("PROBIT"), &[("", 17), (ML_DOMAIN, 3)]);
+        let err = rewrite(&mut m).unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::UnsupportedOperator { operator, .. } if operator == "TreeEnsembleClassifier"),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("PROBIT") && message.contains("onnx_engine: ort"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_model_without_the_default_domain_gets_one_for_the_operators_added() {
+        let mut m = model(tree_classifier_node("LOGISTIC"), &[(ML_DOMAIN, 1)]);
+        rewrite(&mut m).unwrap();
+        assert!(
+            m.opset_import
+                .iter()
+                .any(|i| i.domain.is_empty() && i.version == 13)
+        );
+        let graph = m.graph.unwrap();
+        // The outputs keep their names, produced by standard operators now.
+        for output in ["label", "probabilities"] {
+            let producer = graph
+                .node
+                .iter()
+                .find(|n| n.output.iter().any(|o| o == output))
+                .unwrap();
+            assert!(producer.domain.is_empty(), "{output}: {producer:?}");
+        }
+        assert!(
+            graph
+                .node
+                .iter()
+                .filter(|n| n.domain == ML_DOMAIN)
+                .all(|n| n.op_type == "TreeEnsembleClassifier"
+                    && ints(n, "classlabels_int64s").len() >= 3)
+        );
+    }
+}
