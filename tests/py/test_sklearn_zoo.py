@@ -40,6 +40,7 @@ from sklearn.preprocessing import (Binarizer, MinMaxScaler, Normalizer, OneHotEn
                                    StandardScaler)
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
+import conftest
 from conftest import FerryServer, LOAD_TIMEOUT, infer_path
 from make_fixtures import spec, write_version
 
@@ -460,3 +461,27 @@ def test_zoo_covers_the_onnx_ml_operators(zoo):
                "LinearRegressor", "Normalizer", "Imputer", "OneHotEncoder",
                "ArrayFeatureExtractor", "Binarizer"]:
         assert op in seen, f"no zoo model uses {op}: {json.dumps(zoo.onnx_ops)}"
+
+
+def test_auto_without_onnxruntime_is_ready_and_serves_the_zoo_on_tract(zoo, tmp_path_factory,
+                                                                        ferry):
+    """What a new user gets: `onnx_engine: auto` (the default) with no ONNX Runtime library.
+    Every model tract can serve loads on it, so the server becomes ready."""
+    served = [n for n in ZOO if (n, "tract") not in REFUSED]
+    config = {"registry": {"uri": zoo.registry}, "models": [f"{n}@1" for n in served]}
+    srv = FerryServer(tmp_path_factory.mktemp("ferry-zoo-auto"), config, "zoo-auto-no-ort")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conftest, "ort_lib", lambda: "/nonexistent/libonnxruntime.so")
+        srv.start()
+    try:
+        srv.wait_ready(timeout=LOAD_TIMEOUT * 2)
+        for name in ("gb_binary", "hgb_binary", "pipe_imputer", "xgb_binary"):
+            meta = srv.triton.get_model_metadata(name)
+            assert meta["parameters"]["engine"] == "tract", meta
+            result = srv.triton.infer(name, _triton_inputs(zoo.inputs[name]))
+            for out_name, want in zoo.expected[name].items():
+                _assert_matches(name, out_name, result.as_numpy(out_name), want)
+    except BaseException:
+        srv.kill()
+        raise
+    srv.stop()
