@@ -350,7 +350,8 @@ class Zoo:
             write_version(self.registry, name, 1, model, in_specs, out_specs)
             self.inputs[name] = feeds
             self.expected[name] = outputs
-            self.onnx_ops[name] = sorted({n.op_type for n in onnx.load_from_string(model).graph.node})
+            graph = onnx.load_from_string(model).graph
+            self.onnx_ops[name] = sorted({n.op_type for n in graph.node})
 
 
 @pytest.fixture(scope="module")
