@@ -12,11 +12,12 @@ use tract_onnx::prelude::{
     Tensor as TractTensor, TypedSimplePlan,
 };
 
+mod onnx_ml;
+
 const ENGINE: Engine = Engine::Tract;
 
 pub struct TractRuntime {
     plan: Arc<TypedSimplePlan>,
-    label_fixes: Vec<BinaryLabelFix>,
     /// For each signature output, its index among the plan's outputs.
     output_index: Vec<usize>,
     signature: Signature,
@@ -53,10 +54,10 @@ impl TractRuntime {
     ) -> Result<TractRuntime, RuntimeError> {
         let load = |e: &dyn std::fmt::Display| RuntimeError::load(ENGINE, e);
         let onnx = tract_onnx::onnx();
-        let proto = onnx
+        let mut proto = onnx
             .proto_model_for_path(path)
             .map_err(|e| load(&format!("{e:#}")))?;
-        let label_fixes = BinaryLabelFix::find(&proto, signature);
+        onnx_ml::rewrite(&mut proto)?;
         let mut model = onnx
             .model_for_proto_model(&proto)
             .map_err(|e| load(&format!("{e:#}")))?;
@@ -132,7 +133,7 @@ impl TractRuntime {
         let mut engine_outputs = Vec::new();
         for (ix, name) in output_names.iter().enumerate() {
             let fact = typed.output_fact(ix).map_err(|e| load(&e))?;
-            let Some(dt) = datatype(fact.datum_type) else {
+            let Some(dt) = datatype(output_datum_type(fact.datum_type)) else {
                 if signature.output(name).is_none() {
                     continue;
                 }
@@ -160,7 +161,6 @@ impl TractRuntime {
         let plan = TypedSimplePlan::new(typed).map_err(|e| load(&e))?;
         Ok(TractRuntime {
             plan,
-            label_fixes,
             output_index,
             signature: signature.clone(),
         })
@@ -193,9 +193,26 @@ fn to_tract(tensor: &Tensor) -> Result<TractTensor, RuntimeError> {
     .map_err(|e| err(&e))
 }
 
+/// tract parses ONNX `Cast` to INT64 as a cast to its symbolic dimension type (TDim), so INT64
+/// outputs made by a cast (skl2onnx's labels) come out as TDim; ferry returns them as INT64.
+fn output_datum_type(dt: DatumType) -> DatumType {
+    if dt == DatumType::TDim {
+        DatumType::I64
+    } else {
+        dt
+    }
+}
+
 fn from_tract(name: &str, tensor: &TractTensor) -> Result<Tensor, RuntimeError> {
     let err = |e: &dyn std::fmt::Display| {
         RuntimeError::inference(ENGINE, format!("output `{name}`: {e}"))
+    };
+    let converted;
+    let tensor = if tensor.datum_type() == DatumType::TDim {
+        converted = tensor.cast_to::<i64>().map_err(|e| err(&e))?;
+        &*converted
+    } else {
+        tensor
     };
     macro_rules! extract {
         ($t:ty, $variant:ident) => {
@@ -249,70 +266,11 @@ impl Runtime for TractRuntime {
             .plan
             .run(values)
             .map_err(|e| RuntimeError::inference(ENGINE, format!("{e:#}")))?;
-        let mut tensors = self
-            .signature
+        self.signature
             .outputs
             .iter()
             .zip(&self.output_index)
             .map(|(spec, &ix)| from_tract(&spec.name, &outputs[ix]))
-            .collect::<Result<Vec<_>, _>>()?;
-        for fix in &self.label_fixes {
-            fix.apply(&mut tensors);
-        }
-        Ok(tensors)
-    }
-}
-
-// NOTE: tract-onnx 0.23.9 takes the label of a two-class TreeEnsembleClassifier as the argmax
-// of the single positive-class score column (before it adds the complement column), so every
-// row gets the first class (src/ops/ml/tree_ensemble_classifier.rs, `argmax` over
-// `processed_scores`). ONNX defines the label as the class with the highest final score, so
-// ferry recomputes it from the two-column scores output; for models tract gets right, this
-// gives the same labels.
-struct BinaryLabelFix {
-    /// Positions in the signature's outputs.
-    label: usize,
-    scores: usize,
-    class_labels: [i64; 2],
-}
-
-impl BinaryLabelFix {
-    fn find(proto: &tract_onnx::pb::ModelProto, signature: &Signature) -> Vec<BinaryLabelFix> {
-        let Some(graph) = &proto.graph else {
-            return Vec::new();
-        };
-        graph
-            .node
-            .iter()
-            .filter(|n| n.op_type == "TreeEnsembleClassifier" && n.output.len() == 2)
-            .filter_map(|node| {
-                let labels = node
-                    .attribute
-                    .iter()
-                    .find(|a| a.name == "classlabels_int64s")?;
-                let class_labels: [i64; 2] = labels.ints.as_slice().try_into().ok()?;
-                let position = |name: &str| signature.outputs.iter().position(|s| s.name == name);
-                Some(BinaryLabelFix {
-                    label: position(&node.output[0])?,
-                    scores: position(&node.output[1])?,
-                    class_labels,
-                })
-            })
             .collect()
-    }
-
-    fn apply(&self, outputs: &mut [Tensor]) {
-        let (TensorData::Fp32(scores), TensorData::Int64(_)) =
-            (&outputs[self.scores].data, &outputs[self.label].data)
-        else {
-            return;
-        };
-        let labels: Vec<i64> = scores
-            .chunks_exact(2)
-            .map(|row| self.class_labels[usize::from(row[1] > row[0])])
-            .collect();
-        if labels.len() == outputs[self.label].data.len() {
-            outputs[self.label].data = TensorData::Int64(labels);
-        }
     }
 }

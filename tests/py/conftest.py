@@ -488,7 +488,8 @@ def check_infer_response(body, case, outputs=None):
 # ---------------------------------------------------------------------------------------------
 # collection: the inference module runs (engine, model) pairs only where the engine serves it
 
-SERVED = {"ort": ["churn", "mlp", "dtypes", "scaled"], "tract": ["churn", "mlp", "dtypes"]}
+SERVED = {"ort": ["churn", "boosted", "mlp", "dtypes", "scaled", "svr"],
+          "tract": ["churn", "boosted", "mlp", "dtypes", "scaled"]}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,9 +10,13 @@ predict_proba for the forest), never copied from ferry's own output.
 Models:
   churn@1 (alias champion)  RandomForestClassifier, 30 features, skl2onnx zipmap=False
   mlp@1                     MLPRegressor 64 -> 256 -> 256 -> 1
+  boosted@1                 GradientBoostingClassifier (binary): a two-class tree ensemble with
+                            one base value, which tract alone refuses (ferry rewrites it)
   dtypes@1                  hand-built graph over FP64, INT32, INT64 and BOOL inputs
-  scaled@1                  StandardScaler + LogisticRegression: uses the ONNX-ML `Scaler`
-                            operator, which tract lacks (must be refused at load by tract)
+  scaled@1                  StandardScaler + LogisticRegression: the ONNX-ML `Scaler` and
+                            `LinearClassifier` operators (ferry rewrites Scaler for tract)
+  svr@1                     SVR: the ONNX-ML `SVMRegressor` operator, which tract lacks (must be
+                            refused at load by tract)
   corrupt@1                 a valid model whose manifest digest does not match the artifact
 """
 import hashlib
@@ -26,11 +30,12 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 from skl2onnx import to_onnx
 from sklearn.datasets import make_classification, make_regression
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVR
 
 SEED = 7
 DTYPE_NAMES = {np.float32: "FP32", np.float64: "FP64", np.int32: "INT32", np.int64: "INT64",
@@ -100,6 +105,20 @@ def main():
                   "outputs": run_ort(onx, {"X": xt}),
                   "sklearn_predict_proba": forest.predict_proba(xt).reshape(-1).tolist()})
 
+    # Gradient boosting, binary: one base value for two classes, margins through LOGISTIC.
+    xg, yg = x[:, :8], y
+    boosted = GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=SEED)
+    boosted.fit(xg, yg)
+    onx = to_onnx(boosted, xg[:1], options={id(boosted): {"zipmap": False}},
+                  target_opset={"": 17, "ai.onnx.ml": 3}).SerializeToString()
+    write_version(reg, "boosted", 1, onx, [spec("X", "FP32", [-1, 8])],
+                  [spec("label", "INT64", [-1]), spec("probabilities", "FP32", [-1, 2])])
+    xt = rng.normal(size=(9, 8)).astype(np.float32)
+    cases.append({"model": "boosted", "version": 1, "engines": ["ort", "tract"],
+                  "inputs": [tensor_json("X", xt)],
+                  "outputs": run_ort(onx, {"X": xt}),
+                  "sklearn_predict_proba": boosted.predict_proba(xt).reshape(-1).tolist()})
+
     # MLP 64 -> 256 -> 256 -> 1.
     xr, yr = make_regression(n_samples=400, n_features=64, random_state=SEED)
     xr = xr.astype(np.float32)
@@ -146,7 +165,7 @@ def main():
                   "inputs": [tensor_json(k, v) for k, v in feeds.items()],
                   "outputs": run_ort(onx, feeds)})
 
-    # Scaler (ONNX-ML) that tract does not implement: ort serves it, tract must refuse it.
+    # Scaler (ONNX-ML), which tract lacks and ferry rewrites into Sub/Mul for it.
     xs, ys = make_classification(n_samples=300, n_features=4, random_state=SEED)
     xs = xs.astype(np.float32)
     pipe = make_pipeline(StandardScaler(), LogisticRegression()).fit(xs, ys)
@@ -157,9 +176,19 @@ def main():
     write_version(reg, "scaled", 1, onx, [spec("X", "FP32", [-1, 4])],
                   [spec("label", "INT64", [-1]), spec("probabilities", "FP32", [-1, 2])])
     xt = rng.normal(size=(3, 4)).astype(np.float32)
-    cases.append({"model": "scaled", "version": 1, "engines": ["ort"],
+    cases.append({"model": "scaled", "version": 1, "engines": ["ort", "tract"],
                   "inputs": [tensor_json("X", xt)], "outputs": run_ort(onx, {"X": xt})})
-    refused.append({"model": "scaled", "version": 1, "engine": "tract", "operator": "Scaler"})
+
+    # SVMRegressor (ONNX-ML), which tract does not implement: ort serves it, tract must refuse it.
+    svr = SVR(C=2.0).fit(xs[:80], ys[:80].astype(np.float32))
+    onx = to_onnx(svr, xs[:1], target_opset={"": 17, "ai.onnx.ml": 3}).SerializeToString()
+    ops = {n.op_type for n in onnx.load_from_string(onx).graph.node}
+    assert "SVMRegressor" in ops, ops
+    write_version(reg, "svr", 1, onx, [spec("X", "FP32", [-1, 4])],
+                  [spec("variable", "FP32", [-1, 1])])
+    cases.append({"model": "svr", "version": 1, "engines": ["ort"],
+                  "inputs": [tensor_json("X", xt)], "outputs": run_ort(onx, {"X": xt})})
+    refused.append({"model": "svr", "version": 1, "engine": "tract", "operator": "SVMRegressor"})
 
     # Digest mismatch: a working model whose manifest lists another digest.
     corrupt_bytes = bytearray(open(os.path.join(reg, "mlp", "1", "model.onnx"), "rb").read())

@@ -58,7 +58,7 @@ def auto_server(ferry, fixtures):
         yield srv
 
 
-@pytest.mark.parametrize("model", ["churn", "mlp", "dtypes", "scaled"])
+@pytest.mark.parametrize("model", ["churn", "boosted", "mlp", "dtypes", "scaled", "svr"])
 def test_auto_engine_serves_every_model(auto_server, fixtures, model):
     case = fixtures.case(model)
     meta = auto_server.triton.get_model_metadata(model)

@@ -1,7 +1,7 @@
 """Models that fail to load are never served and are reported; the others keep serving.
 
 - corrupt@1: manifest digest does not match the artifact.
-- scaled@1 under onnx_engine: tract: tract lacks the ONNX-ML `Scaler` operator; a per-model
+- svr@1 under onnx_engine: tract: tract lacks the ONNX-ML `SVMRegressor` operator; a per-model
   `onnx_engine: ort` override serves it.
 """
 import pytest
@@ -75,35 +75,35 @@ def test_corrupt_other_model_serves(corrupt_server, fixtures):
     assert corrupt_server.get("/v2/models/mlp/ready").status_code == 200
 
 
-# -- tract refuses Scaler ------------------------------------------------------------------------
+# -- tract refuses SVMRegressor -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def tract_server(ferry, fixtures):
-    assert {"model": "scaled", "version": 1, "engine": "tract", "operator": "Scaler"} \
+    assert {"model": "svr", "version": 1, "engine": "tract", "operator": "SVMRegressor"} \
         in fixtures.reference["refused"]
-    with ferry.running("tract-refuses", ["mlp@1", "scaled@1"], onnx_engine="tract") as srv:
-        states = srv.wait_settled([("mlp", 1), ("scaled", 1)])
+    with ferry.running("tract-refuses", ["mlp@1", "svr@1"], onnx_engine="tract") as srv:
+        states = srv.wait_settled([("mlp", 1), ("svr", 1)])
         assert states[("mlp", 1)]["state"] == "READY", states
         yield srv
 
 
-def test_tract_scaled_unavailable(tract_server):
-    e = tract_server.index_entry("scaled", 1)
+def test_tract_svr_unavailable(tract_server):
+    e = tract_server.index_entry("svr", 1)
     assert e is not None and e["state"] == "UNAVAILABLE", e
     reason = e.get("reason") or ""
-    assert "Scaler" in reason, f"reason does not name the operator: {reason!r}"
+    assert "SVMRegressor" in reason, f"reason does not name the operator: {reason!r}"
     assert "ort" in reason, f"reason does not suggest the ort engine: {reason!r}"
 
 
-def test_tract_scaled_infer_503(tract_server, fixtures):
-    r = tract_server.post(infer_path("scaled"), json=json_infer_body(fixtures.case("scaled")))
-    msg = assert_json_error(r, 503, ["Scaler"])
+def test_tract_svr_infer_503(tract_server, fixtures):
+    r = tract_server.post(infer_path("svr"), json=json_infer_body(fixtures.case("svr")))
+    msg = assert_json_error(r, 503, ["SVMRegressor"])
     assert "ort" in msg, f"message does not suggest the ort engine: {msg!r}"
 
 
 def test_tract_readiness(tract_server):
     assert tract_server.get("/v2/health/ready").status_code == 503
-    assert tract_server.get("/v2/models/scaled/ready").status_code == 503
+    assert tract_server.get("/v2/models/svr/ready").status_code == 503
     assert tract_server.get("/v2/models/mlp/ready").status_code == 200
 
 
@@ -119,7 +119,7 @@ def test_tract_mlp_serves(tract_server, fixtures):
 
 @pytest.fixture(scope="module")
 def override_server(ferry):
-    with ferry.running("override", ["mlp@1", {"model": "scaled@1", "onnx_engine": "ort"}],
+    with ferry.running("override", ["mlp@1", {"model": "svr@1", "onnx_engine": "ort"}],
                        onnx_engine="tract") as srv:
         srv.wait_ready()
         yield srv
@@ -127,16 +127,16 @@ def override_server(ferry):
 
 def test_override_ready(override_server):
     assert override_server.get("/v2/health/ready").status_code == 200
-    assert override_server.index_entry("scaled", 1)["state"] == "READY"
+    assert override_server.index_entry("svr", 1)["state"] == "READY"
 
 
 def test_override_engines(override_server):
     c = override_server.triton
-    assert c.get_model_metadata("scaled")["parameters"]["engine"] == "ort"
+    assert c.get_model_metadata("svr")["parameters"]["engine"] == "ort"
     assert c.get_model_metadata("mlp")["parameters"]["engine"] == "tract"
 
 
-@pytest.mark.parametrize("model", ["scaled", "mlp"])
+@pytest.mark.parametrize("model", ["svr", "mlp"])
 def test_override_serves_reference(override_server, fixtures, model):
     case = fixtures.case(model)
     r = override_server.post(infer_path(model), json=json_infer_body(case))

@@ -7,7 +7,7 @@ import tritonclient.http as httpclient
 from conftest import (SERVED, TOL, assert_array_matches, assert_json_tensor_matches,
                       check_infer_response, infer_path, json_infer_body, ref_array, triton_inputs)
 
-ALL_MODELS = ["churn", "mlp", "dtypes", "scaled"]
+ALL_MODELS = ["churn", "boosted", "mlp", "dtypes", "scaled", "svr"]
 VERSIONS = [pytest.param(None, id="default"), pytest.param("1", id="v1")]
 
 
