@@ -56,9 +56,8 @@ fn to_tensors<'a>(
     instance: impl Fn(usize) -> Instance<'a>,
     signature: &Signature,
 ) -> Result<Vec<Tensor>, InvalidRows> {
-    let invalid = |m: String| InvalidRows(m);
     if rows == 0 {
-        return Err(invalid(
+        return Err(InvalidRows(
             "`instances` is empty: send at least one instance".into(),
         ));
     }
@@ -70,7 +69,7 @@ fn to_tensors<'a>(
         for i in 0..rows {
             let value = match instance(i) {
                 Instance::Object(map) => map.get(&spec.name).ok_or_else(|| {
-                    invalid(format!(
+                    InvalidRows(format!(
                         "instances[{i}] has no key `{}`; instances that are objects are keyed by input name ({:?})",
                         spec.name,
                         input_names()
@@ -78,7 +77,7 @@ fn to_tensors<'a>(
                 })?,
                 Instance::Bare(row) if single => row,
                 Instance::Bare(_) => {
-                    return Err(invalid(format!(
+                    return Err(InvalidRows(format!(
                         "this model has {} inputs, so each instance must be an object keyed by input name ({:?})",
                         signature.inputs.len(),
                         input_names()
@@ -88,7 +87,7 @@ fn to_tensors<'a>(
             values.push(value);
         }
         let inner = nested_shape(values[0]);
-        let too_large = || invalid(format!("input `{}` is too large", spec.name));
+        let too_large = || InvalidRows(format!("input `{}` is too large", spec.name));
         let per_row = element_count(&inner).ok_or_else(too_large)?;
         let mut shape = Vec::with_capacity(inner.len() + 1);
         shape.push(rows);
@@ -96,14 +95,15 @@ fn to_tensors<'a>(
         let total = per_row.checked_mul(rows).ok_or_else(too_large)?;
         let all = Value::Array(values.into_iter().cloned().collect());
         let data = decode_json(spec.datatype, &all, total).map_err(|e| {
-            invalid(format!(
+            InvalidRows(format!(
                 "input `{}`: {e} (every instance must have shape {inner:?}, like instances[0], and the model expects {:?} per instance)",
                 spec.name,
                 spec.shape.get(1..).unwrap_or_default()
             ))
         })?;
-        tensors
-            .push(Tensor::new(spec.name.clone(), shape, data).map_err(|e| invalid(e.to_string()))?);
+        tensors.push(
+            Tensor::new(spec.name.clone(), shape, data).map_err(|e| InvalidRows(e.to_string()))?,
+        );
     }
     Ok(tensors)
 }
