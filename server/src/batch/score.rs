@@ -1,6 +1,7 @@
 //! Scoring through the serving pipeline: the one adapter batch calls (`score_chunk`), and the
 //! isolation of bad rows when a call fails because of some of its rows.
 
+use crate::pipeline::rows::InvalidRows;
 use crate::pipeline::{Pipeline, PredictError, PredictOptions};
 use arrow_array::RecordBatch;
 use ferry_features::FeatureError;
@@ -101,7 +102,7 @@ pub async fn score_isolating(
     let to_rows = |offset: usize, len: usize| -> Result<Vec<Map<String, Value>>, PredictError> {
         let b = batch.as_ref().expect("arrow parts come with a batch");
         super::read::batch_to_rows(&b.slice(offset, len))
-            .map_err(|e| PredictError::Input(crate::http::error::ApiError::InvalidInput(e)))
+            .map_err(|e| PredictError::Input(InvalidRows(e)))
     };
     let mut work = vec![(0usize, first)];
     while let Some((start, part)) = work.pop() {
@@ -163,14 +164,13 @@ pub async fn score_isolating(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::error::ApiError;
 
     #[test]
     fn a_model_answering_the_wrong_shape_is_not_a_row_error() {
         assert!(!row_caused(&PredictError::ModelOutput(
             "model m@1 answered output `p` with shape [1, 2] for 8 rows".into()
         )));
-        assert!(row_caused(&PredictError::Input(ApiError::InvalidInput(
+        assert!(row_caused(&PredictError::Input(InvalidRows(
             "input `X`: expected 30 values".into()
         ))));
     }

@@ -3,6 +3,7 @@
 
 use crate::models::LookupError;
 use crate::pipeline::PredictError;
+use crate::pipeline::rows::{InvalidOutputs, InvalidRows};
 use crate::scheduler::ScheduleError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -179,6 +180,19 @@ impl From<InputError> for ApiError {
     }
 }
 
+impl From<InvalidRows> for ApiError {
+    fn from(e: InvalidRows) -> Self {
+        ApiError::InvalidInput(e.0)
+    }
+}
+
+/// Outputs the row codec cannot split into one prediction per row: the model's fault.
+impl From<InvalidOutputs> for ApiError {
+    fn from(e: InvalidOutputs) -> Self {
+        ApiError::Internal(e.0)
+    }
+}
+
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
         match e {
@@ -226,7 +240,7 @@ impl From<PredictError> for ApiError {
             PredictError::Lookup(e) => e.into(),
             PredictError::Features(e) => e.into(),
             PredictError::Schedule(e) => e.into(),
-            PredictError::Input(e) => e,
+            PredictError::Input(e) => e.into(),
             PredictError::UnknownVariant { .. } => ApiError::BadRequest(e.to_string()),
             PredictError::Transform { ref error, .. } => match error.kind {
                 ferry_transforms::ErrorKind::Input => ApiError::InvalidInput(e.to_string()),
@@ -236,6 +250,58 @@ impl From<PredictError> for ApiError {
             },
             PredictError::Misconfigured(m) | PredictError::ModelOutput(m) => ApiError::Internal(m),
             PredictError::DeadlineExceeded { .. } => ApiError::DeadlineExceeded(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::rows;
+    use ferry_runtimes::{DataType, Signature, Tensor, TensorData, TensorSpec};
+
+    #[test]
+    fn rows_that_do_not_fit_are_a_400_with_the_codecs_words() {
+        let signature = Signature {
+            inputs: vec![TensorSpec {
+                name: "X".into(),
+                datatype: DataType::Fp32,
+                shape: vec![-1, 2],
+            }],
+            outputs: vec![],
+        };
+        let rows = [serde_json::json!({"y": [1.0, 2.0]})];
+        let codec = rows::instances_to_tensors(&rows, &signature).unwrap_err();
+        let message = codec.to_string();
+        // The v1 handler converts the codec's error directly, the pipeline through
+        // `PredictError`: both give the same answer.
+        for e in [
+            ApiError::from(codec.clone()),
+            ApiError::from(PredictError::from(codec)),
+        ] {
+            assert!(matches!(e, ApiError::InvalidInput(_)), "{e:?}");
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(e.error_type(), "invalid_input");
+            assert_eq!(e.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn model_output_faults_are_a_500_not_the_rows_fault() {
+        let label = Tensor::new("label", vec![2], TensorData::Int64(vec![1, 0])).unwrap();
+        let proba = Tensor::new("p", vec![1, 2], TensorData::Fp32(vec![0.5, 0.5])).unwrap();
+        let codec = rows::predictions(&[label, proba]).unwrap_err();
+        let pipeline = PredictError::ModelOutput("model m@1 answered 1 outputs".into());
+        for (e, message) in [
+            (ApiError::from(codec.clone()), codec.to_string()),
+            (
+                ApiError::from(pipeline),
+                "model m@1 answered 1 outputs".into(),
+            ),
+        ] {
+            assert!(matches!(e, ApiError::Internal(_)), "{e:?}");
+            assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(e.to_string(), message);
         }
     }
 }

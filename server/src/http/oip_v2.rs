@@ -3,6 +3,7 @@
 use crate::http::error::ApiError;
 use crate::http::{AppState, oip, read_body, request_timeout, v1};
 use crate::models::LoadedModel;
+use crate::pipeline::rows;
 use crate::telemetry::metrics::UNKNOWN_MODEL;
 use axum::Json;
 use axum::body::Body;
@@ -264,10 +265,10 @@ pub async fn v1_predict(
         *slot = Some(model.clone());
         let body = read_body(&headers, body, state.max_body_bytes).await?;
         let request = v1::parse_request(&body)?;
-        let inputs = v1::instances_to_tensors(&request, model.signature())?;
+        let inputs = rows::instances_to_tensors(&request.instances, model.signature())?;
         let inputs = model.signature().validate_inputs(inputs)?;
         let outputs = submit(&model, inputs, &headers).await?;
-        Ok(Json(json!({ "predictions": v1::predictions(&outputs)? })).into_response())
+        Ok(Json(json!({ "predictions": rows::predictions(&outputs)? })).into_response())
     })
     .await
 }

@@ -7,11 +7,12 @@
 //! and failures never reach the caller; prediction capture records a sample of requests.
 
 pub mod assign;
+pub mod json_tensor;
+pub mod rows;
 mod shadow;
 
 use crate::capture::{Capture, CaptureRecord};
 use crate::config::{EndpointConfig, FeaturesConfig, ServerConfig};
-use crate::http::error::ApiError;
 use crate::models::{LoadedModel, LookupError, ModelManager};
 use crate::scheduler::ScheduleError;
 use crate::telemetry::metrics::Metrics;
@@ -21,6 +22,7 @@ use ferry_features::{FeatureError, FeatureRepo, JoinPlan, OnlineFeatures, Online
 use ferry_registry::{ModelRef, S3Options};
 use ferry_runtimes::{DataType, Tensor, TensorData};
 use ferry_transforms::{BuildOptions, Chain, Context, Row, Stage, TransformError};
+use rows::InvalidRows;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -49,9 +51,10 @@ pub enum PredictError {
     Features(#[from] FeatureError),
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
-    /// Rows that do not fit the model (no `features` section: rows go straight to its inputs).
+    /// Rows that do not fit the model (no `features` section: rows go straight to its inputs):
+    /// the caller's mistake.
     #[error(transparent)]
-    Input(ApiError),
+    Input(#[from] InvalidRows),
     #[error("endpoint `{endpoint}`, variant `{variant}`: {error}")]
     Transform {
         endpoint: String,
@@ -416,30 +419,13 @@ impl Core {
                     pre.apply(&mut rows, &ctx).map_err(transform_err)?;
                     self.observe_stage(&model, &version, "preprocess", started);
                 }
-                // The rows move into the request and back: post-transforms still read them.
-                let request = crate::http::v1::PredictRequest {
-                    instances: std::mem::take(&mut rows)
-                        .into_iter()
-                        .map(Value::Object)
-                        .collect(),
-                    signature_name: None,
-                };
-                let tensors = crate::http::v1::instances_to_tensors(&request, model.signature());
-                rows = request
-                    .instances
-                    .into_iter()
-                    .filter_map(|v| match v {
-                        Value::Object(m) => Some(m),
-                        _ => None,
-                    })
-                    .collect();
-                tensors.map_err(PredictError::Input)?
+                rows::rows_to_tensors(&rows, model.signature())?
             }
         };
         let inputs = model
             .signature()
             .validate_inputs(inputs)
-            .map_err(|e| PredictError::Input(e.into()))?;
+            .map_err(|e| InvalidRows(e.to_string()))?;
         let outputs = match deadline {
             // The queue drops the job when the caller's deadline passes while it waits.
             Some(deadline) => {
@@ -452,8 +438,8 @@ impl Core {
             None => model.queue.submit(inputs).await?,
         };
         check_outputs(&model, &outputs, rows.len())?;
-        let mut predictions = crate::http::v1::predictions(&outputs)
-            .map_err(|e| PredictError::ModelOutput(e.to_string()))?;
+        let mut predictions =
+            rows::predictions(&outputs).map_err(|e| PredictError::ModelOutput(e.0))?;
         if !post.is_empty() {
             let started = Instant::now();
             // Post steps see each prediction as a map of output name → value, whatever the
@@ -733,7 +719,7 @@ impl Pipeline {
     ) -> Result<Predictions, PredictError> {
         let ep = self.endpoint(endpoint)?;
         if rows.is_empty() {
-            return Err(PredictError::Input(ApiError::InvalidInput(
+            return Err(PredictError::Input(InvalidRows(
                 "`instances` is empty: send at least one instance".into(),
             )));
         }
@@ -1016,11 +1002,7 @@ mod tests {
         swapped.reverse();
         assert!(outputs_fit(&specs(), &swapped, 4).is_err());
     }
-
-    #[test]
-    fn model_output_faults_are_not_the_rows_fault() {
-        let e = PredictError::ModelOutput("model m@1 answered ...".into());
-        assert_eq!(e.error_type(), "model_output");
-        assert!(matches!(ApiError::from(e), ApiError::Internal(_)));
-    }
 }
+
+#[cfg(test)]
+mod predict_tests;

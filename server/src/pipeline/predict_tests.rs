@@ -1,0 +1,161 @@
+//! `Pipeline::predict` over the embedded demo registry on tract (no sockets, no HTTP): which
+//! failures are the rows' fault (`PredictError::Input`) and which the model's
+//! (`PredictError::ModelOutput`). Statuses are `http::error`'s business and tested there.
+
+use super::rows::{self, InvalidRows};
+use super::*;
+use crate::config::VariantConfig;
+use ferry_runtimes::OnnxEngine;
+use serde_json::json;
+
+fn endpoint(name: &str, model: &str) -> EndpointConfig {
+    EndpointConfig::new(
+        name,
+        vec![VariantConfig {
+            name: "main".into(),
+            model: model.into(),
+            weight: 100,
+        }],
+    )
+}
+
+/// A pipeline over the demo registry with `endpoints`; `edit` may change the extracted
+/// registry before anything loads.
+async fn pipeline(
+    endpoints: Vec<EndpointConfig>,
+    edit: impl FnOnce(&Path),
+) -> (Pipeline, Arc<ModelManager>, tempfile::TempDir) {
+    let dir = crate::demo::extract().unwrap();
+    edit(dir.path());
+    let mut config = crate::demo::config(dir.path().to_str().unwrap());
+    config.onnx_engine = OnnxEngine::Tract;
+    config.endpoints.extend(endpoints);
+    let registry = ferry_registry::Registry::open(&config.registry.options())
+        .await
+        .unwrap();
+    let metrics = Metrics::new();
+    let features = open_features(
+        config.features.as_ref().unwrap(),
+        &config.registry.options().s3,
+    )
+    .await
+    .unwrap();
+    let models = Arc::new(
+        ModelManager::new(registry, config.clone(), metrics.clone())
+            .with_feature_repo(Some(features.repo.clone())),
+    );
+    let pipeline = Pipeline::build(
+        models.clone(),
+        Some(Arc::new(features)),
+        &config,
+        metrics,
+        ferry_transforms::Registry::new(),
+    )
+    .await
+    .unwrap();
+    models.load_configured().await;
+    assert!(models.is_ready(), "{:?}", models.index());
+    (pipeline, models, dir)
+}
+
+fn objects(rows: &[Value]) -> Vec<Row> {
+    rows.iter()
+        .map(|r| r.as_object().expect("rows are objects").clone())
+        .collect()
+}
+
+fn churn_row(seed: usize) -> Value {
+    json!({"X": (0..30).map(|i| ((seed * 31 + i) % 7) as f64 - 3.0).collect::<Vec<_>>()})
+}
+
+async fn predict(
+    pipeline: &Pipeline,
+    endpoint: &str,
+    rows: &[Value],
+) -> Result<Predictions, PredictError> {
+    pipeline
+        .predict(endpoint, objects(rows), &PredictOptions::default())
+        .await
+}
+
+#[tokio::test]
+async fn rows_that_do_not_fit_the_model_are_input_errors() {
+    let (pipeline, _models, _dir) = pipeline(vec![endpoint("plain", "churn@1")], |_| {}).await;
+    let short: Vec<f64> = vec![0.5; 29];
+    for (rows, says) in [
+        (vec![], "`instances` is empty: send at least one instance"),
+        (
+            vec![churn_row(0), json!({"x": [1.0]})],
+            "instances[1] has no key `X`; instances that are objects are keyed by input name ([\"X\"])",
+        ),
+        (
+            vec![json!({"X": short})],
+            "input `X` has shape [1, 29] but the model expects [-1, 30] (-1 = any size)",
+        ),
+        (
+            vec![churn_row(0), json!({"X": [short, short]})],
+            "input `X`: `data` has more than the 60 elements the shape describes (every instance must have shape [30], like instances[0]",
+        ),
+        (
+            vec![json!({"X": vec!["one"; 30]})],
+            "input `X`: `data[0]` is \"one\", which is not a FP32 value",
+        ),
+    ] {
+        let err = predict(&pipeline, "plain", &rows).await.unwrap_err();
+        assert!(matches!(err, PredictError::Input(_)), "{err:?}");
+        assert_eq!(err.error_type(), "invalid_input");
+        assert!(err.to_string().starts_with(says), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_model_answering_outside_its_signature_is_a_model_output_fault() {
+    // The declared width is checked against the model only when it answers (the engine
+    // check at load compares ranks): the model then breaks its own signature.
+    let (pipeline, _models, _dir) = pipeline(vec![endpoint("wide", "mlp@1")], |root| {
+        let path = root.join("mlp/1/model.yaml");
+        let mut manifest: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        manifest["outputs"][0]["shape"] = json!([-1, 2]);
+        std::fs::write(&path, manifest.to_string()).unwrap();
+    })
+    .await;
+    let rows = vec![json!({"X": vec![0.25; 64]}); 3];
+    let err = predict(&pipeline, "wide", &rows).await.unwrap_err();
+    assert!(matches!(err, PredictError::ModelOutput(_)), "{err:?}");
+    assert_eq!(err.error_type(), "model_output");
+    let message = err.to_string();
+    assert!(
+        message.starts_with("model mlp@1 answered output `variable` with shape [3, 1] for 3 rows")
+            && message.contains("(a model fault, not the rows')"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn endpoint_rows_score_as_the_same_instances_sent_to_the_model() {
+    let (pipeline, models, _dir) = pipeline(vec![endpoint("plain", "churn@1")], |_| {}).await;
+    let rows: Vec<Value> = (0..5).map(churn_row).collect();
+    let p = predict(&pipeline, "plain", &rows).await.unwrap();
+    assert_eq!(p.common(), Some(("main", "churn", 1)));
+    // The v1 path: instances → model → predictions, without the pipeline.
+    let model = models.lookup("churn", Some("1")).unwrap();
+    let inputs = rows::instances_to_tensors(&rows, model.signature()).unwrap();
+    let inputs = model.signature().validate_inputs(inputs).unwrap();
+    let outputs = model.queue.submit(inputs).await.unwrap();
+    assert_eq!(p.predictions, rows::predictions(&outputs).unwrap());
+    assert!(
+        p.predictions[0]["probabilities"].is_array(),
+        "{:?}",
+        p.predictions[0]
+    );
+}
+
+#[test]
+fn codec_errors_keep_their_side() {
+    let e: PredictError = InvalidRows("input `X`: expected 30 values".into()).into();
+    assert!(matches!(e, PredictError::Input(_)));
+    assert_eq!(e.error_type(), "invalid_input");
+    assert_eq!(e.to_string(), "input `X`: expected 30 values");
+    let e = PredictError::ModelOutput("model m@1 answered ...".into());
+    assert_eq!(e.error_type(), "model_output");
+}
