@@ -203,6 +203,22 @@ pub(crate) fn model_join_plan(
     Ok(Some(plan))
 }
 
+/// A request's deadline and the timeout it came from (for the message).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    at: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn exceeded(&self, endpoint: &str) -> PredictError {
+        PredictError::DeadlineExceeded {
+            endpoint: endpoint.to_string(),
+            timeout_ms: self.timeout.as_millis(),
+        }
+    }
+}
+
 /// What endpoints share: models, features, and per-model-version caches.
 pub(crate) struct Core {
     models: Arc<ModelManager>,
@@ -332,7 +348,7 @@ impl Core {
         pre: &Chain,
         post: &Chain,
         keep_features: bool,
-        deadline: Option<Instant>,
+        deadline: Option<Deadline>,
     ) -> Result<VariantRun, PredictError> {
         let model = self.models.lookup_ref(model_ref)?;
         let version = model.version.to_string();
@@ -429,7 +445,12 @@ impl Core {
         let outputs = match deadline {
             // The queue drops the job when the caller's deadline passes while it waits.
             Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
+                let left = deadline.at.saturating_duration_since(Instant::now());
+                // Work already past the deadline (slow features or transforms) never reaches
+                // the model: the caller has its 503, and the engine's time goes to live requests.
+                if left.is_zero() {
+                    return Err(deadline.exceeded(endpoint));
+                }
                 model
                     .queue
                     .submit_with_timeout(inputs, Some(left.max(Duration::from_millis(1))))
@@ -698,16 +719,16 @@ impl Pipeline {
         let Some(timeout) = options.timeout else {
             return self.predict_rows(endpoint, rows, options, None).await;
         };
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline {
+            at: Instant::now() + timeout,
+            timeout,
+        };
         tokio::time::timeout(
             timeout,
             self.predict_rows(endpoint, rows, options, Some(deadline)),
         )
         .await
-        .map_err(|_| PredictError::DeadlineExceeded {
-            endpoint: endpoint.to_string(),
-            timeout_ms: timeout.as_millis(),
-        })?
+        .map_err(|_| deadline.exceeded(endpoint))?
     }
 
     async fn predict_rows(
@@ -715,7 +736,7 @@ impl Pipeline {
         endpoint: &str,
         rows: Vec<Row>,
         options: &PredictOptions,
-        deadline: Option<Instant>,
+        deadline: Option<Deadline>,
     ) -> Result<Predictions, PredictError> {
         let ep = self.endpoint(endpoint)?;
         if rows.is_empty() {
@@ -898,7 +919,7 @@ async fn run_group(
     v: usize,
     rows: Vec<Row>,
     keep_features: bool,
-    deadline: Option<Instant>,
+    deadline: Option<Deadline>,
 ) -> Result<VariantRun, PredictError> {
     let variant = &ep.variants[v];
     let started = Instant::now();
