@@ -199,3 +199,27 @@ def test_no_secret_reaches_logs_errors_metadata_or_metrics(tmp_path):
     finally:
         redis_srv.stop()
         s3.stop()
+
+
+def test_v1_predict_refuses_outputs_outside_the_signature(tmp_path):
+    """A model answering N-1 rows (or a wider row than declared) must not have its answers
+    zipped onto the wrong instances: a 500 naming the model, as on endpoints."""
+    from test_batch import write_bad_shape_model
+    registry = tmp_path / "registry"
+    write_bad_shape_model(registry, "short", 1, 1, 2)
+    write_bad_shape_model(registry, "wide", 0, 0, 3)
+    cfg = {"registry": {"uri": str(registry)}, "onnx_engine": "ort", "models": ["short@1",
+                                                                                 "wide@1"],
+           "batching": {"max_batch_size": 0}}
+    srv = FerryServer(tmp_path, cfg, "badshape")
+    srv.start()
+    try:
+        srv.wait_ready()
+        rows = [[0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 0.5, 2.0], [0.0, 0.0, 0.0, 1.0]]
+        for name, says in (("short", "`label` with shape [2] for 3 rows"),
+                           ("wide", "`probabilities` with shape [3, 3] for 3 rows")):
+            r = srv.post(f"/v1/models/{name}:predict", json={"instances": rows})
+            assert r.status_code == 500, r.text
+            assert says in r.json()["error"] and f"model {name}@1" in r.json()["error"], r.text
+    finally:
+        srv.stop()

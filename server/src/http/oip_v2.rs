@@ -268,6 +268,9 @@ pub async fn v1_predict(
         let inputs = rows::instances_to_tensors(&request.instances, model.signature())?;
         let inputs = model.signature().validate_inputs(inputs)?;
         let outputs = submit(&model, inputs, &headers).await?;
+        // Rows are zipped with the outputs: a model answering outside its signature must not
+        // shift predictions onto the wrong instances.
+        crate::pipeline::check_outputs(&model, &outputs, request.instances.len())?;
         Ok(Json(json!({ "predictions": rows::predictions(&outputs)? })).into_response())
     })
     .await

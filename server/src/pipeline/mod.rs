@@ -839,7 +839,12 @@ impl Pipeline {
 
 /// Refuses outputs that do not fit the model's signature or do not have one row per input row:
 /// turned into predictions they would be misread (rows shifted, nulls, wrong widths).
-fn check_outputs(model: &LoadedModel, outputs: &[Tensor], rows: usize) -> Result<(), PredictError> {
+/// The model answered within its own output signature, one row per input row.
+pub(crate) fn check_outputs(
+    model: &LoadedModel,
+    outputs: &[Tensor],
+    rows: usize,
+) -> Result<(), PredictError> {
     let specs = &model.signature().outputs;
     outputs_fit(specs, outputs, rows).map_err(|what| {
         PredictError::ModelOutput(format!(
