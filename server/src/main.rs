@@ -283,6 +283,10 @@ async fn batch(args: BatchArgs) -> anyhow::Result<i32> {
         s.seconds,
         s.rows_per_second()
     );
+    println!(
+        "batch: {} of {} scored rows went column-wise (no JSON rows: the endpoint has no features, transforms, shadows or capture, and the input columns map onto the model's inputs)",
+        s.rows_columnar, s.rows_scored
+    );
     tracing::info!(summary = %serde_json::to_string(&s).unwrap_or_default(), "Batch finished.");
     Ok(s.exit_code())
 }

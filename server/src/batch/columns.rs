@@ -492,6 +492,75 @@ fn scalar(e: Elem, values: &[Option<&Value>]) -> Result<ArrayRef, String> {
     }
 }
 
+impl PredictionColumns {
+    /// The prediction columns straight from a model's output tensors (one row per tensor row),
+    /// typed exactly as `arrays` would type the same predictions after their JSON form: non-finite
+    /// floats become nulls, as JSON has no NaN. None for a layout or type this does not cover
+    /// (the caller then goes through the JSON predictions).
+    pub fn tensor_arrays(&self, outputs: &[ferry_runtimes::Tensor]) -> Option<Vec<ArrayRef>> {
+        self.columns
+            .iter()
+            .map(|c| {
+                let t = match self.layout {
+                    Layout::Bare if outputs.len() == 1 => &outputs[0],
+                    Layout::Bare => return None,
+                    Layout::Object => outputs.iter().find(|t| t.name == c.name)?,
+                };
+                tensor_column(c, t)
+            })
+            .collect()
+    }
+}
+
+fn tensor_column(c: &Column, t: &ferry_runtimes::Tensor) -> Option<ArrayRef> {
+    let rows = *t.shape.first()?;
+    match (&c.ty, t.shape.len()) {
+        (ColumnType::Scalar(e), 1) => tensor_values(*e, &t.data),
+        (ColumnType::Scalar(e), 2) if c.squeeze && t.shape[1] == 1 => tensor_values(*e, &t.data),
+        (ColumnType::List { item, size }, 2) => {
+            let ColumnType::Scalar(e) = item.as_ref() else {
+                return None;
+            };
+            let k = t.shape[1];
+            let values = tensor_values(*e, &t.data)?;
+            match (c.ty.data_type(), size) {
+                (DataType::FixedSizeList(field, _), Some(want)) if *want == k => Some(Arc::new(
+                    FixedSizeListArray::try_new(field, i32::try_from(k).ok()?, values, None)
+                        .ok()?,
+                )),
+                (DataType::List(field), None) => {
+                    let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(k, rows));
+                    Some(Arc::new(
+                        ListArray::try_new(field, offsets, values, None).ok()?,
+                    ))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn tensor_values(e: Elem, data: &ferry_runtimes::TensorData) -> Option<ArrayRef> {
+    use arrow_array::{Float32Array, Float64Array, Int32Array, Int64Array};
+    use ferry_runtimes::TensorData;
+    Some(match (e, data) {
+        (Elem::Float32, TensorData::Fp32(v)) => Arc::new(
+            v.iter()
+                .map(|x| x.is_finite().then_some(*x))
+                .collect::<Float32Array>(),
+        ),
+        (Elem::Float64, TensorData::Fp64(v)) => Arc::new(
+            v.iter()
+                .map(|x| x.is_finite().then_some(*x))
+                .collect::<Float64Array>(),
+        ),
+        (Elem::Int64, TensorData::Int64(v)) => Arc::new(Int64Array::from(v.clone())),
+        (Elem::Int32, TensorData::Int32(v)) => Arc::new(Int32Array::from(v.clone())),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,6 +121,8 @@ pub struct Summary {
     pub rows_read: u64,
     pub rows_scored: u64,
     pub rows_failed: u64,
+    /// Rows scored column-wise (Arrow buffers → tensors → typed columns, no JSON rows).
+    pub rows_columnar: u64,
     pub seconds: f64,
 }
 
@@ -604,7 +606,7 @@ async fn commit_file(output: &Location, temp: &Path, rel: &str) -> Result<(), Ba
     }
 }
 
-type ScoreResult = Result<(Vec<Option<ScoredRow>>, Vec<score::FailedRow>), PredictError>;
+type ScoreResult = Result<score::Scored, PredictError>;
 
 #[allow(clippy::too_many_arguments)]
 async fn run_unit(
@@ -682,11 +684,21 @@ async fn run_unit(
                         };
                         let p = pipeline.clone();
                         let endpoint = options.endpoint.clone();
+                        // Known columns and a Parquet output: the chunk may stay columnar.
+                        let columnar = columns.known.clone().filter(|_| writer.takes_columns());
                         let handle = tokio::spawn(async move {
                             if chunk_is_empty(&rows) {
-                                return Ok((Vec::new(), Vec::new()));
+                                return Ok(score::Scored::Rows(Vec::new(), Vec::new()));
                             }
-                            score::score_isolating(&p, &endpoint, rows).await
+                            if let (score::Rows::Arrow(batch), Some(known)) = (&rows, &columnar)
+                                && let Some(scored) =
+                                    score::score_columns(&p, &endpoint, batch, known).await?
+                            {
+                                return Ok(scored);
+                            }
+                            let (scored, failed) =
+                                score::score_isolating(&p, &endpoint, rows).await?;
+                            Ok(score::Scored::Rows(scored, failed))
                         });
                         inflight.push_back((chunk, handle));
                     }
@@ -696,15 +708,31 @@ async fn run_unit(
             let Some((chunk, handle)) = inflight.pop_front() else {
                 break;
             };
-            let (scored, failed) = handle
+            let scored = handle
                 .await
                 .map_err(|e| BatchError::Input(format!("a scoring task failed: {e}")))??;
-            if columns.known.is_none() {
-                fix_columns(columns, &scored, &ids_schema, output, &options.endpoint).await?;
-            }
-            let n = match &columns.known {
-                Some(known) => writer.write(&chunk.ids, &scored, known, now_ms())?,
-                None => 0,
+            let (n, failed) = match (scored, &columns.known) {
+                (score::Scored::Columns(c), Some(known)) => {
+                    let n = writer.write_columns(&chunk.ids, &c, known, now_ms())?;
+                    summary.rows_columnar += n as u64;
+                    (n, Vec::new())
+                }
+                (score::Scored::Columns(_), None) => {
+                    return Err(BatchError::Input(
+                        "a chunk was scored column-wise before the job's columns were known. This is a bug.".into(),
+                    ));
+                }
+                (score::Scored::Rows(scored, failed), _) => {
+                    if columns.known.is_none() {
+                        fix_columns(columns, &scored, &ids_schema, output, &options.endpoint)
+                            .await?;
+                    }
+                    let n = match &columns.known {
+                        Some(known) => writer.write(&chunk.ids, &scored, known, now_ms())?,
+                        None => 0,
+                    };
+                    (n, failed)
+                }
             };
             let read_n = (chunk.index.len() + chunk.bad.len()) as u64;
             rows += read_n;

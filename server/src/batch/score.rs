@@ -161,6 +161,88 @@ pub async fn score_isolating(
     Ok((scored, failed))
 }
 
+/// A chunk scored column-wise: the prediction columns and who produced each row, aligned with
+/// the chunk's record batch.
+pub struct ScoredColumns {
+    pub predictions: Vec<arrow_array::ArrayRef>,
+    pub variants: Vec<String>,
+    pub models: Vec<String>,
+    pub versions: Vec<u64>,
+}
+
+/// What scoring a chunk gave.
+pub enum Scored {
+    Rows(Vec<Option<ScoredRow>>, Vec<FailedRow>),
+    Columns(ScoredColumns),
+}
+
+/// Scores a Parquet chunk without turning its rows into JSON when the endpoint and columns
+/// allow it (`Pipeline::predict_columns`); None means: use the row path. The model's outputs
+/// become the job's typed columns directly, or through their JSON form where a column type is
+/// not covered, so both give the same file.
+pub async fn score_columns(
+    pipeline: &Pipeline,
+    endpoint: &str,
+    batch: &RecordBatch,
+    columns: &super::columns::PredictionColumns,
+) -> Result<Option<Scored>, PredictError> {
+    let Some(groups) = pipeline.predict_columns(endpoint, batch).await? else {
+        return Ok(None);
+    };
+    let n = batch.num_rows();
+    let typed: Option<Vec<Vec<arrow_array::ArrayRef>>> = groups
+        .iter()
+        .map(|g| columns.tensor_arrays(&g.outputs))
+        .collect();
+    let Some(typed) = typed else {
+        let mut scored: Vec<Option<ScoredRow>> = vec![None; n];
+        for g in groups {
+            let predictions = crate::pipeline::rows::predictions(&g.outputs)
+                .map_err(|e| PredictError::ModelOutput(e.to_string()))?;
+            for (&row, prediction) in g.rows.iter().zip(predictions) {
+                scored[row] = Some(ScoredRow {
+                    prediction,
+                    variant: g.variant.clone(),
+                    model: g.model.clone(),
+                    version: g.version,
+                });
+            }
+        }
+        return Ok(Some(Scored::Rows(scored, Vec::new())));
+    };
+    let mut variants = vec![String::new(); n];
+    let mut models = vec![String::new(); n];
+    let mut versions = vec![0u64; n];
+    // (group, position in group) of each row, for interleaving the groups' columns.
+    let mut from = vec![(0usize, 0usize); n];
+    for (gi, g) in groups.iter().enumerate() {
+        for (k, &row) in g.rows.iter().enumerate() {
+            variants[row] = g.variant.clone();
+            models[row] = g.model.clone();
+            versions[row] = g.version;
+            from[row] = (gi, k);
+        }
+    }
+    let predictions = if typed.len() == 1 {
+        typed.into_iter().next().unwrap_or_default()
+    } else {
+        (0..columns.columns.len())
+            .map(|c| {
+                let parts: Vec<&dyn arrow_array::Array> =
+                    typed.iter().map(|g| g[c].as_ref()).collect();
+                arrow_select::interleave::interleave(&parts, &from)
+                    .map_err(|e| PredictError::ModelOutput(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    Ok(Some(Scored::Columns(ScoredColumns {
+        predictions,
+        variants,
+        models,
+        versions,
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

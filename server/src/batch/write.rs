@@ -5,9 +5,9 @@
 use super::BatchError;
 use super::columns::PredictionColumns;
 use super::read::{RowError, array_value};
-use super::score::ScoredRow;
+use super::score::{ScoredColumns, ScoredRow};
 use arrow_array::builder::{StringBuilder, TimestampMillisecondBuilder, UInt64Builder};
-use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -228,6 +228,48 @@ impl OutputWriter {
             }
         }
         Ok(ok.len())
+    }
+
+    /// Appends a chunk scored column-wise (every row of it scored): the id columns, the typed
+    /// prediction columns as they are, then who scored each row. JSONL goes through `write`.
+    pub fn write_columns(
+        &mut self,
+        ids: &[ArrayRef],
+        scored: &ScoredColumns,
+        columns: &PredictionColumns,
+        scored_at_ms: i64,
+    ) -> Result<usize, BatchError> {
+        let n = scored.versions.len();
+        let Sink::Parquet(w) = &mut self.sink else {
+            return Err(io_err(
+                &self.path,
+                "column-wise chunks are written to Parquet only. This is a bug.",
+            ));
+        };
+        let mut at = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+        at.append_value_n(scored_at_ms, n);
+        let mut all: Vec<ArrayRef> = ids.to_vec();
+        all.extend(scored.predictions.iter().cloned());
+        all.push(Arc::new(StringArray::from_iter_values(&scored.variants)));
+        all.push(Arc::new(StringArray::from_iter_values(&scored.models)));
+        all.push(Arc::new(UInt64Array::from(scored.versions.clone())));
+        all.push(Arc::new(at.finish()));
+        if w.is_none() {
+            let schema = output_schema(&self.ids_schema, Some(columns));
+            let opened = Self::open_parquet(&self.path, &mut self.file, schema.clone())?;
+            *w = Some((opened, schema));
+        }
+        let Some((writer, schema)) = w else {
+            return Err(io_err(&self.path, "the Parquet writer did not open"));
+        };
+        let batch = RecordBatch::try_new(schema.clone(), all).map_err(|e| io_err(&self.path, e))?;
+        writer.write(&batch).map_err(|e| io_err(&self.path, e))?;
+        Ok(n)
+    }
+
+    /// Whether `write_columns` can take this writer's chunks.
+    pub fn takes_columns(&self) -> bool {
+        matches!(self.sink, Sink::Parquet(_))
     }
 
     /// Pushes buffered rows to the file (used by the test hook that stalls mid-unit).

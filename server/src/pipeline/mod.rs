@@ -7,6 +7,7 @@
 //! and failures never reach the caller; prediction capture records a sample of requests.
 
 pub mod assign;
+pub mod columnar;
 pub mod json_tensor;
 pub mod rows;
 mod shadow;
