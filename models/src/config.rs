@@ -93,6 +93,24 @@ impl ModelSettings {
             device_strict: false,
         }
     }
+
+    /// Range checks of the entry's own settings; `at` is its key path (`models[0]`), which
+    /// the message names.
+    pub fn validate(&self, at: &str) -> Result<(), String> {
+        if let Some(b) = &self.batching {
+            b.validate(&format!("{at}.batching"))?;
+        }
+        for (key, value) in [
+            ("instances", self.instances),
+            ("intra_op_threads", self.intra_op_threads),
+            ("queue_capacity", self.queue_capacity),
+        ] {
+            if value == Some(0) {
+                return Err(format!("`{at}.{key}` must be at least 1"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Triton-style dynamic batching: requests queued together are merged along the batch
@@ -198,5 +216,55 @@ impl ModelsConfig {
             batching: BatchingConfig::default(),
             request_timeout: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_parse_as_a_reference_or_settings_and_name_a_mistyped_key() {
+        let entries: Vec<ModelEntry> =
+            serde_yaml::from_str("[churn@champion, {model: fraud@7, instances: 2}]").unwrap();
+        assert_eq!(entries[0].settings(), ModelSettings::new("churn@champion"));
+        assert_eq!(entries[1].settings().instances, Some(2));
+        let err = serde_yaml::from_str::<Vec<ModelEntry>>("[{model: a@1, instnces: 2}]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `instnces`"), "{err}");
+    }
+
+    #[test]
+    fn settings_checks_name_the_key() {
+        let mut s = ModelSettings::new("a@1");
+        assert_eq!(s.validate("models[3]"), Ok(()));
+        s.queue_capacity = Some(0);
+        assert_eq!(
+            s.validate("models[3]").unwrap_err(),
+            "`models[3].queue_capacity` must be at least 1"
+        );
+        s.queue_capacity = None;
+        s.batching = Some(BatchingConfig {
+            preferred_batch_sizes: vec![128],
+            ..BatchingConfig::default()
+        });
+        let err = s.validate("models[3]").unwrap_err();
+        assert!(
+            err.starts_with("`models[3].batching.preferred_batch_sizes` has 128"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn batching_policy_is_off_at_one_row() {
+        let one = BatchingConfig {
+            max_batch_size: 1,
+            ..BatchingConfig::default()
+        };
+        assert!(one.policy().is_none());
+        let p = BatchingConfig::default().policy().unwrap();
+        assert_eq!(p.max_batch_rows, 64);
+        assert_eq!(p.max_delay, Duration::ZERO);
     }
 }

@@ -11,10 +11,12 @@ pub mod config;
 pub mod manager;
 pub mod metrics;
 mod onnx;
+pub mod placement;
 pub mod scheduler;
 
 pub use config::{BatchingConfig, ModelEntry, ModelSettings, ModelsConfig};
 pub use manager::{ControlError, IndexEntry, LoadedModel, LookupError, ModelManager, SyncOutcome};
 pub use metrics::ModelMetrics;
 pub use onnx::init_onnx_runtime;
+pub use placement::place;
 pub use scheduler::{BatchPolicy, ComputeQueue, QueueOptions, ScheduleError};

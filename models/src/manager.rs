@@ -10,8 +10,8 @@ use crate::scheduler::{ComputeQueue, QueueOptions};
 use ferry_registry::{Manifest, ModelFormat, ModelRef, Registry, RegistryError, Selector};
 use ferry_runtimes::device::intra_op_share;
 use ferry_runtimes::{
-    DataType, DeviceRequest, Devices, LoadOptions, Runtime, RuntimeError, Signature, Tensor,
-    TensorData, load_onnx, load_safetensors,
+    DataType, Devices, LoadOptions, Runtime, RuntimeError, Signature, Tensor, TensorData,
+    load_onnx, load_safetensors,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -532,22 +532,13 @@ impl ModelManager {
         .map_err(LoadError::Other)?;
         let instances = settings.instances.unwrap_or(self.config.instances);
         let requested = settings.device.unwrap_or_default();
-        let placement = match verified.manifest.format {
-            // Only Candle has GPU code paths; ONNX models run on the CPU whatever they ask.
-            ModelFormat::Onnx if requested != DeviceRequest::Auto => ferry_runtimes::Placement {
-                device: ferry_runtimes::Device::Cpu,
-                fallback: (requested != DeviceRequest::Cpu).then(|| {
-                    format!(
-                        "{requested} is not available: ONNX models run on the CPU in this build"
-                    )
-                }),
-            },
-            ModelFormat::Onnx => ferry_runtimes::Placement::cpu(),
-            ModelFormat::Safetensors => self
-                .devices
-                .place(requested, settings.device_strict)
-                .map_err(RuntimeError::from)?,
-        };
+        let placement = crate::placement::place(
+            &self.devices,
+            verified.manifest.format,
+            requested,
+            settings.device_strict,
+        )
+        .map_err(RuntimeError::from)?;
         if let Some(reason) = &placement.fallback {
             tracing::warn!(model = %name, version, requested = %requested, reason = %reason, "Model asked for a GPU that is not available. Using CPU instead.");
         }

@@ -654,19 +654,9 @@ impl ServerConfig {
                 return err(format!("`models[{i}]`: {model} is listed twice"));
             }
             seen.push(model);
-            if let Some(b) = &settings.batching {
-                b.validate(&format!("models[{i}].batching"))
-                    .map_err(ConfigError)?;
-            }
-            for (key, value) in [
-                ("instances", settings.instances),
-                ("intra_op_threads", settings.intra_op_threads),
-                ("queue_capacity", settings.queue_capacity),
-            ] {
-                if value == Some(0) {
-                    return err(format!("`models[{i}].{key}` must be at least 1"));
-                }
-            }
+            settings
+                .validate(&format!("models[{i}]"))
+                .map_err(ConfigError)?;
         }
         for (key, value, max) in [
             ("queue_capacity", self.queue_capacity, 1 << 20),
