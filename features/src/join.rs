@@ -5,6 +5,8 @@
 use crate::FeatureError;
 use crate::online::{FeatureTable, OnlineFeatures};
 use crate::repo::{FeatureRef, FeatureRepo};
+use ferry_registry::Manifest;
+use ferry_runtimes::DataType;
 use serde_json::{Map, Value};
 
 /// The prefix of columns taken from the request row itself.
@@ -36,6 +38,44 @@ pub struct Joined {
     pub matrix: Vec<f64>,
     pub columns: usize,
     pub table: Option<FeatureTable>,
+}
+
+/// The join plan of a model version's `features` section (None without one), checked against
+/// the server's feature repo and the model's input: what cannot work is refused when the
+/// version loads, not answered with an error per request. Without a repo only `request.*`
+/// columns are allowed.
+pub fn model_join_plan(
+    repo: Option<&FeatureRepo>,
+    name: &str,
+    version: u64,
+    manifest: &Manifest,
+) -> Result<Option<JoinPlan>, String> {
+    let Some(spec) = &manifest.features else {
+        return Ok(None);
+    };
+    let plan = match repo {
+        Some(repo) => JoinPlan::new(repo, &spec.entity, &spec.columns),
+        None => JoinPlan::request_only(&spec.entity, &spec.columns),
+    }
+    .map_err(|e| format!("model {name}@{version}: {e}"))?;
+    let signature = manifest.signature();
+    let inputs = &signature.inputs;
+    let fits = inputs.len() == 1
+        && matches!(inputs[0].datatype, DataType::Fp32 | DataType::Fp64)
+        && inputs[0].shape.len() == 2
+        && (inputs[0].shape[1] < 0 || inputs[0].shape[1] as usize == plan.width());
+    if !fits {
+        return Err(format!(
+            "model {name}@{version}: its `features` section has {} columns, so it needs one FP32/FP64 input of shape [-1, {}]; it has {:?}",
+            plan.width(),
+            plan.width(),
+            inputs
+                .iter()
+                .map(|i| (i.name.as_str(), i.datatype, &i.shape))
+                .collect::<Vec<_>>()
+        ));
+    }
+    Ok(Some(plan))
 }
 
 impl JoinPlan {

@@ -2,8 +2,11 @@
 //! override the file; `validate()` then checks cross-field rules, naming the keys involved.
 
 use ferry_features::OnMissing;
+pub use ferry_models::config::{
+    BatchingConfig, DEFAULT_QUEUE_CAPACITY, ModelEntry, ModelSettings, ModelsConfig,
+};
 use ferry_registry::{ModelRef, RegistryOptions, S3Options};
-use ferry_runtimes::{DeviceRequest, OnnxEngine};
+use ferry_runtimes::OnnxEngine;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +14,6 @@ use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
-pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
 pub const DEFAULT_FEATURE_TIMEOUT: &str = "20ms";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -424,140 +426,6 @@ fn default_weight() -> u32 {
     100
 }
 
-/// A served model: a bare reference, or a reference with settings of its own.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum ModelEntry {
-    Ref(String),
-    Detailed(ModelSettings),
-}
-
-// Hand-written so that a typo inside a detailed entry is reported by its key; serde's
-// untagged enums only say that no variant matched.
-impl<'de> Deserialize<'de> for ModelEntry {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EntryVisitor;
-        impl<'de> serde::de::Visitor<'de> for EntryVisitor {
-            type Value = ModelEntry;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str(
-                    "a model reference such as `churn@champion`, or {model: churn@champion, ...}",
-                )
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModelEntry, E> {
-                Ok(ModelEntry::Ref(v.to_string()))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<ModelEntry, A::Error> {
-                ModelSettings::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(ModelEntry::Detailed)
-            }
-        }
-        deserializer.deserialize_any(EntryVisitor)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSettings {
-    pub model: String,
-    #[serde(default)]
-    pub onnx_engine: Option<OnnxEngine>,
-    #[serde(default)]
-    pub instances: Option<usize>,
-    #[serde(default)]
-    pub intra_op_threads: Option<usize>,
-    #[serde(default)]
-    pub queue_capacity: Option<usize>,
-    #[serde(default)]
-    pub batching: Option<BatchingConfig>,
-    /// Where the model runs: `auto` (first CUDA device if usable, else CPU), `cpu`, `cuda:N`.
-    /// Only Candle models (`format: safetensors`) use a GPU; ONNX models run on the CPU.
-    #[serde(default)]
-    pub device: Option<DeviceRequest>,
-    /// With `device: cuda:N`: refuse to load when that device is not usable, instead of
-    /// falling back to the CPU with a warning.
-    #[serde(default)]
-    pub device_strict: bool,
-}
-
-/// Triton-style dynamic batching: requests queued together are merged along the batch
-/// dimension, run once, and split back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchingConfig {
-    /// Most rows merged into one engine call; 0 or 1 turns batching off.
-    #[serde(default = "default_max_batch_size")]
-    pub max_batch_size: usize,
-    /// How long the oldest request may wait for others, in microseconds. 0 merges only what
-    /// is already queued, which adds no latency.
-    #[serde(default)]
-    pub max_queue_delay_us: u64,
-    /// Batch sizes sent as soon as they are reached.
-    #[serde(default)]
-    pub preferred_batch_sizes: Vec<usize>,
-}
-
-impl Default for BatchingConfig {
-    fn default() -> Self {
-        BatchingConfig {
-            max_batch_size: default_max_batch_size(),
-            max_queue_delay_us: 0,
-            preferred_batch_sizes: Vec::new(),
-        }
-    }
-}
-
-impl BatchingConfig {
-    pub fn policy(&self) -> Option<crate::scheduler::BatchPolicy> {
-        (self.max_batch_size > 1).then(|| crate::scheduler::BatchPolicy {
-            max_batch_rows: self.max_batch_size,
-            max_delay: std::time::Duration::from_micros(self.max_queue_delay_us),
-            preferred_rows: self.preferred_batch_sizes.clone(),
-        })
-    }
-
-    fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        if self.max_queue_delay_us > 10_000_000 {
-            return Err(ConfigError(format!(
-                "`{key}.max_queue_delay_us` is {} µs; use at most 10000000 (10 s)",
-                self.max_queue_delay_us
-            )));
-        }
-        if let Some(p) = self
-            .preferred_batch_sizes
-            .iter()
-            .find(|&&p| p == 0 || p > self.max_batch_size)
-        {
-            return Err(ConfigError(format!(
-                "`{key}.preferred_batch_sizes` has {p}; sizes must be between 1 and max_batch_size ({})",
-                self.max_batch_size
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl ModelEntry {
-    pub fn settings(&self) -> ModelSettings {
-        match self {
-            ModelEntry::Ref(model) => ModelSettings {
-                model: model.clone(),
-                onnx_engine: None,
-                instances: None,
-                intra_op_threads: None,
-                queue_capacity: None,
-                batching: None,
-                device: None,
-                device_strict: false,
-            },
-            ModelEntry::Detailed(s) => s.clone(),
-        }
-    }
-}
-
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN
         .parse()
@@ -574,9 +442,6 @@ fn default_one() -> usize {
 }
 fn default_max_concurrent_requests() -> usize {
     1024
-}
-fn default_max_batch_size() -> usize {
-    64
 }
 fn default_request_timeout_ms() -> u64 {
     30_000
@@ -704,6 +569,25 @@ impl ServerConfig {
         out
     }
 
+    /// What the model manager reads: every model to load and the server-wide defaults.
+    pub fn models_config(&self) -> ModelsConfig {
+        ModelsConfig {
+            models: self
+                .all_model_entries()
+                .iter()
+                .map(ModelEntry::settings)
+                .collect(),
+            shadow_only: self.shadow_only_models(),
+            onnx_engine: self.onnx_engine,
+            onnxruntime_lib: self.onnxruntime_lib.clone(),
+            instances: self.instances,
+            intra_op_threads: self.intra_op_threads,
+            queue_capacity: self.queue_capacity,
+            batching: self.batching.clone(),
+            request_timeout: self.request_timeout(),
+        }
+    }
+
     /// Names of models that only endpoint shadows use (not listed in `models`, not a variant).
     pub fn shadow_only_models(&self) -> std::collections::HashSet<String> {
         let name = |r: &str| ModelRef::parse(r).ok().map(|m| m.name);
@@ -770,18 +654,9 @@ impl ServerConfig {
                 return err(format!("`models[{i}]`: {model} is listed twice"));
             }
             seen.push(model);
-            if let Some(b) = &settings.batching {
-                b.validate(&format!("models[{i}].batching"))?;
-            }
-            for (key, value) in [
-                ("instances", settings.instances),
-                ("intra_op_threads", settings.intra_op_threads),
-                ("queue_capacity", settings.queue_capacity),
-            ] {
-                if value == Some(0) {
-                    return err(format!("`models[{i}].{key}` must be at least 1"));
-                }
-            }
+            settings
+                .validate(&format!("models[{i}]"))
+                .map_err(ConfigError)?;
         }
         for (key, value, max) in [
             ("queue_capacity", self.queue_capacity, 1 << 20),
@@ -802,7 +677,7 @@ impl ServerConfig {
                 self.intra_op_threads
             ));
         }
-        self.batching.validate("batching")?;
+        self.batching.validate("batching").map_err(ConfigError)?;
         if self.max_body_bytes < 1024 {
             return err(format!(
                 "`max_body_bytes` must be at least 1024, got {}",

@@ -12,17 +12,15 @@ pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
-pub mod models;
 pub mod pipeline;
 pub mod registry_cli;
 pub mod reload;
-pub mod scheduler;
 pub mod telemetry;
 
 use config::ServerConfig;
+use ferry_models::ModelManager;
 use ferry_registry::Registry;
 use http::AppState;
-use models::ModelManager;
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,7 +65,7 @@ pub async fn build_state_with(
         None => None,
     };
     let models = Arc::new(
-        ModelManager::new(registry, config.clone(), metrics.clone())
+        ModelManager::new(registry, config.models_config(), metrics.models.clone())
             .with_feature_repo(features.as_ref().map(|f| f.repo.clone())),
     );
     let admin_token = http::control::AdminToken::from_config(config)?;
@@ -125,7 +123,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     transforms: ferry_transforms::Registry,
 ) -> Result<(), ServeError> {
-    models::init_onnx_runtime(&config);
+    ferry_models::init_onnx_runtime(&config.models_config());
     let state = build_state_with(&config, transforms).await?;
     if let Some(path) = config.config_path.clone() {
         tokio::spawn(reload::watch(path, state.pipeline.clone()));

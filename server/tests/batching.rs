@@ -1,10 +1,9 @@
 //! Dynamic batching with real engines: concurrent requests merged by the scheduler give the
 //! same numbers (within 1e-6) as running each request alone, on ONNX Runtime and tract.
 
+use ferry_models::{BatchPolicy, ComputeQueue, ModelMetrics, QueueOptions};
 use ferry_registry::{Registry, RegistryOptions};
 use ferry_runtimes::{LoadOptions, OnnxEngine, Runtime, Tensor, TensorData, load_onnx};
-use ferry_server::scheduler::{BatchPolicy, ComputeQueue, QueueOptions};
-use ferry_server::telemetry::metrics::Metrics;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +56,7 @@ fn request(caller: usize) -> Vec<Tensor> {
 
 async fn check(engine: OnnxEngine) {
     let runtime = mlp(engine).await;
-    let metrics = Metrics::new();
+    let metrics = ModelMetrics::new();
     let policy = BatchPolicy {
         max_batch_rows: 32,
         max_delay: Duration::from_micros(500),

@@ -385,7 +385,7 @@ pub async fn run(config: ServerConfig, options: BatchOptions) -> Result<Summary,
         return Ok(summary);
     }
 
-    crate::models::init_onnx_runtime(&config);
+    ferry_models::init_onnx_runtime(&config.models_config());
     let state = crate::build_state(&config)
         .await
         .map_err(|e| BatchError::Config(e.to_string()))?;

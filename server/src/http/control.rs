@@ -4,10 +4,10 @@
 use super::AppState;
 use super::error::ApiError;
 use crate::config::ServerConfig;
-use crate::models::ControlError;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
+use ferry_models::ControlError;
 use ferry_registry::RegistryError;
 use serde_json::{Value, json};
 use std::sync::Arc;

@@ -1,13 +1,13 @@
 //! The one place where errors become HTTP responses: status, `{"error": …}` body, and the
 //! stable `error_type` used in logs and `ferry_request_errors_total`.
 
-use crate::models::LookupError;
 use crate::pipeline::PredictError;
 use crate::pipeline::rows::{InvalidOutputs, InvalidRows};
-use crate::scheduler::ScheduleError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_features::FeatureError;
+use ferry_models::LookupError;
+use ferry_models::ScheduleError;
 use ferry_runtimes::{InputError, RuntimeError};
 
 /// Seconds a client should wait before retrying a 429 or 503.

@@ -10,7 +10,6 @@ mod oip_v2;
 mod openapi;
 pub mod v1;
 
-use crate::models::ModelManager;
 use crate::pipeline::Pipeline;
 use crate::telemetry::metrics::Metrics;
 use axum::Router;
@@ -22,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use error::ApiError;
+use ferry_models::ModelManager;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::Instrument;

@@ -2,7 +2,6 @@
 
 use crate::http::error::ApiError;
 use crate::http::{AppState, oip, read_body, request_timeout, v1};
-use crate::models::LoadedModel;
 use crate::pipeline::rows;
 use crate::telemetry::metrics::UNKNOWN_MODEL;
 use axum::Json;
@@ -11,6 +10,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use ferry_models::LoadedModel;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;

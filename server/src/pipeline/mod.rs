@@ -14,12 +14,13 @@ mod shadow;
 
 use crate::capture::{Capture, CaptureRecord};
 use crate::config::{EndpointConfig, FeaturesConfig, ServerConfig};
-use crate::models::{LoadedModel, LookupError, ModelManager};
-use crate::scheduler::ScheduleError;
 use crate::telemetry::metrics::Metrics;
 use assign::Split;
 use ferry_features::online::{MemoryStore, RedisStore};
-use ferry_features::{FeatureError, FeatureRepo, JoinPlan, OnlineFeatures, OnlineStore};
+use ferry_features::{
+    FeatureError, FeatureRepo, JoinPlan, OnlineFeatures, OnlineStore, model_join_plan,
+};
+use ferry_models::{LoadedModel, LookupError, ModelManager, ScheduleError};
 use ferry_registry::{ModelRef, S3Options};
 use ferry_runtimes::{DataType, Tensor, TensorData};
 use ferry_transforms::{BuildOptions, Chain, Context, Row, Stage, TransformError};
@@ -166,44 +167,6 @@ pub async fn open_features(
     })
 }
 
-/// The join plan of a model version's `features` section (None without one), checked against
-/// the server's feature repo and the model's input: what cannot work is refused when the
-/// version loads, not answered with an error per request. Without a repo only `request.*`
-/// columns are allowed.
-pub(crate) fn model_join_plan(
-    repo: Option<&FeatureRepo>,
-    name: &str,
-    version: u64,
-    manifest: &ferry_registry::Manifest,
-) -> Result<Option<JoinPlan>, String> {
-    let Some(spec) = &manifest.features else {
-        return Ok(None);
-    };
-    let plan = match repo {
-        Some(repo) => JoinPlan::new(repo, &spec.entity, &spec.columns),
-        None => JoinPlan::request_only(&spec.entity, &spec.columns),
-    }
-    .map_err(|e| format!("model {name}@{version}: {e}"))?;
-    let signature = manifest.signature();
-    let inputs = &signature.inputs;
-    let fits = inputs.len() == 1
-        && matches!(inputs[0].datatype, DataType::Fp32 | DataType::Fp64)
-        && inputs[0].shape.len() == 2
-        && (inputs[0].shape[1] < 0 || inputs[0].shape[1] as usize == plan.width());
-    if !fits {
-        return Err(format!(
-            "model {name}@{version}: its `features` section has {} columns, so it needs one FP32/FP64 input of shape [-1, {}]; it has {:?}",
-            plan.width(),
-            plan.width(),
-            inputs
-                .iter()
-                .map(|i| (i.name.as_str(), i.datatype, &i.shape))
-                .collect::<Vec<_>>()
-        ));
-    }
-    Ok(Some(plan))
-}
-
 /// A request's deadline and the timeout it came from (for the message).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Deadline {
@@ -332,6 +295,7 @@ impl Core {
 
     fn observe_stage(&self, model: &LoadedModel, version: &str, stage: &str, since: Instant) {
         self.metrics
+            .models
             .stage_duration
             .with_label_values(&[model.name.as_str(), version, stage])
             .observe(since.elapsed().as_secs_f64());

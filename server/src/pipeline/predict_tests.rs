@@ -41,7 +41,7 @@ async fn pipeline(
     .await
     .unwrap();
     let models = Arc::new(
-        ModelManager::new(registry, config.clone(), metrics.clone())
+        ModelManager::new(registry, config.models_config(), metrics.models.clone())
             .with_feature_repo(Some(features.repo.clone())),
     );
     let pipeline = Pipeline::build(

@@ -1,19 +1,17 @@
-//! The one catalogue of ferry's Prometheus metrics. Names follow `ferry_<name>_<unit>[_total]`;
-//! labels stay bounded (model and version come from the registry, never from a client string
-//! that did not resolve to a served model).
+//! ferry's Prometheus metrics, in one registry: the HTTP, endpoint, feature, shadow and
+//! capture families defined here, and the model, queue and engine families of
+//! `ferry_models::ModelMetrics`. Names follow `ferry_<name>_<unit>[_total]`; labels stay
+//! bounded (model and version come from the registry, never from a client string that did not
+//! resolve to a served model).
 
+use ferry_models::ModelMetrics;
+use ferry_models::metrics::LATENCY_BUCKETS;
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Label value for requests whose model name did not resolve (keeps cardinality bounded).
 pub const UNKNOWN_MODEL: &str = "_unknown";
-
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
-const ROWS_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
 /// Cheap to clone: handlers and threads share one set of metric families.
 #[derive(Clone)]
@@ -34,24 +32,9 @@ pub struct MetricFamilies {
     pub request_errors: IntCounterVec,
     /// End-to-end inference request latency in the handler.
     pub request_duration: HistogramVec,
-    /// Latency of one pipeline stage (`queue`, `infer`).
-    pub stage_duration: HistogramVec,
-    /// Rows per engine call.
-    pub batch_rows: HistogramVec,
-    /// Jobs put into / taken out of a model's compute queue; depth = pushed - popped.
-    pub queue_pushed: IntCounterVec,
-    pub queue_popped: IntCounterVec,
-    pub queue_depth: IntGaugeVec,
-    /// Requests turned away because a compute queue was full.
-    pub queue_rejected: IntCounterVec,
-    /// Model version loads by outcome (`ready`, `failed`).
-    pub model_loads: IntCounterVec,
-    /// 1 when a model version is loaded and warmed up.
-    pub model_ready: IntGaugeVec,
-    /// Devices found at start-up: usable CPU cores (`kind="cpu"`), CUDA devices (`kind="cuda"`).
-    pub devices: IntGaugeVec,
-    /// Engine intra-op threads of a loaded model version, by the device it runs on.
-    pub model_threads: IntGaugeVec,
+    /// Model versions, compute queues and engine calls (`ferry-models` defines them);
+    /// `stage_duration` there is the pipeline's too.
+    pub models: ModelMetrics,
     /// HTTP responses by matched route and status code.
     pub http_responses: IntCounterVec,
     /// Endpoint requests by endpoint, variant, model and version.
@@ -103,7 +86,12 @@ impl Metrics {
                 .expect("metric names are unique. This is a bug.");
             h
         };
+        let models = ModelMetrics::new();
+        models
+            .register(&registry)
+            .expect("metric names are unique. This is a bug.");
         Metrics(std::sync::Arc::new(MetricFamilies {
+            models,
             requests: counter(
                 "ferry_requests_total",
                 "Inference requests received.",
@@ -119,58 +107,6 @@ impl Metrics {
                 "Inference request latency from decoded request to encoded response.",
                 &["model", "version"],
                 LATENCY_BUCKETS,
-            ),
-            stage_duration: histogram(
-                "ferry_stage_duration_seconds",
-                "Time spent in one pipeline stage (features, preprocess, queue, infer, postprocess).",
-                &["model", "version", "stage"],
-                LATENCY_BUCKETS,
-            ),
-            batch_rows: histogram(
-                "ferry_batch_size_rows",
-                "Rows per engine call.",
-                &["model", "version"],
-                ROWS_BUCKETS,
-            ),
-            queue_pushed: counter(
-                "ferry_queue_pushed_total",
-                "Jobs put into a model's compute queue.",
-                &["model", "version"],
-            ),
-            queue_popped: counter(
-                "ferry_queue_popped_total",
-                "Jobs taken out of a model's compute queue.",
-                &["model", "version"],
-            ),
-            queue_depth: gauge(
-                "ferry_queue_depth",
-                "Jobs waiting in a model's compute queue.",
-                &["model", "version"],
-            ),
-            queue_rejected: counter(
-                "ferry_queue_rejected_total",
-                "Requests answered 429 because the compute queue was full.",
-                &["model", "version"],
-            ),
-            model_loads: counter(
-                "ferry_model_loads_total",
-                "Model version loads, by outcome.",
-                &["model", "version", "outcome"],
-            ),
-            model_ready: gauge(
-                "ferry_model_ready",
-                "1 when the model version is loaded and warmed up.",
-                &["model", "version"],
-            ),
-            devices: gauge(
-                "ferry_devices",
-                "Compute devices found at start-up: usable CPU cores (kind=cpu, cgroup quota applied) and CUDA devices (kind=cuda).",
-                &["kind"],
-            ),
-            model_threads: gauge(
-                "ferry_model_intra_op_threads",
-                "Engine intra-op threads of a loaded model version, with the device it runs on (0 once unloaded).",
-                &["model", "version", "device"],
             ),
             http_responses: counter(
                 "ferry_http_responses_total",

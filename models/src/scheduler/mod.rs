@@ -12,7 +12,7 @@ mod planner;
 
 pub use planner::BatchPolicy;
 
-use crate::telemetry::metrics::Metrics;
+use crate::metrics::ModelMetrics;
 use ferry_runtimes::{Runtime, RuntimeError, Tensor};
 use planner::{BatchPlanner, Batchable};
 use std::sync::Arc;
@@ -94,7 +94,7 @@ struct QueueMetrics {
 }
 
 impl QueueMetrics {
-    fn new(metrics: &Metrics, model: &str, version: &str) -> QueueMetrics {
+    fn new(metrics: &ModelMetrics, model: &str, version: &str) -> QueueMetrics {
         let labels = [model, version];
         QueueMetrics {
             pushed: metrics.queue_pushed.with_label_values(&labels),
@@ -135,7 +135,7 @@ impl ComputeQueue {
         version: u64,
         runtime: Arc<dyn Runtime>,
         options: QueueOptions,
-        metrics: Metrics,
+        metrics: ModelMetrics,
     ) -> std::io::Result<ComputeQueue> {
         let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(options.capacity.max(1));
         let queue_metrics = QueueMetrics::new(&metrics, model, &version.to_string());
@@ -455,7 +455,8 @@ mod tests {
     async fn full_queue_rejects_at_once_and_queued_work_still_completes() {
         let (runtime, started, release) = gated();
         let queue = Arc::new(
-            ComputeQueue::start("m", 1, runtime.clone(), opts(1, None), Metrics::new()).unwrap(),
+            ComputeQueue::start("m", 1, runtime.clone(), opts(1, None), ModelMetrics::new())
+                .unwrap(),
         );
         let first = tokio::spawn({
             let q = queue.clone();
@@ -490,7 +491,8 @@ mod tests {
     async fn jobs_whose_caller_left_are_skipped() {
         let (runtime, started, release) = gated();
         let queue = Arc::new(
-            ComputeQueue::start("m", 1, runtime.clone(), opts(4, None), Metrics::new()).unwrap(),
+            ComputeQueue::start("m", 1, runtime.clone(), opts(4, None), ModelMetrics::new())
+                .unwrap(),
         );
         let first = tokio::spawn({
             let q = queue.clone();
@@ -590,7 +592,7 @@ mod tests {
                 1,
                 runtime.clone(),
                 opts(1024, Some(policy)),
-                Metrics::new(),
+                ModelMetrics::new(),
             )
             .unwrap(),
         );
@@ -627,7 +629,8 @@ mod tests {
     async fn deadline_expiry_answers_the_caller_and_skips_the_work() {
         let (runtime, started, release) = gated();
         let queue = Arc::new(
-            ComputeQueue::start("m", 1, runtime.clone(), opts(4, None), Metrics::new()).unwrap(),
+            ComputeQueue::start("m", 1, runtime.clone(), opts(4, None), ModelMetrics::new())
+                .unwrap(),
         );
         let first = tokio::spawn({
             let q = queue.clone();

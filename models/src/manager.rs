@@ -4,14 +4,14 @@
 //! atomically, and drains and frees the old one. Requests look models up here; nothing here
 //! runs on the request path except a read lock.
 
-use crate::config::{ModelEntry, ModelSettings, ServerConfig};
+use crate::config::{ModelSettings, ModelsConfig};
+use crate::metrics::ModelMetrics;
 use crate::scheduler::{ComputeQueue, QueueOptions};
-use crate::telemetry::metrics::Metrics;
 use ferry_registry::{Manifest, ModelFormat, ModelRef, Registry, RegistryError, Selector};
 use ferry_runtimes::device::intra_op_share;
 use ferry_runtimes::{
-    DataType, DeviceRequest, Devices, LoadOptions, OnnxEngine, Runtime, RuntimeError, Signature,
-    Tensor, TensorData, load_onnx, load_safetensors,
+    DataType, Devices, LoadOptions, Runtime, RuntimeError, Signature, Tensor, TensorData,
+    load_onnx, load_safetensors,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -128,8 +128,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub struct ModelManager {
     registry: Registry,
     devices: Devices,
-    config: ServerConfig,
-    metrics: Metrics,
+    config: ModelsConfig,
+    metrics: ModelMetrics,
     slots: RwLock<BTreeMap<String, ModelSlot>>,
     /// What the server serves: the config's models plus those loaded through the control API.
     served: Mutex<Vec<ModelSettings>>,
@@ -146,18 +146,19 @@ pub struct ModelManager {
 }
 
 impl ModelManager {
-    pub fn new(registry: Registry, config: ServerConfig, metrics: Metrics) -> ModelManager {
+    /// A manager for `config.models` (nothing loads until `load_configured`); its metrics go to
+    /// `metrics`, whose families the caller registers where it exposes them.
+    pub fn new(registry: Registry, config: ModelsConfig, metrics: ModelMetrics) -> ModelManager {
         let mut slots: BTreeMap<String, ModelSlot> = BTreeMap::new();
         let mut served = Vec::new();
-        for entry in &config.all_model_entries() {
-            let settings = entry.settings();
+        for settings in &config.models {
             if let Ok(model) = ModelRef::parse(&settings.model) {
                 let slot = slots.entry(model.name.clone()).or_default();
                 slot.default_ref.get_or_insert_with(|| model.to_string());
-                served.push(settings);
+                served.push(settings.clone());
             }
         }
-        let shadow_only = config.shadow_only_models();
+        let shadow_only = config.shadow_only.clone();
         let devices = Devices::discover();
         metrics
             .devices
@@ -522,7 +523,7 @@ impl ModelManager {
         settings: &ModelSettings,
     ) -> Result<(LoadedModel, bool), LoadError> {
         let verified = self.registry.fetch(name, version).await?;
-        crate::pipeline::model_join_plan(
+        ferry_features::model_join_plan(
             self.feature_repo.as_deref(),
             name,
             version,
@@ -531,22 +532,13 @@ impl ModelManager {
         .map_err(LoadError::Other)?;
         let instances = settings.instances.unwrap_or(self.config.instances);
         let requested = settings.device.unwrap_or_default();
-        let placement = match verified.manifest.format {
-            // Only Candle has GPU code paths; ONNX models run on the CPU whatever they ask.
-            ModelFormat::Onnx if requested != DeviceRequest::Auto => ferry_runtimes::Placement {
-                device: ferry_runtimes::Device::Cpu,
-                fallback: (requested != DeviceRequest::Cpu).then(|| {
-                    format!(
-                        "{requested} is not available: ONNX models run on the CPU in this build"
-                    )
-                }),
-            },
-            ModelFormat::Onnx => ferry_runtimes::Placement::cpu(),
-            ModelFormat::Safetensors => self
-                .devices
-                .place(requested, settings.device_strict)
-                .map_err(RuntimeError::from)?,
-        };
+        let placement = crate::placement::place(
+            &self.devices,
+            verified.manifest.format,
+            requested,
+            settings.device_strict,
+        )
+        .map_err(RuntimeError::from)?;
         if let Some(reason) = &placement.fallback {
             tracing::warn!(model = %name, version, requested = %requested, reason = %reason, "Model asked for a GPU that is not available. Using CPU instead.");
         }
@@ -565,7 +557,7 @@ impl ModelManager {
                 .queue_capacity
                 .unwrap_or(self.config.queue_capacity),
             batching: batching.policy(),
-            default_timeout: self.config.request_timeout(),
+            default_timeout: self.config.request_timeout,
         };
         let metrics = self.metrics.clone();
         let name = name.to_string();
@@ -623,7 +615,7 @@ impl ModelManager {
         let added = targets.is_empty();
         if added {
             let model = ModelRef::parse(name).map_err(ControlError::Registry)?;
-            targets.push(ModelEntry::Ref(model.to_string()).settings());
+            targets.push(ModelSettings::new(model.to_string()));
         }
         let mut default = None;
         for settings in &targets {
@@ -695,7 +687,7 @@ impl ModelManager {
             {
                 return;
             }
-            let settings = ModelEntry::Ref(model.to_string()).settings();
+            let settings = ModelSettings::new(model.to_string());
             served.push(settings.clone());
             settings
         };
@@ -924,51 +916,4 @@ fn warm_up(runtime: &dyn Runtime) -> Result<(), RuntimeError> {
         })
         .collect::<Vec<_>>();
     runtime.run(&inputs).map(|_| ())
-}
-
-/// Decides where ONNX Runtime's library comes from and loads it; logs what happened.
-/// Returns whether ONNX Runtime is usable.
-pub fn init_onnx_runtime(config: &ServerConfig) -> bool {
-    #[cfg(feature = "ort")]
-    {
-        let wants_ort = config.onnx_engine == OnnxEngine::Ort
-            || config
-                .models
-                .iter()
-                .any(|m| m.settings().onnx_engine == Some(OnnxEngine::Ort));
-        use ferry_runtimes::ort_library;
-        let candidates = ort_library::search(
-            &ort_library::Request {
-                explicit: config.onnxruntime_lib.as_deref(),
-            },
-            &ort_library::ProcessSurroundings,
-        );
-        let Some(found) = ort_library::find(&candidates) else {
-            let searched: Vec<_> = candidates.iter().map(|c| c.path.display()).collect();
-            if wants_ort {
-                tracing::error!(searched = ?searched, "ONNX Runtime library not found; models configured for `onnx_engine: ort` will not load. Run `pip install onnxruntime` (in the active Python environment) or set FERRY_ORT_LIB to a libonnxruntime.so.");
-            } else {
-                tracing::info!(searched = ?searched, "ONNX Runtime library not found; ONNX models run on tract (pure Rust). `pip install onnxruntime` or FERRY_ORT_LIB enables ONNX Runtime.");
-            }
-            return false;
-        };
-        match ferry_runtimes::ort::init(&found.path) {
-            Ok(()) => {
-                tracing::info!(library = %found.path.display(), found_via = %found.origin, "ONNX Runtime loaded from {}.", found.origin);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(library = %found.path.display(), found_via = %found.origin, error = %e, "ONNX Runtime could not be loaded; ONNX models run on tract unless they ask for ort.");
-                false
-            }
-        }
-    }
-    #[cfg(not(feature = "ort"))]
-    {
-        let _ = config;
-        tracing::info!(
-            "This build has no ONNX Runtime engine (cargo feature `ort`); ONNX models run on tract."
-        );
-        false
-    }
 }
