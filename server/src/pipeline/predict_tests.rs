@@ -159,3 +159,85 @@ fn codec_errors_keep_their_side() {
     let e = PredictError::ModelOutput("model m@1 answered ...".into());
     assert_eq!(e.error_type(), "model_output");
 }
+
+/// The column-wise path and the row path over the same random rows: the same variant for
+/// every row (sticky hash of integer and string keys, rows without a key), and the same
+/// predictions, bit for bit.
+#[tokio::test]
+async fn column_and_row_paths_agree_on_random_rows() {
+    use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+
+    let mut split = EndpointConfig::new(
+        "ab",
+        vec![
+            VariantConfig {
+                name: "a".into(),
+                model: "churn@1".into(),
+                weight: 55,
+            },
+            VariantConfig {
+                name: "b".into(),
+                model: "churn@champion".into(),
+                weight: 45,
+            },
+        ],
+    );
+    split.sticky_key = Some("user".into());
+    let (pipeline, _models, _dir) = pipeline(vec![split], |_| {}).await;
+    let mut rng = fastrand::Rng::with_seed(16);
+    for round in 0..12 {
+        let n = rng.usize(1..150);
+        let mut x = FixedSizeListBuilder::new(Float32Builder::new(), 30);
+        for _ in 0..n {
+            for _ in 0..30 {
+                x.values().append_value(rng.f32() * 20.0 - 10.0);
+            }
+            x.append(true);
+        }
+        let user: ArrayRef = if round % 2 == 0 {
+            Arc::new(Int64Array::from_iter_values(
+                (0..n).map(|_| rng.i64(-1_000_000..1_000_000)),
+            ))
+        } else {
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|_| format!("user-{}", rng.u32(..))),
+            ))
+        };
+        let mut columns: Vec<(&str, ArrayRef)> = vec![("X", Arc::new(x.finish()))];
+        // Every third round has no key column: all rows get one random variant per call.
+        if round % 3 != 2 {
+            columns.push(("user", user));
+        }
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+
+        let rows = crate::batch::read::batch_to_rows(&batch).unwrap();
+        let by_rows = pipeline
+            .predict("ab", rows, &PredictOptions::default())
+            .await
+            .unwrap();
+        let groups = pipeline
+            .predict_columns("ab", &batch)
+            .await
+            .unwrap()
+            .expect("a plain split over numeric columns goes column-wise");
+        let mut variants = vec![String::new(); n];
+        let mut predictions = vec![Value::Null; n];
+        for g in &groups {
+            let answers = rows::predictions(&g.outputs).unwrap();
+            for (&row, p) in g.rows.iter().zip(answers) {
+                variants[row] = g.variant.clone();
+                predictions[row] = p;
+            }
+        }
+        if round % 3 == 2 {
+            // Keyless rows share one random draw per call, on either path.
+            assert_eq!(groups.len(), 1, "round {round}");
+            assert!(by_rows.variants.iter().all(|v| v == &by_rows.variants[0]));
+            assert_eq!(predictions, by_rows.predictions, "round {round}");
+            continue;
+        }
+        assert_eq!(variants, by_rows.variants, "round {round}");
+        assert_eq!(predictions, by_rows.predictions, "round {round}");
+    }
+}
