@@ -196,6 +196,12 @@ impl ModelManager {
         &self.registry
     }
 
+    /// The families the manager and its queues report to; the endpoint pipeline adds its own
+    /// stages to `stage_duration`.
+    pub fn metrics(&self) -> &ModelMetrics {
+        &self.metrics
+    }
+
     /// The CPU cores and CUDA devices found at start-up.
     pub fn devices(&self) -> &Devices {
         &self.devices

@@ -5,14 +5,12 @@
 compile_error!("ferry needs at least one engine: enable cargo feature `ort`, `tract` or `candle`");
 
 pub mod batch;
-pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
-pub mod pipeline;
 pub mod registry_cli;
 pub mod reload;
 pub mod telemetry;
@@ -48,6 +46,16 @@ pub async fn build_state(config: &ServerConfig) -> Result<AppState, ServeError> 
     build_state_with(config, ferry_transforms::Registry::new()).await
 }
 
+/// What the endpoint pipeline takes from the server config besides its endpoints: script
+/// paths resolve against the config file's directory, and capture reaches S3 with the
+/// registry's settings.
+pub fn pipeline_options(config: &ServerConfig) -> ferry_pipeline::PipelineOptions {
+    ferry_pipeline::PipelineOptions {
+        base_dir: config.config_dir.clone(),
+        s3: config.registry.options().s3,
+    }
+}
+
 /// `build_state` for a custom ferry binary that registered its own Rust transforms (usable in
 /// endpoint `preprocess`/`postprocess` as `rust: {name: ...}`).
 pub async fn build_state_with(
@@ -58,7 +66,7 @@ pub async fn build_state_with(
     let metrics = Metrics::new();
     let features = match &config.features {
         Some(f) => Some(Arc::new(
-            pipeline::open_features(f, &config.registry.options().s3)
+            ferry_pipeline::open_features(f, &config.registry.options().s3)
                 .await
                 .map_err(ServeError::Features)?,
         )),
@@ -71,11 +79,12 @@ pub async fn build_state_with(
     let admin_token = http::control::AdminToken::from_config(config)?;
     let api_keys = http::auth::ApiKeys::from_config(config)?;
     let pipeline = Arc::new(
-        pipeline::Pipeline::build(
+        ferry_pipeline::Pipeline::build(
             models.clone(),
             features,
-            config,
-            metrics.clone(),
+            pipeline_options(config),
+            &config.endpoints,
+            metrics.pipeline.clone(),
             transforms,
         )
         .await

@@ -5,7 +5,7 @@
 //! changes nothing.
 
 use crate::config::ServerConfig;
-use crate::pipeline::Pipeline;
+use ferry_pipeline::Pipeline;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ fn digest(path: &Path) -> Option<[u8; 32]> {
 pub async fn reload_endpoints(
     path: &Path,
     pipeline: &Pipeline,
-) -> Result<crate::pipeline::ReloadSummary, String> {
+) -> Result<ferry_pipeline::ReloadSummary, String> {
     let config = ServerConfig::load(path).map_err(|e| e.0)?;
     pipeline.reload(&config.endpoints).await
 }

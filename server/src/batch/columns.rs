@@ -12,7 +12,6 @@
 //! booleans, strings, arrays `list<..>`; objects and mixed kinds as their JSON text). Later
 //! rows must fit those columns.
 
-pub use crate::pipeline::VariantOutputs;
 use arrow_array::builder::{BooleanBuilder, PrimitiveBuilder, StringBuilder};
 use arrow_array::types::{
     ArrowPrimitiveType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type,
@@ -21,6 +20,7 @@ use arrow_array::types::{
 use arrow_array::{ArrayRef, FixedSizeListArray, ListArray};
 use arrow_buffer::{NullBuffer, OffsetBuffer};
 use arrow_schema::{DataType, Field};
+pub use ferry_pipeline::VariantOutputs;
 use ferry_runtimes::{DataType as TensorType, TensorSpec};
 use serde_json::Value;
 use std::sync::Arc;

@@ -15,8 +15,8 @@ pub mod storage;
 pub mod write;
 
 use crate::config::ServerConfig;
-use crate::pipeline::{Pipeline, PredictError};
 use columns::PredictionColumns;
+use ferry_pipeline::{Pipeline, PredictError};
 use ferry_registry::{RegistryError, S3Options, Store};
 use read::RowError;
 use score::ScoredRow;

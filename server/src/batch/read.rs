@@ -5,17 +5,15 @@
 use super::BatchError;
 use super::storage::InputFormat;
 use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
-use arrow_array::cast::AsArray;
-use arrow_array::types::*;
-use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use ferry_pipeline::arrow_rows::float;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
 /// A row that could not even be read (a JSONL line that is not a JSON object).
 #[derive(Debug, Clone)]
@@ -162,168 +160,6 @@ fn open_parquet(
         rows_hint: Some(rows_hint),
         chunks: Box::new(chunks),
     })
-}
-
-/// Rows of a record batch as JSON objects keyed by column name.
-pub fn batch_to_rows(batch: &RecordBatch) -> Result<Vec<Map<String, Value>>, String> {
-    let schema = batch.schema();
-    let mut rows: Vec<Map<String, Value>> = (0..batch.num_rows())
-        .map(|_| Map::with_capacity(schema.fields().len()))
-        .collect();
-    for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        let values = column_values(column.as_ref())
-            .map_err(|e| format!("column `{}`: {e}", field.name()))?;
-        for (row, v) in rows.iter_mut().zip(values) {
-            row.insert(field.name().clone(), v);
-        }
-    }
-    Ok(rows)
-}
-
-/// A whole column as JSON values. Numeric columns and lists of numbers (feature vectors) take a
-/// direct path: `array_value` on a list slices a child array per row, which dominated the cost.
-fn column_values(a: &dyn Array) -> Result<Vec<Value>, String> {
-    fn prim<T: ArrowPrimitiveType>(a: &dyn Array, f: impl Fn(T::Native) -> Value) -> Vec<Value> {
-        let p = a.as_primitive::<T>();
-        (0..p.len())
-            .map(|i| {
-                if p.is_null(i) {
-                    Value::Null
-                } else {
-                    f(p.value(i))
-                }
-            })
-            .collect()
-    }
-    /// Rows of a list column whose child is numeric: `offsets[i]..offsets[i+1]` per row.
-    fn lists(a: &dyn Array, child: &dyn Array, offsets: &[usize]) -> Option<Vec<Value>> {
-        let leaf: Vec<Value> = match child.data_type() {
-            DataType::Float32 | DataType::Float64 | DataType::Int64 | DataType::Int32 => {
-                column_values(child).ok()?
-            }
-            _ => return None,
-        };
-        let mut leaf = leaf.into_iter();
-        let mut out = Vec::with_capacity(a.len());
-        let mut pos = offsets.first().copied().unwrap_or(0);
-        // Skip values before the first offset (a sliced list array).
-        for _ in 0..pos {
-            leaf.next();
-        }
-        for i in 0..a.len() {
-            let end = offsets[i + 1];
-            let items: Vec<Value> = leaf.by_ref().take(end - pos).collect();
-            pos = end;
-            out.push(if a.is_null(i) {
-                Value::Null
-            } else {
-                Value::Array(items)
-            });
-        }
-        Some(out)
-    }
-    let fast = match a.data_type() {
-        DataType::Float32 => Some(prim::<Float32Type>(a, |x| float(x as f64))),
-        DataType::Float64 => Some(prim::<Float64Type>(a, float)),
-        DataType::Int32 => Some(prim::<Int32Type>(a, Value::from)),
-        DataType::Int64 => Some(prim::<Int64Type>(a, Value::from)),
-        DataType::List(_) => {
-            let l = a.as_list::<i32>();
-            let offsets: Vec<usize> = l.value_offsets().iter().map(|&o| o as usize).collect();
-            lists(a, l.values().as_ref(), &offsets)
-        }
-        DataType::LargeList(_) => {
-            let l = a.as_list::<i64>();
-            let offsets: Vec<usize> = l.value_offsets().iter().map(|&o| o as usize).collect();
-            lists(a, l.values().as_ref(), &offsets)
-        }
-        DataType::FixedSizeList(_, n) => {
-            let l = a.as_fixed_size_list();
-            let n = *n as usize;
-            let base = l.offset() * n;
-            let offsets: Vec<usize> = (0..=l.len()).map(|i| base + i * n).collect();
-            lists(a, l.values().as_ref(), &offsets)
-        }
-        _ => None,
-    };
-    match fast {
-        Some(v) => Ok(v),
-        None => (0..a.len()).map(|i| array_value(a, i)).collect(),
-    }
-}
-
-fn float(x: f64) -> Value {
-    Number::from_f64(x)
-        .map(Value::Number)
-        .unwrap_or(Value::Null)
-}
-
-fn rfc3339(ms: i64) -> Value {
-    let t = if ms >= 0 {
-        UNIX_EPOCH + Duration::from_millis(ms as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
-    };
-    Value::String(humantime::format_rfc3339_millis(t).to_string())
-}
-
-/// One Arrow value as JSON: numbers, booleans and strings as themselves, lists as arrays,
-/// structs as objects, timestamps as RFC 3339 text, nulls (and NaN) as null.
-pub fn array_value(a: &dyn Array, i: usize) -> Result<Value, String> {
-    if a.is_null(i) {
-        return Ok(Value::Null);
-    }
-    Ok(match a.data_type() {
-        DataType::Null => Value::Null,
-        DataType::Boolean => Value::Bool(a.as_boolean().value(i)),
-        DataType::Int8 => a.as_primitive::<Int8Type>().value(i).into(),
-        DataType::Int16 => a.as_primitive::<Int16Type>().value(i).into(),
-        DataType::Int32 => a.as_primitive::<Int32Type>().value(i).into(),
-        DataType::Int64 => a.as_primitive::<Int64Type>().value(i).into(),
-        DataType::UInt8 => a.as_primitive::<UInt8Type>().value(i).into(),
-        DataType::UInt16 => a.as_primitive::<UInt16Type>().value(i).into(),
-        DataType::UInt32 => a.as_primitive::<UInt32Type>().value(i).into(),
-        DataType::UInt64 => a.as_primitive::<UInt64Type>().value(i).into(),
-        DataType::Float16 => float(a.as_primitive::<Float16Type>().value(i).to_f64()),
-        DataType::Float32 => float(a.as_primitive::<Float32Type>().value(i) as f64),
-        DataType::Float64 => float(a.as_primitive::<Float64Type>().value(i)),
-        DataType::Utf8 => a.as_string::<i32>().value(i).into(),
-        DataType::LargeUtf8 => a.as_string::<i64>().value(i).into(),
-        DataType::Utf8View => a.as_string_view().value(i).into(),
-        DataType::Timestamp(unit, _) => {
-            let v = match unit {
-                TimeUnit::Second => a.as_primitive::<TimestampSecondType>().value(i) * 1000,
-                TimeUnit::Millisecond => a.as_primitive::<TimestampMillisecondType>().value(i),
-                TimeUnit::Microsecond => {
-                    a.as_primitive::<TimestampMicrosecondType>().value(i) / 1000
-                }
-                TimeUnit::Nanosecond => {
-                    a.as_primitive::<TimestampNanosecondType>().value(i) / 1_000_000
-                }
-            };
-            rfc3339(v)
-        }
-        DataType::Date32 => a.as_primitive::<Date32Type>().value(i).into(),
-        DataType::List(_) => list(a.as_list::<i32>().value(i).as_ref())?,
-        DataType::LargeList(_) => list(a.as_list::<i64>().value(i).as_ref())?,
-        DataType::FixedSizeList(_, _) => list(a.as_fixed_size_list().value(i).as_ref())?,
-        DataType::Struct(fields) => {
-            let s = a.as_struct();
-            let mut m = Map::new();
-            for (f, c) in fields.iter().zip(s.columns()) {
-                m.insert(f.name().clone(), array_value(c.as_ref(), i)?);
-            }
-            Value::Object(m)
-        }
-        other => return Err(format!("unsupported column type {other}")),
-    })
-}
-
-fn list(values: &dyn Array) -> Result<Value, String> {
-    (0..values.len())
-        .map(|j| array_value(values, j))
-        .collect::<Result<Vec<_>, _>>()
-        .map(Value::Array)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -606,43 +442,7 @@ fn open_text(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn columns_convert_like_single_values() {
-        use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, ListBuilder};
-        let mut l = ListBuilder::new(Float32Builder::new());
-        l.values().append_value(1.5);
-        l.values().append_value(2.0);
-        l.append(true);
-        l.append(false);
-        l.values().append_value(-3.0);
-        l.values().append_null();
-        l.append(true);
-        let list: ArrayRef = Arc::new(l.finish());
-        let mut f = FixedSizeListBuilder::new(Int64Builder::new(), 2);
-        for (a, b, valid) in [(1, 2, true), (0, 0, false), (5, 6, true)] {
-            f.values().append_value(a);
-            f.values().append_value(b);
-            f.append(valid);
-        }
-        let fixed: ArrayRef = Arc::new(f.finish());
-        for a in [&list, &fixed] {
-            for arr in [a.clone(), a.slice(1, 2)] {
-                let want: Vec<Value> = (0..arr.len())
-                    .map(|i| array_value(arr.as_ref(), i).unwrap())
-                    .collect();
-                assert_eq!(column_values(arr.as_ref()).unwrap(), want);
-            }
-        }
-        assert_eq!(
-            column_values(list.as_ref()).unwrap(),
-            vec![
-                serde_json::json!([1.5, 2.0]),
-                Value::Null,
-                serde_json::json!([-3.0, null])
-            ]
-        );
-    }
+    use arrow_array::Array;
 
     #[test]
     fn csv_cells_and_column_types() {

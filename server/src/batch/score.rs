@@ -1,10 +1,10 @@
 //! Scoring through the serving pipeline: the one adapter batch calls (`score_chunk`), and the
 //! isolation of bad rows when a call fails because of some of its rows.
 
-use crate::pipeline::rows::InvalidRows;
-use crate::pipeline::{Pipeline, PredictError, PredictOptions};
 use arrow_array::RecordBatch;
 use ferry_features::FeatureError;
+use ferry_pipeline::rows::InvalidRows;
+use ferry_pipeline::{Pipeline, PredictError, PredictOptions};
 use serde_json::{Map, Value};
 
 /// One scored row and what produced it.
@@ -101,7 +101,7 @@ pub async fn score_isolating(
     };
     let to_rows = |offset: usize, len: usize| -> Result<Vec<Map<String, Value>>, PredictError> {
         let b = batch.as_ref().expect("arrow parts come with a batch");
-        super::read::batch_to_rows(&b.slice(offset, len))
+        ferry_pipeline::arrow_rows::batch_to_rows(&b.slice(offset, len))
             .map_err(|e| PredictError::Input(InvalidRows(e)))
     };
     let mut work = vec![(0usize, first)];
@@ -197,7 +197,7 @@ pub async fn score_columns(
     let Some(typed) = typed else {
         let mut scored: Vec<Option<ScoredRow>> = vec![None; n];
         for g in groups {
-            let predictions = crate::pipeline::rows::predictions(&g.outputs)
+            let predictions = ferry_pipeline::rows::predictions(&g.outputs)
                 .map_err(|e| PredictError::ModelOutput(e.to_string()))?;
             for (&row, prediction) in g.rows.iter().zip(predictions) {
                 scored[row] = Some(ScoredRow {

@@ -4,11 +4,12 @@
 
 use super::BatchError;
 use super::columns::PredictionColumns;
-use super::read::{RowError, array_value};
+use super::read::RowError;
 use super::score::{ScoredColumns, ScoredRow};
 use arrow_array::builder::{StringBuilder, TimestampMillisecondBuilder, UInt64Builder};
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use ferry_pipeline::arrow_rows::array_value;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;

@@ -3,13 +3,13 @@
 
 use crate::http::error::ApiError;
 use crate::http::{AppState, RequestId, read_body, request_timeout};
-use crate::pipeline::PredictOptions;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use ferry_features::{FeatureRef, OnMissing};
+use ferry_pipeline::PredictOptions;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::time::Instant;

@@ -1,13 +1,13 @@
 //! The one place where errors become HTTP responses: status, `{"error": …}` body, and the
 //! stable `error_type` used in logs and `ferry_request_errors_total`.
 
-use crate::pipeline::PredictError;
-use crate::pipeline::rows::{InvalidOutputs, InvalidRows};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_features::FeatureError;
 use ferry_models::LookupError;
 use ferry_models::ScheduleError;
+use ferry_pipeline::PredictError;
+use ferry_pipeline::rows::{InvalidOutputs, InvalidRows};
 use ferry_runtimes::{InputError, RuntimeError};
 
 /// Seconds a client should wait before retrying a 429 or 503.
@@ -257,7 +257,7 @@ impl From<PredictError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::rows;
+    use ferry_pipeline::rows;
     use ferry_runtimes::{DataType, Signature, Tensor, TensorData, TensorSpec};
 
     #[test]

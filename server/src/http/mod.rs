@@ -10,7 +10,6 @@ mod oip_v2;
 mod openapi;
 pub mod v1;
 
-use crate::pipeline::Pipeline;
 use crate::telemetry::metrics::Metrics;
 use axum::Router;
 use axum::body::Body;
@@ -22,6 +21,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use error::ApiError;
 use ferry_models::ModelManager;
+use ferry_pipeline::Pipeline;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::Instrument;

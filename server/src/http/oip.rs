@@ -4,7 +4,7 @@
 //! actually received before anything is allocated from it.
 
 use crate::http::error::ApiError;
-use crate::pipeline::json_tensor::decode_json;
+use ferry_pipeline::json_tensor::decode_json;
 use ferry_runtimes::{DataType, Tensor, TensorData, element_count};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

@@ -2,7 +2,6 @@
 
 use crate::http::error::ApiError;
 use crate::http::{AppState, oip, read_body, request_timeout, v1};
-use crate::pipeline::rows;
 use crate::telemetry::metrics::UNKNOWN_MODEL;
 use axum::Json;
 use axum::body::Body;
@@ -11,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_models::LoadedModel;
+use ferry_pipeline::rows;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -270,7 +270,7 @@ pub async fn v1_predict(
         let outputs = submit(&model, inputs, &headers).await?;
         // Rows are zipped with the outputs: a model answering outside its signature must not
         // shift predictions onto the wrong instances.
-        crate::pipeline::check_outputs(&model, &outputs, request.instances.len())?;
+        ferry_pipeline::check_outputs(&model, &outputs, request.instances.len())?;
         Ok(Json(json!({ "predictions": rows::predictions(&outputs)? })).into_response())
     })
     .await

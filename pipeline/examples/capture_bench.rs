@@ -1,11 +1,11 @@
 //! Cost of prediction capture, without HTTP: what `sample()` + `record()` add to a request,
 //! and how many records per second the writer encodes and writes to a local directory.
 //!
-//! `cargo run --release -p ferry-server --example capture_bench [records]`
+//! `cargo run --release -p ferry-pipeline --example capture_bench [records]`
 
+use ferry_pipeline::PipelineMetrics;
+use ferry_pipeline::capture::{Capture, CaptureConfig, CaptureFormat, CaptureRecord, now_ms};
 use ferry_registry::S3Options;
-use ferry_server::capture::{Capture, CaptureConfig, CaptureFormat, CaptureRecord, now_ms};
-use ferry_server::telemetry::metrics::Metrics;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,7 @@ async fn main() {
             flush_interval: "5s".into(),
             queue_capacity: n as usize,
         };
-        let metrics = Metrics::new();
+        let metrics = PipelineMetrics::new();
         let capture = Capture::start("churn", &config, &S3Options::default(), metrics.clone())
             .await
             .unwrap();

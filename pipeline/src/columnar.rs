@@ -237,7 +237,7 @@ fn numbers(values: &ArrayRef, to: DataType) -> Option<TensorData> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::rows::rows_to_tensors;
+    use crate::rows::rows_to_tensors;
     use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, ListBuilder};
     use arrow_array::{Float64Array, Int64Array, StringArray};
     use ferry_runtimes::TensorSpec;
@@ -268,7 +268,7 @@ mod tests {
 
     /// The row path's tensors for the same batch, through the batch reader's conversion.
     fn via_rows(batch: &RecordBatch, sig: &Signature) -> Vec<Tensor> {
-        let rows = crate::batch::read::batch_to_rows(batch).unwrap();
+        let rows = crate::arrow_rows::batch_to_rows(batch).unwrap();
         rows_to_tensors(&rows, sig).unwrap()
     }
 

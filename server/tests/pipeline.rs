@@ -1,12 +1,19 @@
-//! `Pipeline::predict` over the embedded demo registry on tract (no sockets, no HTTP): which
-//! failures are the rows' fault (`PredictError::Input`) and which the model's
+//! `ferry_pipeline::Pipeline::predict` over the embedded demo registry on tract (no sockets,
+//! no HTTP): which failures are the rows' fault (`PredictError::Input`) and which the model's
 //! (`PredictError::ModelOutput`). Statuses are `http::error`'s business and tested there.
+//! The demo registry lives with the server (it is embedded in the binary), so these tests do
+//! too, through the pipeline crate's public API.
 
-use super::rows::{self, InvalidRows};
-use super::*;
-use crate::config::VariantConfig;
+use ferry_models::ModelManager;
+use ferry_pipeline::config::{EndpointConfig, VariantConfig};
+use ferry_pipeline::rows::{self, InvalidRows};
+use ferry_pipeline::{Pipeline, PredictError, PredictOptions, Predictions, open_features};
 use ferry_runtimes::OnnxEngine;
-use serde_json::json;
+use ferry_server::telemetry::metrics::Metrics;
+use ferry_transforms::Row;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
 
 fn endpoint(name: &str, model: &str) -> EndpointConfig {
     EndpointConfig::new(
@@ -25,9 +32,9 @@ async fn pipeline(
     endpoints: Vec<EndpointConfig>,
     edit: impl FnOnce(&Path),
 ) -> (Pipeline, Arc<ModelManager>, tempfile::TempDir) {
-    let dir = crate::demo::extract().unwrap();
+    let dir = ferry_server::demo::extract().unwrap();
     edit(dir.path());
-    let mut config = crate::demo::config(dir.path().to_str().unwrap());
+    let mut config = ferry_server::demo::config(dir.path().to_str().unwrap());
     config.onnx_engine = OnnxEngine::Tract;
     config.endpoints.extend(endpoints);
     let registry = ferry_registry::Registry::open(&config.registry.options())
@@ -47,8 +54,9 @@ async fn pipeline(
     let pipeline = Pipeline::build(
         models.clone(),
         Some(Arc::new(features)),
-        &config,
-        metrics,
+        ferry_server::pipeline_options(&config),
+        &config.endpoints,
+        metrics.pipeline.clone(),
         ferry_transforms::Registry::new(),
     )
     .await
@@ -211,7 +219,7 @@ async fn column_and_row_paths_agree_on_random_rows() {
         }
         let batch = RecordBatch::try_from_iter(columns).unwrap();
 
-        let rows = crate::batch::read::batch_to_rows(&batch).unwrap();
+        let rows = ferry_pipeline::arrow_rows::batch_to_rows(&batch).unwrap();
         let by_rows = pipeline
             .predict("ab", rows, &PredictOptions::default())
             .await

@@ -1,20 +1,26 @@
 //! The inference pipeline behind business endpoints, shared by the HTTP server and batch mode:
 //! resolve variant → fetch features → pre-transform → model → post-transform. HTTP handlers and
-//! the batch driver only convert their formats to and from `Pipeline::predict`.
+//! the batch driver only convert their formats to and from `Pipeline::predict` (rows) or
+//! `Pipeline::predict_columns` (Arrow batches); failures are `PredictError`s, which carry no
+//! HTTP status: the server maps them in one place.
 //!
 //! An endpoint's variants split its traffic by the sticky hash in `assign`; shadows get a
 //! sampled copy of requests on a bounded queue served by a background task, so their latency
 //! and failures never reach the caller; prediction capture records a sample of requests.
 
+pub mod arrow_rows;
 pub mod assign;
+pub mod capture;
 pub mod columnar;
+pub mod config;
 pub mod json_tensor;
+pub mod metrics;
 pub mod rows;
 mod shadow;
 
 use crate::capture::{Capture, CaptureRecord};
-use crate::config::{EndpointConfig, FeaturesConfig, ServerConfig};
-use crate::telemetry::metrics::Metrics;
+use crate::config::{EndpointConfig, FeaturesConfig};
+pub use crate::metrics::PipelineMetrics;
 use assign::Split;
 use ferry_features::online::{MemoryStore, RedisStore};
 use ferry_features::{
@@ -187,7 +193,7 @@ impl Deadline {
 pub(crate) struct Core {
     models: Arc<ModelManager>,
     features: Option<Arc<OnlineFeatures>>,
-    metrics: Metrics,
+    metrics: PipelineMetrics,
     transforms: ferry_transforms::Registry,
     /// Join plans per (model, version), built on first use.
     plans: Mutex<HashMap<(String, u64), Arc<JoinPlan>>>,
@@ -294,8 +300,8 @@ impl Core {
     }
 
     fn observe_stage(&self, model: &LoadedModel, version: &str, stage: &str, since: Instant) {
-        self.metrics
-            .models
+        self.models
+            .metrics()
             .stage_duration
             .with_label_values(&[model.name.as_str(), version, stage])
             .observe(since.elapsed().as_secs_f64());
@@ -499,14 +505,25 @@ impl Endpoint {
     }
 }
 
+/// What a pipeline needs besides its models, features and endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineOptions {
+    /// Where relative `script: {file: ...}` paths resolve (the config file's directory);
+    /// None: the working directory.
+    pub base_dir: Option<PathBuf>,
+    /// S3 settings for capture destinations (the registry's, so one setup reaches both).
+    pub s3: S3Options,
+}
+
 impl Pipeline {
-    /// Compiles the config's endpoints (transform chains, captures, shadow workers). Needs a
-    /// tokio runtime. `transforms` holds the Rust transforms a custom build registered.
+    /// Compiles `endpoints` (transform chains, captures, shadow workers). Needs a tokio
+    /// runtime. `transforms` holds the Rust transforms a custom build registered.
     pub async fn build(
         models: Arc<ModelManager>,
         features: Option<Arc<OnlineFeatures>>,
-        config: &ServerConfig,
-        metrics: Metrics,
+        options: PipelineOptions,
+        endpoints: &[EndpointConfig],
+        metrics: PipelineMetrics,
         transforms: ferry_transforms::Registry,
     ) -> Result<Pipeline, String> {
         let pipeline = Pipeline {
@@ -519,14 +536,11 @@ impl Pipeline {
                 model_chains: Mutex::new(HashMap::new()),
             }),
             endpoints: RwLock::new(Arc::new(BTreeMap::new())),
-            base_dir: config
-                .config_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(".")),
-            s3: config.registry.options().s3,
+            base_dir: options.base_dir.unwrap_or_else(|| PathBuf::from(".")),
+            s3: options.s3,
             reload_lock: tokio::sync::Mutex::new(()),
         };
-        pipeline.reload(&config.endpoints).await?;
+        pipeline.reload(endpoints).await?;
         Ok(pipeline)
     }
 
@@ -805,7 +819,7 @@ impl Pipeline {
 /// Refuses outputs that do not fit the model's signature or do not have one row per input row:
 /// turned into predictions they would be misread (rows shifted, nulls, wrong widths).
 /// The model answered within its own output signature, one row per input row.
-pub(crate) fn check_outputs(
+pub fn check_outputs(
     model: &LoadedModel,
     outputs: &[Tensor],
     rows: usize,
@@ -994,6 +1008,3 @@ mod tests {
         assert!(outputs_fit(&specs(), &swapped, 4).is_err());
     }
 }
-
-#[cfg(test)]
-mod predict_tests;

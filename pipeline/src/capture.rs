@@ -15,7 +15,7 @@
 //! The date and hour (UTC) and `unix_ms` are the time the batch is written; `replica` is random
 //! per process, so replicas sharing a destination never overwrite each other's files.
 
-use crate::telemetry::metrics::Metrics;
+use crate::metrics::PipelineMetrics;
 use arrow_array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use ferry_registry::{S3Options, S3Store, parse_s3_uri};
@@ -467,7 +467,7 @@ impl Capture {
         endpoint: &str,
         config: &CaptureConfig,
         s3: &S3Options,
-        metrics: Metrics,
+        metrics: PipelineMetrics,
     ) -> Result<Capture, CaptureError> {
         let config_error = |message: String| CaptureError::Config {
             endpoint: endpoint.to_string(),
@@ -905,9 +905,10 @@ mod tests {
                         dir.path().display()
                     ))
                 };
-                let capture = Capture::start("e", &c, &S3Options::default(), Metrics::new())
-                    .await
-                    .unwrap();
+                let capture =
+                    Capture::start("e", &c, &S3Options::default(), PipelineMetrics::new())
+                        .await
+                        .unwrap();
                 // Binomial(20000, 0.25): sd ~61, so +-300 is ~5 sd.
                 let hits = (0..20_000).filter(|_| capture.sample()).count();
                 assert!((lo..=hi).contains(&hits), "{percent}%: {hits}");

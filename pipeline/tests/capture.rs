@@ -3,9 +3,9 @@
 
 use bytes::Bytes;
 use ferry_e2e::MotoServer;
+use ferry_pipeline::PipelineMetrics;
+use ferry_pipeline::capture::{Capture, CaptureConfig, CaptureFormat, CaptureRecord};
 use ferry_registry::{S3Options, S3Store};
-use ferry_server::capture::{Capture, CaptureConfig, CaptureFormat, CaptureRecord};
-use ferry_server::telemetry::metrics::Metrics;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -269,7 +269,7 @@ fn rows_of(format: CaptureFormat, bytes: Vec<u8>) -> Vec<Value> {
     }
 }
 
-fn count(metrics: &Metrics, endpoint: &str, outcome: &str) -> u64 {
+fn count(metrics: &PipelineMetrics, endpoint: &str, outcome: &str) -> u64 {
     metrics
         .capture_records
         .with_label_values(&[endpoint, outcome])
@@ -292,7 +292,7 @@ async fn local_round_trip(format: CaptureFormat, ext: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path().to_str().unwrap(), format);
     c.max_batch_rows = 4;
-    let metrics = Metrics::new();
+    let metrics = PipelineMetrics::new();
     let from = now_ms();
     let capture = Capture::start("churn", &c, &S3Options::default(), metrics.clone())
         .await
@@ -355,7 +355,7 @@ async fn jsonl_lines_have_exactly_the_record_fields() {
             CaptureFormat::Jsonl,
         ),
         &S3Options::default(),
-        Metrics::new(),
+        PipelineMetrics::new(),
     )
     .await
     .unwrap();
@@ -391,7 +391,7 @@ async fn a_full_batch_is_written_without_waiting_for_the_interval() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path().to_str().unwrap(), CaptureFormat::Jsonl);
     c.max_batch_rows = 10;
-    let capture = Capture::start("e", &c, &S3Options::default(), Metrics::new())
+    let capture = Capture::start("e", &c, &S3Options::default(), PipelineMetrics::new())
         .await
         .unwrap();
     for i in 0..25 {
@@ -422,7 +422,7 @@ async fn a_partial_batch_is_written_after_the_flush_interval() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path().to_str().unwrap(), CaptureFormat::Jsonl);
     c.flush_interval = "700ms".into();
-    let capture = Capture::start("e", &c, &S3Options::default(), Metrics::new())
+    let capture = Capture::start("e", &c, &S3Options::default(), PipelineMetrics::new())
         .await
         .unwrap();
     let recorded = Instant::now();
@@ -451,7 +451,7 @@ async fn a_partial_batch_is_written_after_the_flush_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_flushes_a_partial_batch_and_later_records_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = Metrics::new();
+    let metrics = PipelineMetrics::new();
     let capture = Capture::start(
         "e",
         &config(dir.path().to_str().unwrap(), CaptureFormat::Parquet),
@@ -487,7 +487,7 @@ async fn dropping_every_handle_flushes_too() {
         "e",
         &config(dir.path().to_str().unwrap(), CaptureFormat::Jsonl),
         &S3Options::default(),
-        Metrics::new(),
+        PipelineMetrics::new(),
     )
     .await
     .unwrap();
@@ -502,7 +502,7 @@ async fn a_full_queue_drops_and_counts_without_blocking() {
     let mut c = config(dir.path().to_str().unwrap(), CaptureFormat::Jsonl);
     c.max_batch_rows = 100;
     c.queue_capacity = 100;
-    let metrics = Metrics::new();
+    let metrics = PipelineMetrics::new();
     let capture = Capture::start("e", &c, &S3Options::default(), metrics.clone())
         .await
         .unwrap();
@@ -553,7 +553,7 @@ async fn an_unwritable_directory_counts_failures_and_never_blocks() {
     let mut c = config(destination.to_str().unwrap(), CaptureFormat::Parquet);
     c.max_batch_rows = 10;
     c.queue_capacity = 20;
-    let metrics = Metrics::new();
+    let metrics = PipelineMetrics::new();
     let capture = Capture::start("e", &c, &S3Options::default(), metrics.clone())
         .await
         .expect("an unwritable destination does not stop the server from starting");
@@ -629,7 +629,7 @@ async fn s3_child() {
         let prefix = format!("s3://capture-bucket/prod/{ext}");
         let mut c = config(&prefix, format);
         c.max_batch_rows = 4;
-        let metrics = Metrics::new();
+        let metrics = PipelineMetrics::new();
         let from = now_ms();
         let capture = Capture::start("churn", &c, &s3, metrics.clone())
             .await
@@ -655,7 +655,7 @@ async fn s3_child() {
     let mut c = config("s3://no-such-bucket/x", CaptureFormat::Jsonl);
     c.max_batch_rows = 5;
     c.queue_capacity = 10;
-    let metrics = Metrics::new();
+    let metrics = PipelineMetrics::new();
     let capture = Capture::start("churn", &c, &s3, metrics.clone())
         .await
         .unwrap();
@@ -692,7 +692,7 @@ async fn s3_child_unresponsive() {
     let mut c = config("s3://silent/x", CaptureFormat::Jsonl);
     c.max_batch_rows = 5;
     c.queue_capacity = 20;
-    let metrics = Metrics::new();
+    let metrics = PipelineMetrics::new();
     let capture = Capture::start("churn", &c, &s3, metrics.clone())
         .await
         .unwrap();
