@@ -47,7 +47,7 @@ impl FeaturesConfig {
 }
 
 /// One business endpoint: features → pre-transforms → model → post-transforms, with traffic
-/// split between weighted variants (see `pipeline::assign` for the sticky hash).
+/// split between weighted variants (see `crate::assign` for the sticky hash).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {

@@ -97,8 +97,10 @@ def test_dockerfile():
 
 def test_dashboard_queries_only_exported_metrics():
     dash = json.load(open(os.path.join(DEPLOY, "grafana", "ferry-dashboard.json")))
-    # The server's families and those of ferry-models, registered into the same registry.
-    catalogues = [("server", "src", "telemetry", "metrics.rs"), ("models", "src", "metrics.rs")]
+    # The server's families and those of ferry-models and ferry-pipeline, registered into the
+    # same registry.
+    catalogues = [("server", "src", "telemetry", "metrics.rs"), ("models", "src", "metrics.rs"),
+                  ("pipeline", "src", "metrics.rs")]
     exported = set()
     for parts in catalogues:
         exported |= set(re.findall(r'"(ferry_\w+)"', open(os.path.join(ROOT, *parts)).read()))

@@ -1,6 +1,6 @@
 //! `POST /v1/models/{model}:predict` in TF-Serving's row format: `{"instances": [...]}` →
 //! `{"predictions": [...]}`. Only the request body lives here; rows become tensors (and
-//! outputs predictions) in `pipeline::rows`, which the endpoint pipeline shares.
+//! outputs predictions) in `ferry_pipeline::rows`, which the endpoint pipeline shares.
 
 use crate::http::error::ApiError;
 use serde::Deserialize;
