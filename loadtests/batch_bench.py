@@ -3,6 +3,7 @@
 
     cargo build --release --locked -p ferry-server
     FERRY_BIN=$CARGO_TARGET_DIR/release/ferry FERRY_ORT_LIB=$(python3 scripts/find-ort-lib.py) \\
+    [FERRY_BASELINE_BIN=/path/to/previous/ferry] \\
         python3 loadtests/batch_bench.py [--rows 1000000] [--rounds 3] [--profile loadtests/profiles]
 
 Writes ROWS rows as Parquet (row groups of 131,072 rows) for two demo models:
@@ -392,6 +393,14 @@ def main():
             "risk/ferry+tf": ("risk", ferry_command(binary, cfg, "risk_tf", inputs["risk"],
                                                     out("risk-ferry-tf")), out("risk-ferry-tf")),
         }
+        # Another ferry binary (e.g. the previous commit's) beside this one, in the same rounds.
+        baseline = os.environ.get("FERRY_BASELINE_BIN")
+        if baseline:
+            for model in ("churn", "risk"):
+                runs[f"{model}/ferry-baseline"] = (
+                    model, ferry_command(baseline, cfg, model, inputs[model],
+                                         out(f"{model}-ferry-baseline")),
+                    out(f"{model}-ferry-baseline"))
         results = collections.defaultdict(list)
         for rnd in range(args.rounds):
             for name, (_, cmd, clear) in runs.items():
