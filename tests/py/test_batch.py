@@ -540,6 +540,13 @@ def test_output_columns_are_typed_and_equal_the_online_answers(env):
     assert t.schema.field("label").type == pa.int64()
     assert t.schema.field("probabilities").type == pa.list_(pa.float32(), 2)
     assert t.schema.field("version").type == pa.uint64()
+    # Strings are dictionary-encoded, floats are not (interning distinct floats costs and
+    # saves nothing).
+    meta = pq.ParquetFile(str(tmp / "out-churn-parquet" / "c.parquet")).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings
+                 for i in range(meta.num_columns)}
+    assert any("DICTIONARY" in e for e in encodings["variant"]), encodings
+    assert not any("DICTIONARY" in e for e in encodings["probabilities.list.item"]), encodings
     assert t.column("id").to_pylist() == [r["id"] for r in churn]
     assert t.column("label").to_pylist() == [p["label"] for p in online_churn]
     np.testing.assert_array_equal(
