@@ -16,11 +16,13 @@ pub mod config;
 pub mod json_tensor;
 pub mod metrics;
 pub mod rows;
+pub mod setup;
 mod shadow;
 
 use crate::capture::{Capture, CaptureRecord};
 use crate::config::{EndpointConfig, FeaturesConfig};
 pub use crate::metrics::PipelineMetrics;
+pub use crate::setup::{Served, Setup, SetupError};
 use assign::Split;
 use ferry_features::online::{MemoryStore, RedisStore};
 use ferry_features::{
