@@ -907,6 +907,62 @@ mod tests {
     }
 
     #[test]
+    fn a_job_loads_only_its_endpoint_variants_without_shadows_capture_or_deadline() {
+        let endpoints: Vec<EndpointConfig> = serde_json::from_value(serde_json::json!([
+            {"name": "risk", "variants": [
+                {"name": "a", "model": "risk@1"},
+                {"name": "b", "model": "risk@2"},
+                {"name": "c", "model": "risk@1"}],
+             "shadow": [{"model": "risk@9", "sample": 1.0}],
+             "capture": {"sample_percent": 100.0, "destination": "/nonexistent"}},
+            {"name": "other", "variants": [{"name": "a", "model": "churn@1"}]}
+        ]))
+        .unwrap();
+        let mut models = ModelsConfig::new(vec![ModelSettings {
+            instances: Some(4),
+            ..ModelSettings::new("churn@1")
+        }]);
+        models.shadow_only.insert("risk".into());
+        models.request_timeout = Some(Duration::from_secs(30));
+        models.instances = 2;
+        let config = JobConfig {
+            registry: RegistryOptions {
+                uri: "/models".into(),
+                s3: Default::default(),
+                cache_dir: None,
+            },
+            models,
+            features: Some(FeaturesConfig {
+                repo: "features.yaml".into(),
+                redis: None,
+                timeout: "20ms".into(),
+                on_missing: Default::default(),
+            }),
+            endpoints,
+            base_dir: None,
+        };
+        let job = job_config(config.clone(), "risk").unwrap();
+        assert_eq!(job.endpoints.len(), 1);
+        assert!(job.endpoints[0].shadow.is_empty() && job.endpoints[0].capture.is_none());
+        let loaded: Vec<&str> = job.models.models.iter().map(|m| m.model.as_str()).collect();
+        assert_eq!(loaded, ["risk@1", "risk@2"]);
+        assert!(job.models.models.iter().all(|m| m.instances.is_none()));
+        assert!(job.models.shadow_only.is_empty());
+        assert_eq!(job.models.request_timeout, None);
+        // Server-wide defaults stay.
+        assert_eq!(job.models.instances, 2);
+        assert_eq!(
+            job.features.unwrap().timeout().unwrap(),
+            JOB_FEATURE_TIMEOUT
+        );
+        let err = job_config(config, "nope").unwrap_err().to_string();
+        assert!(
+            err.contains("no endpoint `nope`") && err.contains("\"risk\", \"other\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn exit_codes() {
         let mut s = Summary::default();
         assert_eq!(s.exit_code(), 0);

@@ -1,8 +1,8 @@
 //! The inference pipeline behind business endpoints, shared by the HTTP server and batch mode:
 //! resolve variant → fetch features → pre-transform → model → post-transform. HTTP handlers and
-//! the batch driver only convert their formats to and from `Pipeline::predict` (rows) or
-//! `Pipeline::predict_columns` (Arrow batches); failures are `PredictError`s, which carry no
-//! HTTP status: the server maps them in one place.
+//! the batch job (`ferry-batch`) only convert their formats to and from `Pipeline::predict`
+//! (rows) or `Pipeline::predict_columns` (Arrow batches); failures are `PredictError`s, which
+//! carry no HTTP status: the server maps them in one place. Both build it with `Setup`.
 //!
 //! An endpoint's variants split its traffic by the sticky hash in `assign`; shadows get a
 //! sampled copy of requests on a bounded queue served by a background task, so their latency
