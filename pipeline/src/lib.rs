@@ -1,8 +1,8 @@
 //! The inference pipeline behind business endpoints, shared by the HTTP server and batch mode:
 //! resolve variant → fetch features → pre-transform → model → post-transform. HTTP handlers and
-//! the batch driver only convert their formats to and from `Pipeline::predict` (rows) or
-//! `Pipeline::predict_columns` (Arrow batches); failures are `PredictError`s, which carry no
-//! HTTP status: the server maps them in one place.
+//! the batch job (`ferry-batch`) only convert their formats to and from `Pipeline::predict`
+//! (rows) or `Pipeline::predict_columns` (Arrow batches); failures are `PredictError`s, which
+//! carry no HTTP status: the server maps them in one place. Both build it with `Setup`.
 //!
 //! An endpoint's variants split its traffic by the sticky hash in `assign`; shadows get a
 //! sampled copy of requests on a bounded queue served by a background task, so their latency
@@ -16,11 +16,13 @@ pub mod config;
 pub mod json_tensor;
 pub mod metrics;
 pub mod rows;
+pub mod setup;
 mod shadow;
 
 use crate::capture::{Capture, CaptureRecord};
 use crate::config::{EndpointConfig, FeaturesConfig};
 pub use crate::metrics::PipelineMetrics;
+pub use crate::setup::{Served, Setup, SetupError};
 use assign::Split;
 use ferry_features::online::{MemoryStore, RedisStore};
 use ferry_features::{

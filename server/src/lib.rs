@@ -4,7 +4,6 @@
 #[cfg(not(any(feature = "ort", feature = "tract", feature = "candle")))]
 compile_error!("ferry needs at least one engine: enable cargo feature `ort`, `tract` or `candle`");
 
-pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -16,8 +15,6 @@ pub mod reload;
 pub mod telemetry;
 
 use config::ServerConfig;
-use ferry_models::ModelManager;
-use ferry_registry::Registry;
 use http::AppState;
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -37,6 +34,16 @@ pub enum ServeError {
     Config(String),
     #[error("features: {0}")]
     Features(String),
+}
+
+impl From<ferry_pipeline::SetupError> for ServeError {
+    fn from(e: ferry_pipeline::SetupError) -> ServeError {
+        match e {
+            ferry_pipeline::SetupError::Registry(e) => ServeError::Registry(e),
+            ferry_pipeline::SetupError::Features(e) => ServeError::Features(e),
+            ferry_pipeline::SetupError::Config(e) => ServeError::Config(e),
+        }
+    }
 }
 
 /// Builds the state for `config`: opens the registry and the feature store (Redis connects
@@ -62,37 +69,24 @@ pub async fn build_state_with(
     config: &ServerConfig,
     transforms: ferry_transforms::Registry,
 ) -> Result<AppState, ServeError> {
-    let registry = Registry::open(&config.registry.options()).await?;
-    let metrics = Metrics::new();
-    let features = match &config.features {
-        Some(f) => Some(Arc::new(
-            ferry_pipeline::open_features(f, &config.registry.options().s3)
-                .await
-                .map_err(ServeError::Features)?,
-        )),
-        None => None,
-    };
-    let models = Arc::new(
-        ModelManager::new(registry, config.models_config(), metrics.models.clone())
-            .with_feature_repo(features.as_ref().map(|f| f.repo.clone())),
-    );
     let admin_token = http::control::AdminToken::from_config(config)?;
     let api_keys = http::auth::ApiKeys::from_config(config)?;
-    let pipeline = Arc::new(
-        ferry_pipeline::Pipeline::build(
-            models.clone(),
-            features,
-            pipeline_options(config),
-            &config.endpoints,
-            metrics.pipeline.clone(),
-            transforms,
-        )
-        .await
-        .map_err(ServeError::Config)?,
-    );
+    let metrics = Metrics::new();
+    let served = ferry_pipeline::Setup {
+        registry: config.registry.options(),
+        models: config.models_config(),
+        features: config.features.as_ref(),
+        endpoints: &config.endpoints,
+        options: pipeline_options(config),
+        transforms,
+        model_metrics: metrics.models.clone(),
+        pipeline_metrics: metrics.pipeline.clone(),
+    }
+    .build()
+    .await?;
     Ok(AppState {
-        models,
-        pipeline,
+        models: served.models,
+        pipeline: served.pipeline,
         metrics,
         max_body_bytes: config.max_body_bytes,
         shutting_down: Arc::new(AtomicBool::new(false)),

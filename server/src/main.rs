@@ -1,12 +1,12 @@
 use anyhow::Context;
 use clap::Parser;
+use ferry_batch::{BatchOptions, JobConfig, OutputFormat, Shard};
 use ferry_features::FeatureRepo;
 use ferry_features::materialize::{MaterializeOptions, Progress, materialize_view};
 use ferry_features::offline::OfflineSource;
 use ferry_features::online::{MemoryStore, OnlineStore, RedisStore, RowKey};
 use ferry_registry::S3Options;
 use ferry_runtimes::OnnxEngine;
-use ferry_server::batch::{BatchOptions, OutputFormat, Shard};
 use ferry_server::cli::{
     BatchArgs, BatchFormat, Cli, Command, EngineArg, FeaturesArgs, FeaturesCommand, LogFormat,
     ServeArgs,
@@ -269,7 +269,14 @@ async fn batch(args: BatchArgs) -> anyhow::Result<i32> {
         inflight: args.inflight.max(1),
         stall_after_units,
     };
-    let s = ferry_server::batch::run(config, options).await?;
+    let job = JobConfig {
+        registry: config.registry.options(),
+        models: config.models_config(),
+        features: config.features,
+        endpoints: config.endpoints,
+        base_dir: config.config_dir,
+    };
+    let s = ferry_batch::run(job, options).await?;
     println!(
         "batch: {} units in shard {shard} ({} total): {} scored, {} skipped (already committed), {} failed; {} rows read, {} scored, {} failed; {:.2} s, {:.0} rows/s",
         s.units_in_shard,

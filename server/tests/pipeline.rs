@@ -7,7 +7,7 @@
 use ferry_models::ModelManager;
 use ferry_pipeline::config::{EndpointConfig, VariantConfig};
 use ferry_pipeline::rows::{self, InvalidRows};
-use ferry_pipeline::{Pipeline, PredictError, PredictOptions, Predictions, open_features};
+use ferry_pipeline::{Pipeline, PredictError, PredictOptions, Predictions};
 use ferry_runtimes::OnnxEngine;
 use ferry_server::telemetry::metrics::Metrics;
 use ferry_transforms::Row;
@@ -31,36 +31,27 @@ fn endpoint(name: &str, model: &str) -> EndpointConfig {
 async fn pipeline(
     endpoints: Vec<EndpointConfig>,
     edit: impl FnOnce(&Path),
-) -> (Pipeline, Arc<ModelManager>, tempfile::TempDir) {
+) -> (Arc<Pipeline>, Arc<ModelManager>, tempfile::TempDir) {
     let dir = ferry_server::demo::extract().unwrap();
     edit(dir.path());
     let mut config = ferry_server::demo::config(dir.path().to_str().unwrap());
     config.onnx_engine = OnnxEngine::Tract;
     config.endpoints.extend(endpoints);
-    let registry = ferry_registry::Registry::open(&config.registry.options())
-        .await
-        .unwrap();
     let metrics = Metrics::new();
-    let features = open_features(
-        config.features.as_ref().unwrap(),
-        &config.registry.options().s3,
-    )
+    let served = ferry_pipeline::Setup {
+        registry: config.registry.options(),
+        models: config.models_config(),
+        features: config.features.as_ref(),
+        endpoints: &config.endpoints,
+        options: ferry_server::pipeline_options(&config),
+        transforms: ferry_transforms::Registry::new(),
+        model_metrics: metrics.models.clone(),
+        pipeline_metrics: metrics.pipeline.clone(),
+    }
+    .build()
     .await
     .unwrap();
-    let models = Arc::new(
-        ModelManager::new(registry, config.models_config(), metrics.models.clone())
-            .with_feature_repo(Some(features.repo.clone())),
-    );
-    let pipeline = Pipeline::build(
-        models.clone(),
-        Some(Arc::new(features)),
-        ferry_server::pipeline_options(&config),
-        &config.endpoints,
-        metrics.pipeline.clone(),
-        ferry_transforms::Registry::new(),
-    )
-    .await
-    .unwrap();
+    let (pipeline, models) = (served.pipeline, served.models);
     models.load_configured().await;
     assert!(models.is_ready(), "{:?}", models.index());
     (pipeline, models, dir)

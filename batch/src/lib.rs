@@ -7,6 +7,9 @@
 //! PutObject), then its completion marker `_markers/<unit>.json` is written. A re-run skips
 //! units with a marker and redoes the others from scratch, overwriting whatever a killed run
 //! left: every unit's rows appear exactly once.
+//!
+//! The job builds its models and pipeline with `ferry_pipeline::Setup`, as the server does, and
+//! calls the pipeline only through `score`.
 
 pub mod columns;
 pub mod read;
@@ -14,10 +17,11 @@ pub mod score;
 pub mod storage;
 pub mod write;
 
-use crate::config::ServerConfig;
 use columns::PredictionColumns;
-use ferry_pipeline::{Pipeline, PredictError};
-use ferry_registry::{RegistryError, S3Options, Store};
+use ferry_models::{ModelSettings, ModelsConfig};
+use ferry_pipeline::config::{EndpointConfig, FeaturesConfig};
+use ferry_pipeline::{Pipeline, PipelineOptions, PredictError};
+use ferry_registry::{ModelRef, RegistryError, RegistryOptions, Store};
 use read::RowError;
 use score::ScoredRow;
 use std::collections::{HashSet, VecDeque};
@@ -182,11 +186,26 @@ fn unit_name(rel: &str, row_group: Option<usize>) -> String {
     }
 }
 
+/// What a job takes from the server config (`ferry batch --config ferry.yaml`).
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    /// Where model versions come from; its S3 settings also reach the job's inputs, outputs
+    /// and S3 feature sources.
+    pub registry: RegistryOptions,
+    /// The server's models and their defaults; the job keeps the defaults and loads only the
+    /// scored endpoint's models (see `job_config`).
+    pub models: ModelsConfig,
+    pub features: Option<FeaturesConfig>,
+    pub endpoints: Vec<EndpointConfig>,
+    /// Where relative `script: {file: ...}` paths resolve (the config file's directory).
+    pub base_dir: Option<PathBuf>,
+}
+
 /// Config changes for a job: only the scored endpoint's models load, no request deadline, the
 /// online-store timeout is generous (a whole chunk is fetched at once), and the endpoint's
 /// shadows and prediction capture are off (they observe live traffic; a batch job's output is
 /// its own record).
-pub fn job_config(mut config: ServerConfig, endpoint: &str) -> Result<ServerConfig, BatchError> {
+pub fn job_config(mut config: JobConfig, endpoint: &str) -> Result<JobConfig, BatchError> {
     let available: Vec<String> = config.endpoints.iter().map(|e| e.name.clone()).collect();
     config.endpoints.retain(|e| e.name == endpoint);
     if config.endpoints.is_empty() {
@@ -198,9 +217,19 @@ pub fn job_config(mut config: ServerConfig, endpoint: &str) -> Result<ServerConf
         e.shadow.clear();
         e.capture = None;
     }
-    config.models.clear();
-    config.request_timeout_ms = 0;
-    config.registry.poll_interval = Duration::ZERO;
+    // The endpoint's variants, each model once, with the server-wide defaults.
+    let mut models: Vec<ModelSettings> = Vec::new();
+    for model in config.endpoints.iter().flat_map(|e| e.models()) {
+        let listed = models
+            .iter()
+            .any(|m| ModelRef::parse(&m.model).ok() == ModelRef::parse(model).ok());
+        if !listed {
+            models.push(ModelSettings::new(model));
+        }
+    }
+    config.models.models = models;
+    config.models.shadow_only.clear();
+    config.models.request_timeout = None;
     if let Some(f) = &mut config.features {
         let current = f.timeout().unwrap_or_default();
         if current < JOB_FEATURE_TIMEOUT {
@@ -211,10 +240,6 @@ pub fn job_config(mut config: ServerConfig, endpoint: &str) -> Result<ServerConf
 }
 
 const JOB_FEATURE_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn s3_options(config: &ServerConfig) -> S3Options {
-    config.registry.options().s3
-}
 
 /// Progress: a bar on a terminal, a log line every few seconds otherwise.
 struct Reporter {
@@ -280,10 +305,10 @@ impl Reporter {
 }
 
 /// Runs a batch job. The pipeline and models are built from `config` (see `job_config`).
-pub async fn run(config: ServerConfig, options: BatchOptions) -> Result<Summary, BatchError> {
+pub async fn run(config: JobConfig, options: BatchOptions) -> Result<Summary, BatchError> {
     let started = Instant::now();
     let config = job_config(config, &options.endpoint)?;
-    let s3 = s3_options(&config);
+    let s3 = config.registry.s3.clone();
 
     // Plan before loading models: a typo in a URI fails fast.
     let mut inputs = storage::list_inputs(&options.input, &s3).await?;
@@ -385,10 +410,24 @@ pub async fn run(config: ServerConfig, options: BatchOptions) -> Result<Summary,
         return Ok(summary);
     }
 
-    ferry_models::init_onnx_runtime(&config.models_config());
-    let state = crate::build_state(&config)
-        .await
-        .map_err(|e| BatchError::Config(e.to_string()))?;
+    ferry_models::init_onnx_runtime(&config.models);
+    // Metrics are kept but not exported: a job reports through its summary and log.
+    let state = ferry_pipeline::Setup {
+        registry: config.registry.clone(),
+        models: config.models.clone(),
+        features: config.features.as_ref(),
+        endpoints: &config.endpoints,
+        options: PipelineOptions {
+            base_dir: config.base_dir.clone(),
+            s3: s3.clone(),
+        },
+        transforms: ferry_transforms::Registry::new(),
+        model_metrics: ferry_models::ModelMetrics::new(),
+        pipeline_metrics: ferry_pipeline::PipelineMetrics::new(),
+    }
+    .build()
+    .await
+    .map_err(|e| BatchError::Config(e.to_string()))?;
     state.models.load_configured().await;
     if !state.models.is_ready() {
         let problems: Vec<String> = state
@@ -865,6 +904,62 @@ mod tests {
         assert_eq!(unit_name("d=1/part-0.csv", None), "d=1__part-0");
         assert_eq!(unit_name("big.parquet", Some(3)), "big.rg00003");
         assert_eq!(unit_name("noext", None), "noext");
+    }
+
+    #[test]
+    fn a_job_loads_only_its_endpoint_variants_without_shadows_capture_or_deadline() {
+        let endpoints: Vec<EndpointConfig> = serde_json::from_value(serde_json::json!([
+            {"name": "risk", "variants": [
+                {"name": "a", "model": "risk@1"},
+                {"name": "b", "model": "risk@2"},
+                {"name": "c", "model": "risk@1"}],
+             "shadow": [{"model": "risk@9", "sample": 1.0}],
+             "capture": {"sample_percent": 100.0, "destination": "/nonexistent"}},
+            {"name": "other", "variants": [{"name": "a", "model": "churn@1"}]}
+        ]))
+        .unwrap();
+        let mut models = ModelsConfig::new(vec![ModelSettings {
+            instances: Some(4),
+            ..ModelSettings::new("churn@1")
+        }]);
+        models.shadow_only.insert("risk".into());
+        models.request_timeout = Some(Duration::from_secs(30));
+        models.instances = 2;
+        let config = JobConfig {
+            registry: RegistryOptions {
+                uri: "/models".into(),
+                s3: Default::default(),
+                cache_dir: None,
+            },
+            models,
+            features: Some(FeaturesConfig {
+                repo: "features.yaml".into(),
+                redis: None,
+                timeout: "20ms".into(),
+                on_missing: Default::default(),
+            }),
+            endpoints,
+            base_dir: None,
+        };
+        let job = job_config(config.clone(), "risk").unwrap();
+        assert_eq!(job.endpoints.len(), 1);
+        assert!(job.endpoints[0].shadow.is_empty() && job.endpoints[0].capture.is_none());
+        let loaded: Vec<&str> = job.models.models.iter().map(|m| m.model.as_str()).collect();
+        assert_eq!(loaded, ["risk@1", "risk@2"]);
+        assert!(job.models.models.iter().all(|m| m.instances.is_none()));
+        assert!(job.models.shadow_only.is_empty());
+        assert_eq!(job.models.request_timeout, None);
+        // Server-wide defaults stay.
+        assert_eq!(job.models.instances, 2);
+        assert_eq!(
+            job.features.unwrap().timeout().unwrap(),
+            JOB_FEATURE_TIMEOUT
+        );
+        let err = job_config(config, "nope").unwrap_err().to_string();
+        assert!(
+            err.contains("no endpoint `nope`") && err.contains("\"risk\", \"other\""),
+            "{err}"
+        );
     }
 
     #[test]
