@@ -86,6 +86,29 @@ pub fn check_clashes(ids_schema: &Schema, columns: &PredictionColumns) -> Result
     Ok(())
 }
 
+/// Appends one record batch of output columns, opening the writer (and fixing the file's
+/// schema) on the first one.
+fn append_parquet(
+    slot: &mut Option<(Box<ArrowWriter<File>>, SchemaRef)>,
+    file: &mut Option<File>,
+    path: &Path,
+    ids_schema: &Schema,
+    columns: &PredictionColumns,
+    all: Vec<ArrayRef>,
+) -> Result<(), BatchError> {
+    if slot.is_none() {
+        let schema = output_schema(ids_schema, Some(columns));
+        let opened = OutputWriter::open_parquet(path, file, schema.clone())?;
+        *slot = Some((opened, schema));
+    }
+    let Some((writer, schema)) = slot else {
+        return Err(io_err(path, "the Parquet writer did not open"));
+    };
+    let batch = RecordBatch::try_new(schema.clone(), all).map_err(|e| io_err(path, e))?;
+    writer.write(&batch).map_err(|e| io_err(path, e))?;
+    Ok(())
+}
+
 fn output_schema(ids_schema: &Schema, columns: Option<&PredictionColumns>) -> SchemaRef {
     let mut fields: Vec<Field> = ids_schema
         .fields()
@@ -200,17 +223,14 @@ impl OutputWriter {
                 all.push(Arc::new(model.finish()));
                 all.push(Arc::new(version.finish()));
                 all.push(Arc::new(at.finish()));
-                if w.is_none() {
-                    let schema = output_schema(&self.ids_schema, Some(columns));
-                    let opened = Self::open_parquet(&self.path, &mut self.file, schema.clone())?;
-                    *w = Some((opened, schema));
-                }
-                let Some((writer, schema)) = w else {
-                    return Err(io_err(&self.path, "the Parquet writer did not open"));
-                };
-                let batch =
-                    RecordBatch::try_new(schema.clone(), all).map_err(|e| io_err(&self.path, e))?;
-                writer.write(&batch).map_err(|e| io_err(&self.path, e))?;
+                append_parquet(
+                    w,
+                    &mut self.file,
+                    &self.path,
+                    &self.ids_schema,
+                    columns,
+                    all,
+                )?;
             }
             Sink::Jsonl(w) => {
                 let at = humantime::format_rfc3339_millis(
@@ -266,16 +286,14 @@ impl OutputWriter {
         all.push(Arc::new(StringArray::from_iter_values(&scored.models)));
         all.push(Arc::new(UInt64Array::from(scored.versions.clone())));
         all.push(Arc::new(at.finish()));
-        if w.is_none() {
-            let schema = output_schema(&self.ids_schema, Some(columns));
-            let opened = Self::open_parquet(&self.path, &mut self.file, schema.clone())?;
-            *w = Some((opened, schema));
-        }
-        let Some((writer, schema)) = w else {
-            return Err(io_err(&self.path, "the Parquet writer did not open"));
-        };
-        let batch = RecordBatch::try_new(schema.clone(), all).map_err(|e| io_err(&self.path, e))?;
-        writer.write(&batch).map_err(|e| io_err(&self.path, e))?;
+        append_parquet(
+            w,
+            &mut self.file,
+            &self.path,
+            &self.ids_schema,
+            columns,
+            all,
+        )?;
         Ok(n)
     }
 

@@ -8,6 +8,8 @@ import os
 import re
 import sys
 
+import pytest
+
 from conftest import FerryServer, ort_lib
 
 NO_ORT_ENV = {"FERRY_ORT_LIB": None, "ORT_DYLIB_PATH": None, "VIRTUAL_ENV": None,
@@ -49,32 +51,19 @@ def serve(tmp_path, fixtures, name, env):
     return srv
 
 
-def test_auto_finds_the_wheel_of_the_active_virtualenv(tmp_path, fixtures):
-    lib = wheel_into(str(tmp_path / "venv"))
-    srv = serve(tmp_path, fixtures, "venv", {"VIRTUAL_ENV": str(tmp_path / "venv"),
-                                             "PATH": BARE_PATH})
+@pytest.mark.parametrize("variable", ["VIRTUAL_ENV", "CONDA_PREFIX"])
+def test_auto_finds_the_wheel_of_the_active_python_environment(tmp_path, fixtures, variable):
+    prefix = str(tmp_path / variable.lower())
+    lib = wheel_into(prefix)
+    srv = serve(tmp_path, fixtures, variable.lower(), {variable: prefix, "PATH": BARE_PATH})
     try:
         m = loaded_line(full_log(srv))
         assert m, full_log(srv)[-3000:]
-        assert "VIRTUAL_ENV" in m.group(1)
+        assert variable in m.group(1)
         assert m.group(2) == lib
         assert engine_of(srv, "mlp") == "ort"
         # ONNX Runtime's INFO chatter (one line per graph transformer) stays out by default.
         assert "GraphTransformer" not in full_log(srv)
-    finally:
-        srv.stop()
-
-
-def test_auto_finds_the_wheel_of_the_active_conda_env(tmp_path, fixtures):
-    lib = wheel_into(str(tmp_path / "conda"))
-    srv = serve(tmp_path, fixtures, "conda", {"CONDA_PREFIX": str(tmp_path / "conda"),
-                                              "PATH": BARE_PATH})
-    try:
-        m = loaded_line(full_log(srv))
-        assert m, full_log(srv)[-3000:]
-        assert "CONDA_PREFIX" in m.group(1)
-        assert m.group(2) == lib
-        assert engine_of(srv, "mlp") == "ort"
     finally:
         srv.stop()
 
