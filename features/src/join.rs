@@ -8,6 +8,7 @@ use crate::repo::{FeatureRef, FeatureRepo};
 use ferry_registry::Manifest;
 use ferry_runtimes::DataType;
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 
 /// The prefix of columns taken from the request row itself.
 pub const REQUEST_PREFIX: &str = "request.";
@@ -210,24 +211,82 @@ impl JoinPlan {
         online: Option<&OnlineFeatures>,
         rows: &[Map<String, Value>],
     ) -> Result<Joined, FeatureError> {
-        // Request fields are checked before the store is asked: a client mistake costs no I/O.
-        let mut matrix = vec![f64::NAN; rows.len() * self.columns.len()];
-        for (i, row) in rows.iter().enumerate() {
+        self.assemble(
+            online,
+            rows.len(),
+            |i, field| request_number(&rows[i], field, i),
+            || self.entity_keys(rows),
+        )
+        .await
+    }
+
+    /// The request fields the plan reads (its `request.<field>` columns), each once.
+    pub fn request_fields(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for c in &self.columns {
+            if let Column::Request(field) = c
+                && !out.contains(&field.as_str())
+            {
+                out.push(field);
+            }
+        }
+        out
+    }
+
+    /// `join` for rows held as columns: `request` holds each of `request_fields` (one value
+    /// per row) and `keys` the entity key of each row (only read when the plan reads a view).
+    pub async fn join_columns(
+        &self,
+        online: Option<&OnlineFeatures>,
+        rows: usize,
+        request: &HashMap<String, Vec<f64>>,
+        keys: impl FnOnce() -> Result<Vec<String>, FeatureError>,
+    ) -> Result<Joined, FeatureError> {
+        self.assemble(
+            online,
+            rows,
+            |i, field| {
+                request
+                    .get(field)
+                    .and_then(|values| values.get(i).copied())
+                    .ok_or_else(|| {
+                        FeatureError::InvalidRow(format!(
+                            "instances[{i}] has no `{field}` (the model reads column `request.{field}`)"
+                        ))
+                    })
+            },
+            keys,
+        )
+        .await
+    }
+
+    /// Request values first (a client mistake costs no I/O), then one store call for the
+    /// features of every row.
+    async fn assemble(
+        &self,
+        online: Option<&OnlineFeatures>,
+        rows: usize,
+        request: impl Fn(usize, &str) -> Result<f64, FeatureError>,
+        keys: impl FnOnce() -> Result<Vec<String>, FeatureError>,
+    ) -> Result<Joined, FeatureError> {
+        let width = self.columns.len();
+        let mut matrix = vec![f64::NAN; rows * width];
+        for i in 0..rows {
             for (j, c) in self.columns.iter().enumerate() {
                 if let Column::Request(field) = c {
-                    matrix[i * self.columns.len() + j] = request_number(row, field, i)?;
+                    matrix[i * width + j] = request(i, field)?;
                 }
             }
         }
         let table = if self.refs.is_empty() {
             None
         } else {
-            let keys = self.entity_keys(rows)?;
+            let keys = keys()?;
             let table = store(online)?.lookup(&keys, &self.refs).await?;
             for (i, cells) in table.cells.iter().enumerate() {
                 for (j, c) in self.columns.iter().enumerate() {
                     if let Column::Feature(k) = c {
-                        matrix[i * self.columns.len() + j] = cells[*k]
+                        matrix[i * width + j] = cells[*k]
                             .value
                             .as_ref()
                             .and_then(|v| v.as_f64())
@@ -239,7 +298,7 @@ impl JoinPlan {
         };
         Ok(Joined {
             matrix,
-            columns: self.columns.len(),
+            columns: width,
             table,
         })
     }

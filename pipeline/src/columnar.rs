@@ -1,7 +1,8 @@
 //! The pipeline over Arrow columns, for the endpoints that need no row-wise work: the model
-//! inputs are built from the record batch's buffers and the outputs stay tensors, so a Parquet
-//! chunk never becomes JSON. Endpoints with features, transforms, shadows or capture, and
-//! columns that do not map exactly onto the model's inputs, take the row path
+//! inputs are built from the record batch's buffers (or, for a model with `features`, joined
+//! from the entity key column, the request columns and one store call) and the outputs stay
+//! tensors, so a Parquet chunk never becomes JSON. Endpoints with transforms, shadows or
+//! capture, and columns that do not map exactly onto the model's inputs, take the row path
 //! (`Pipeline::predict`), which gives the same answers row by row.
 
 use super::{Pipeline, PredictError, check_outputs};
@@ -12,8 +13,10 @@ use arrow_array::types::{
 };
 use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow_schema::DataType as ArrowType;
+use ferry_features::{FeatureError, JoinPlan};
 use ferry_runtimes::{DataType, Signature, Tensor, TensorData};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 
 /// The rows one variant scored.
 #[derive(Debug)]
@@ -68,7 +71,7 @@ impl Pipeline {
         let mut planned = Vec::with_capacity(groups.len());
         for (v, rows) in groups {
             let model = self.core.models.lookup_ref(&ep.variants[v].model)?;
-            if model.manifest.features.is_some() || !model.manifest.preprocess.is_empty() {
+            if !model.manifest.preprocess.is_empty() {
                 return Ok(None);
             }
             let part = if rows.len() == n {
@@ -78,7 +81,11 @@ impl Pipeline {
                 arrow_select::take::take_record_batch(batch, &indices)
                     .map_err(|e| PredictError::Misconfigured(e.to_string()))?
             };
-            let Some(inputs) = batch_to_tensors(&part, model.signature()) else {
+            let inputs = match self.core.plan(&model)? {
+                Some(plan) => self.join_columns(&plan, &part, model.signature()).await?,
+                None => batch_to_tensors(&part, model.signature()),
+            };
+            let Some(inputs) = inputs else {
                 return Ok(None);
             };
             let Ok(inputs) = model.signature().validate_inputs(inputs) else {
@@ -100,6 +107,100 @@ impl Pipeline {
         }
         Ok(Some(runs))
     }
+
+    /// The model input of a `features` model from columns: the entity key column and the
+    /// request columns go through the same join as rows (one store call). None where the row
+    /// path would report rows (a missing, null or non-numeric column, an unusable key, an entity
+    /// without values under `on_missing: error`).
+    async fn join_columns(
+        &self,
+        plan: &JoinPlan,
+        part: &RecordBatch,
+        signature: &Signature,
+    ) -> Result<Option<Vec<Tensor>>, PredictError> {
+        let rows = part.num_rows();
+        let mut request = HashMap::new();
+        for field in plan.request_fields() {
+            let Some(values) = part.column_by_name(field).and_then(request_values) else {
+                return Ok(None);
+            };
+            request.insert(field.to_string(), values);
+        }
+        let keys = if plan.is_request_only() {
+            Vec::new()
+        } else {
+            match part
+                .column_by_name(&plan.join_key)
+                .and_then(|c| entity_keys(c.as_ref()))
+            {
+                Some(keys) => keys,
+                None => return Ok(None),
+            }
+        };
+        let online = self.core.features.as_deref();
+        let joined = match plan.join_columns(online, rows, &request, || Ok(keys)).await {
+            Ok(joined) => joined,
+            Err(FeatureError::InvalidRow(_) | FeatureError::Missing(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(spec) = signature.inputs.first() else {
+            return Ok(None);
+        };
+        let data = match spec.datatype {
+            DataType::Fp64 => TensorData::Fp64(joined.matrix),
+            DataType::Fp32 => TensorData::Fp32(joined.matrix.iter().map(|&x| x as f32).collect()),
+            _ => return Ok(None),
+        };
+        Ok(
+            Tensor::new(spec.name.clone(), vec![rows, joined.columns], data)
+                .ok()
+                .map(|t| vec![t]),
+        )
+    }
+}
+
+/// A request column's values as the row path reads them (numbers, booleans as 1/0); None for
+/// nulls, NaN/inf (JSON has neither) and other types.
+fn request_values(column: &ArrayRef) -> Option<Vec<f64>> {
+    if column.null_count() > 0 {
+        return None;
+    }
+    let values = match column.data_type() {
+        ArrowType::Boolean => {
+            let b = column.as_boolean();
+            (0..b.len())
+                .map(|i| f64::from(u8::from(b.value(i))))
+                .collect()
+        }
+        _ => match numbers(column, DataType::Fp64)? {
+            TensorData::Fp64(v) => v,
+            _ => return None,
+        },
+    };
+    Some(values)
+}
+
+/// Entity keys as the row path reads them: strings as they are, integers in decimal; None for
+/// nulls and other types (the row path reports those rows).
+fn entity_keys(column: &dyn Array) -> Option<Vec<String>> {
+    if column.null_count() > 0 {
+        return None;
+    }
+    (0..column.len())
+        .map(|i| match column.data_type() {
+            ArrowType::Utf8 => Some(column.as_string::<i32>().value(i).to_string()),
+            ArrowType::LargeUtf8 => Some(column.as_string::<i64>().value(i).to_string()),
+            ArrowType::Int8 => Some(column.as_primitive::<Int8Type>().value(i).to_string()),
+            ArrowType::Int16 => Some(column.as_primitive::<Int16Type>().value(i).to_string()),
+            ArrowType::Int32 => Some(column.as_primitive::<Int32Type>().value(i).to_string()),
+            ArrowType::Int64 => Some(column.as_primitive::<Int64Type>().value(i).to_string()),
+            ArrowType::UInt8 => Some(column.as_primitive::<UInt8Type>().value(i).to_string()),
+            ArrowType::UInt16 => Some(column.as_primitive::<UInt16Type>().value(i).to_string()),
+            ArrowType::UInt32 => Some(column.as_primitive::<UInt32Type>().value(i).to_string()),
+            ArrowType::UInt64 => Some(column.as_primitive::<UInt64Type>().value(i).to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Rows holding only the sticky key, as the row path sees it (`assign::sticky_key` reads

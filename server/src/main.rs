@@ -291,7 +291,7 @@ async fn batch(args: BatchArgs) -> anyhow::Result<i32> {
         s.rows_per_second()
     );
     println!(
-        "batch: {} of {} scored rows went column-wise (no JSON rows: the endpoint has no features, transforms, shadows or capture, and the input columns map onto the model's inputs)",
+        "batch: {} of {} scored rows went column-wise (no JSON rows: the endpoint has no transforms, shadows or capture, and the input columns map onto the model's inputs or features join)",
         s.rows_columnar, s.rows_scored
     );
     tracing::info!(summary = %serde_json::to_string(&s).unwrap_or_default(), "Batch finished.");

@@ -199,6 +199,10 @@ def test_online_batch_parity_with_features_and_plain(env):
     out = batch(env, "--endpoint", "risk", "--input", str(tmp / "in-risk"), "--output",
                 str(tmp / "out-risk"), "--chunk-rows", "64")
     assert "0 failed" in out.stdout, out.stdout
+    # The features endpoint joins column-wise (key column + request column + one lookup per
+    # chunk) and still equals the online answers row for row below.
+    assert f"batch: {len(risk)} of {len(risk)} scored rows went column-wise" in out.stdout, \
+        out.stdout
     got = read_output(tmp / "out-risk")
     assert [(r["user_id"], r["amount"]) for r in got] == \
         [(r["user_id"], r["amount"]) for r in risk]
