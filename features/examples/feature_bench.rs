@@ -148,7 +148,7 @@ async fn main() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let plan = JoinPlan::new(&repo, "user_id", &columns).unwrap();
+    let plan = JoinPlan::new(Some(&repo), "user_id", &columns).unwrap();
     for n in [1usize, 10] {
         let mut times = Vec::with_capacity(iterations);
         for it in 0..iterations + 200 {

@@ -8,7 +8,6 @@ use crate::repo::{FeatureRef, FeatureRepo};
 use ferry_registry::Manifest;
 use ferry_runtimes::DataType;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 
 /// The prefix of columns taken from the request row itself.
 pub const REQUEST_PREFIX: &str = "request.";
@@ -54,11 +53,8 @@ pub fn model_join_plan(
     let Some(spec) = &manifest.features else {
         return Ok(None);
     };
-    let plan = match repo {
-        Some(repo) => JoinPlan::new(repo, &spec.entity, &spec.columns),
-        None => JoinPlan::request_only(&spec.entity, &spec.columns),
-    }
-    .map_err(|e| format!("model {name}@{version}: {e}"))?;
+    let plan = JoinPlan::new(repo, &spec.entity, &spec.columns)
+        .map_err(|e| format!("model {name}@{version}: {e}"))?;
     let signature = manifest.signature();
     let inputs = &signature.inputs;
     let fits = inputs.len() == 1
@@ -82,31 +78,37 @@ pub fn model_join_plan(
 impl JoinPlan {
     /// `entity` is an entity name or its join key; `columns` are `view.feature` or
     /// `request.<field>`. Every view used must be keyed by that entity, and feature values must
-    /// be numeric (they become model inputs).
+    /// be numeric (they become model inputs). Without a repo (the server has no `features`
+    /// config) only `request.<field>` columns are allowed: they need no store, and `entity` is
+    /// taken as the join key.
     pub fn new(
-        repo: &FeatureRepo,
+        repo: Option<&FeatureRepo>,
         entity: &str,
         columns: &[String],
     ) -> Result<JoinPlan, FeatureError> {
         let plan_err = |m: String| FeatureError::Plan(format!("model `features`: {m}"));
-        let ent = repo
-            .entities
-            .iter()
-            .find(|e| e.name == entity || e.join_key == entity)
-            .ok_or_else(|| {
-                plan_err(format!(
-                    "`entity` {entity:?} is not an entity or join key of the feature repo ({:?})",
-                    repo.entities
-                        .iter()
-                        .map(|e| &e.join_key)
-                        .collect::<Vec<_>>()
-                ))
-            })?;
+        let ent = match repo {
+            Some(repo) => Some(
+                repo.entities
+                    .iter()
+                    .find(|e| e.name == entity || e.join_key == entity)
+                    .ok_or_else(|| {
+                        plan_err(format!(
+                            "`entity` {entity:?} is not an entity or join key of the feature repo ({:?})",
+                            repo.entities
+                                .iter()
+                                .map(|e| &e.join_key)
+                                .collect::<Vec<_>>()
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
         if columns.is_empty() {
             return Err(plan_err("`columns` is empty".into()));
         }
         let mut plan = JoinPlan {
-            join_key: ent.join_key.clone(),
+            join_key: ent.map_or(entity, |e| e.join_key.as_str()).to_string(),
             columns: Vec::with_capacity(columns.len()),
             refs: Vec::new(),
             names: Vec::new(),
@@ -119,6 +121,11 @@ impl JoinPlan {
                 plan.columns.push(Column::Request(field.to_string()));
                 continue;
             }
+            let (Some(repo), Some(ent)) = (repo, ent) else {
+                return Err(plan_err(format!(
+                    "`columns[{i}]` {c:?} reads a feature view, but the server has no `features` config (feature repo); add `features: {{repo: features.yaml}}` to the server config, or list only `request.<field>` columns"
+                )));
+            };
             let r = repo
                 .resolve(c)
                 .map_err(|e| plan_err(format!("`columns[{i}]`: {e}")))?;
@@ -147,40 +154,6 @@ impl JoinPlan {
         Ok(plan)
     }
 
-    /// A plan for a model whose columns are all `request.<field>`: it needs no feature repo and
-    /// no store. A column that names a feature view is refused, saying how to serve it.
-    pub fn request_only(entity: &str, columns: &[String]) -> Result<JoinPlan, FeatureError> {
-        let plan_err = |m: String| FeatureError::Plan(format!("model `features`: {m}"));
-        if columns.is_empty() {
-            return Err(plan_err("`columns` is empty".into()));
-        }
-        let mut plan = JoinPlan {
-            join_key: entity.to_string(),
-            columns: Vec::with_capacity(columns.len()),
-            refs: Vec::new(),
-            names: Vec::new(),
-        };
-        for (i, c) in columns.iter().enumerate() {
-            match c.strip_prefix(REQUEST_PREFIX) {
-                Some("") => {
-                    return Err(plan_err(format!("`columns[{i}]` names no request field")));
-                }
-                Some(field) => plan.columns.push(Column::Request(field.to_string())),
-                None => {
-                    return Err(plan_err(format!(
-                        "`columns[{i}]` {c:?} reads a feature view, but the server has no `features` config (feature repo); add `features: {{repo: features.yaml}}` to the server config, or list only `request.<field>` columns"
-                    )));
-                }
-            }
-        }
-        Ok(plan)
-    }
-
-    /// Whether every column comes from the request (no store lookup, no entity key needed).
-    pub fn is_request_only(&self) -> bool {
-        self.refs.is_empty()
-    }
-
     pub fn width(&self) -> usize {
         self.columns.len()
     }
@@ -189,19 +162,24 @@ impl JoinPlan {
     pub fn entity_keys(&self, rows: &[Map<String, Value>]) -> Result<Vec<String>, FeatureError> {
         rows.iter()
             .enumerate()
-            .map(|(i, row)| match row.get(&self.join_key) {
-                Some(Value::String(s)) => Ok(s.clone()),
-                Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-                Some(other) => Err(FeatureError::InvalidRow(format!(
-                    "instances[{i}].{} must be a string or integer entity key, got {other}",
-                    self.join_key
-                ))),
-                None => Err(FeatureError::InvalidRow(format!(
-                    "instances[{i}] has no `{}` (the entity key the model's features are looked up by)",
-                    self.join_key
-                ))),
-            })
+            .map(|(i, row)| self.entity_key(row.get(&self.join_key), i))
             .collect()
+    }
+
+    /// Row `i`'s entity key from the value of its join key field.
+    fn entity_key(&self, value: Option<&Value>, i: usize) -> Result<String, FeatureError> {
+        match value {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+            Some(other) => Err(FeatureError::InvalidRow(format!(
+                "instances[{i}].{} must be a string or integer entity key, got {other}",
+                self.join_key
+            ))),
+            None => Err(FeatureError::InvalidRow(format!(
+                "instances[{i}] has no `{}` (the entity key the model's features are looked up by)",
+                self.join_key
+            ))),
+        }
     }
 
     /// Looks up the features of every row in one store call and assembles the matrix.
@@ -214,7 +192,7 @@ impl JoinPlan {
         self.assemble(
             online,
             rows.len(),
-            |i, field| request_number(&rows[i], field, i),
+            |i, field| request_number(rows[i].get(field), field, i),
             || self.entity_keys(rows),
         )
         .await
@@ -233,29 +211,24 @@ impl JoinPlan {
         out
     }
 
-    /// `join` for rows held as columns: `request` holds each of `request_fields` (one value
-    /// per row) and `keys` the entity key of each row (only read when the plan reads a view).
+    /// `join` for rows held as columns: `request(i, field)` is row `i`'s value of a request
+    /// field and `key(i)` its join key's value (None: absent), read as `join` reads rows.
     pub async fn join_columns(
         &self,
         online: Option<&OnlineFeatures>,
         rows: usize,
-        request: &HashMap<String, Vec<f64>>,
-        keys: impl FnOnce() -> Result<Vec<String>, FeatureError>,
+        request: impl Fn(usize, &str) -> Option<Value>,
+        key: impl Fn(usize) -> Option<Value>,
     ) -> Result<Joined, FeatureError> {
         self.assemble(
             online,
             rows,
-            |i, field| {
-                request
-                    .get(field)
-                    .and_then(|values| values.get(i).copied())
-                    .ok_or_else(|| {
-                        FeatureError::InvalidRow(format!(
-                            "instances[{i}] has no `{field}` (the model reads column `request.{field}`)"
-                        ))
-                    })
+            |i, field| request_number(request(i, field).as_ref(), field, i),
+            || {
+                (0..rows)
+                    .map(|i| self.entity_key(key(i).as_ref(), i))
+                    .collect()
             },
-            keys,
         )
         .await
     }
@@ -343,7 +316,7 @@ impl JoinPlan {
         for (i, row) in rows.iter().enumerate() {
             for (j, c) in self.columns.iter().enumerate() {
                 matrix[i * width + j] = match c {
-                    Column::Request(field) => request_number(row, field, i)?,
+                    Column::Request(field) => request_number(row.get(field), field, i)?,
                     Column::Feature(k) => match row.get(&self.names[*k]) {
                         None | Some(Value::Null) => f64::NAN,
                         Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
@@ -370,8 +343,9 @@ fn store(online: Option<&OnlineFeatures>) -> Result<&OnlineFeatures, FeatureErro
     })
 }
 
-fn request_number(row: &Map<String, Value>, field: &str, i: usize) -> Result<f64, FeatureError> {
-    match row.get(field) {
+/// Row `i`'s value of request field `field` as a model input number.
+fn request_number(value: Option<&Value>, field: &str, i: usize) -> Result<f64, FeatureError> {
+    match value {
         Some(Value::Number(n)) => n.as_f64().ok_or_else(|| {
             FeatureError::InvalidRow(format!("instances[{i}].{field} is not a finite number"))
         }),
@@ -425,7 +399,7 @@ views:
         let r = repo();
         let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let plan = JoinPlan::new(
-            &r,
+            Some(&r),
             "user_id",
             &cols(&["user_stats.visits_7d", "request.amount"]),
         );
@@ -437,7 +411,7 @@ views:
             ("user", vec!["user_stats.nope"], "`columns[0]`"),
             ("user", vec!["request."], "`columns[0]`"),
         ] {
-            let e = JoinPlan::new(&r, entity, &cols(&columns))
+            let e = JoinPlan::new(Some(&r), entity, &cols(&columns))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(needle), "{needle:?} not in {e:?}");
@@ -476,7 +450,7 @@ views:
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let plan = JoinPlan::new(&r, "user", &columns).unwrap();
+        let plan = JoinPlan::new(Some(&r), "user", &columns).unwrap();
         let joined = plan
             .join(
                 Some(&online),
@@ -508,8 +482,8 @@ views:
     #[tokio::test]
     async fn request_only_plans_need_no_repo_store_or_entity_key() {
         let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let plan = JoinPlan::request_only("user_id", &cols(&["request.b", "request.a"])).unwrap();
-        assert!(plan.is_request_only());
+        let plan = JoinPlan::new(None, "user_id", &cols(&["request.b", "request.a"])).unwrap();
+        assert!(plan.refs.is_empty(), "no feature view is read");
         let joined = plan
             .join(None, &rows(r#"[{"a": 1, "b": 2.5}, {"a": true, "b": -1}]"#))
             .await
@@ -523,14 +497,18 @@ views:
                 .is_none()
         );
 
-        let e = JoinPlan::request_only("user_id", &cols(&["request.a", "user_stats.visits_7d"]))
-            .unwrap_err()
-            .to_string();
+        let e = JoinPlan::new(
+            None,
+            "user_id",
+            &cols(&["request.a", "user_stats.visits_7d"]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("`columns[1]`") && e.contains("features.yaml"),
             "{e}"
         );
-        let e = JoinPlan::request_only("user_id", &cols(&["request."]))
+        let e = JoinPlan::new(None, "user_id", &cols(&["request."]))
             .unwrap_err()
             .to_string();
         assert!(e.contains("names no request field"), "{e}");

@@ -5,7 +5,8 @@
 //! capture, and columns that do not map exactly onto the model's inputs, take the row path
 //! (`Pipeline::predict`), which gives the same answers row by row.
 
-use super::{Pipeline, PredictError, check_outputs};
+use super::arrow_rows::array_value;
+use super::{Pipeline, PredictError, check_outputs, joined_input};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
     Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
@@ -15,7 +16,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow_schema::DataType as ArrowType;
 use ferry_features::{FeatureError, JoinPlan};
 use ferry_runtimes::{DataType, Signature, Tensor, TensorData};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 
 /// The rows one variant scored.
@@ -49,17 +50,19 @@ impl Pipeline {
         {
             return Ok(None);
         }
-        let keys = match (&ep.config.sticky_key, ep.variants.len() > 1) {
-            (Some(key), true) => match batch.column_by_name(key) {
-                Some(column) => match key_rows(key, column.as_ref()) {
-                    Some(rows) => rows,
-                    None => return Ok(None),
-                },
-                None => vec![Map::new(); n],
-            },
-            _ => vec![Map::new(); n],
+        // The sticky key column read value by value as the row path reads its rows.
+        let key = match (&ep.config.sticky_key, ep.variants.len() > 1) {
+            (Some(key), true) => batch.column_by_name(key),
+            _ => None,
         };
-        let assignment = ep.assign(&keys, None)?;
+        let keys: Vec<Value> = match key {
+            Some(column) => match (0..n).map(|i| array_value(column.as_ref(), i)).collect() {
+                Ok(keys) => keys,
+                Err(_) => return Ok(None),
+            },
+            None => Vec::new(),
+        };
+        let assignment = ep.assign_keys(n, |i| keys.get(i));
         let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
         for (row, &v) in assignment.iter().enumerate() {
             match groups.iter_mut().find(|(g, _)| *g == v) {
@@ -109,9 +112,9 @@ impl Pipeline {
     }
 
     /// The model input of a `features` model from columns: the entity key column and the
-    /// request columns go through the same join as rows (one store call). None where the row
-    /// path would report rows (a missing, null or non-numeric column, an unusable key, an entity
-    /// without values under `on_missing: error`).
+    /// request columns are read value by value as the row path reads its rows (one store call).
+    /// None where the row path would report rows (a missing or unusable column or key, an
+    /// entity without values under `on_missing: error`).
     async fn join_columns(
         &self,
         plan: &JoinPlan,
@@ -119,119 +122,33 @@ impl Pipeline {
         signature: &Signature,
     ) -> Result<Option<Vec<Tensor>>, PredictError> {
         let rows = part.num_rows();
-        let mut request = HashMap::new();
-        for field in plan.request_fields() {
-            let Some(values) = part.column_by_name(field).and_then(request_values) else {
-                return Ok(None);
-            };
-            request.insert(field.to_string(), values);
-        }
-        let keys = if plan.is_request_only() {
-            Vec::new()
-        } else {
-            match part
-                .column_by_name(&plan.join_key)
-                .and_then(|c| entity_keys(c.as_ref()))
-            {
-                Some(keys) => keys,
-                None => return Ok(None),
-            }
-        };
-        let online = self.core.features.as_deref();
-        let joined = match plan.join_columns(online, rows, &request, || Ok(keys)).await {
+        let request: HashMap<&str, &ArrayRef> = plan
+            .request_fields()
+            .into_iter()
+            .filter_map(|field| Some((field, part.column_by_name(field)?)))
+            .collect();
+        let key = part.column_by_name(&plan.join_key);
+        let value = |column: &ArrayRef, i: usize| array_value(column.as_ref(), i).ok();
+        let joined = plan
+            .join_columns(
+                self.core.features.as_deref(),
+                rows,
+                |i, field| value(request.get(field)?, i),
+                |i| value(key?, i),
+            )
+            .await;
+        let joined = match joined {
             Ok(joined) => joined,
             Err(FeatureError::InvalidRow(_) | FeatureError::Missing(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let Some(spec) = signature.inputs.first() else {
-            return Ok(None);
-        };
-        let data = match spec.datatype {
-            DataType::Fp64 => TensorData::Fp64(joined.matrix),
-            DataType::Fp32 => TensorData::Fp32(joined.matrix.iter().map(|&x| x as f32).collect()),
-            _ => return Ok(None),
-        };
-        Ok(
-            Tensor::new(spec.name.clone(), vec![rows, joined.columns], data)
-                .ok()
-                .map(|t| vec![t]),
-        )
+        Ok(Some(vec![joined_input(
+            signature,
+            rows,
+            joined.columns,
+            joined.matrix,
+        )?]))
     }
-}
-
-/// A request column's values as the row path reads them (numbers, booleans as 1/0); None for
-/// nulls, NaN/inf (JSON has neither) and other types.
-fn request_values(column: &ArrayRef) -> Option<Vec<f64>> {
-    if column.null_count() > 0 {
-        return None;
-    }
-    let values = match column.data_type() {
-        ArrowType::Boolean => {
-            let b = column.as_boolean();
-            (0..b.len())
-                .map(|i| f64::from(u8::from(b.value(i))))
-                .collect()
-        }
-        _ => match numbers(column, DataType::Fp64)? {
-            TensorData::Fp64(v) => v,
-            _ => return None,
-        },
-    };
-    Some(values)
-}
-
-/// Entity keys as the row path reads them: strings as they are, integers in decimal; None for
-/// nulls and other types (the row path reports those rows).
-fn entity_keys(column: &dyn Array) -> Option<Vec<String>> {
-    if column.null_count() > 0 {
-        return None;
-    }
-    (0..column.len())
-        .map(|i| match column.data_type() {
-            ArrowType::Utf8 => Some(column.as_string::<i32>().value(i).to_string()),
-            ArrowType::LargeUtf8 => Some(column.as_string::<i64>().value(i).to_string()),
-            ArrowType::Int8 => Some(column.as_primitive::<Int8Type>().value(i).to_string()),
-            ArrowType::Int16 => Some(column.as_primitive::<Int16Type>().value(i).to_string()),
-            ArrowType::Int32 => Some(column.as_primitive::<Int32Type>().value(i).to_string()),
-            ArrowType::Int64 => Some(column.as_primitive::<Int64Type>().value(i).to_string()),
-            ArrowType::UInt8 => Some(column.as_primitive::<UInt8Type>().value(i).to_string()),
-            ArrowType::UInt16 => Some(column.as_primitive::<UInt16Type>().value(i).to_string()),
-            ArrowType::UInt32 => Some(column.as_primitive::<UInt32Type>().value(i).to_string()),
-            ArrowType::UInt64 => Some(column.as_primitive::<UInt64Type>().value(i).to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Rows holding only the sticky key, as the row path sees it (`assign::sticky_key` reads
-/// strings, integers and booleans); None for a key column of another type.
-fn key_rows(key: &str, column: &dyn Array) -> Option<Vec<Map<String, Value>>> {
-    let value = |i: usize| -> Option<Value> {
-        if column.is_null(i) {
-            return Some(Value::Null);
-        }
-        Some(match column.data_type() {
-            ArrowType::Utf8 => Value::from(column.as_string::<i32>().value(i)),
-            ArrowType::LargeUtf8 => Value::from(column.as_string::<i64>().value(i)),
-            ArrowType::Boolean => Value::from(column.as_boolean().value(i)),
-            ArrowType::Int8 => Value::from(column.as_primitive::<Int8Type>().value(i)),
-            ArrowType::Int16 => Value::from(column.as_primitive::<Int16Type>().value(i)),
-            ArrowType::Int32 => Value::from(column.as_primitive::<Int32Type>().value(i)),
-            ArrowType::Int64 => Value::from(column.as_primitive::<Int64Type>().value(i)),
-            ArrowType::UInt8 => Value::from(column.as_primitive::<UInt8Type>().value(i)),
-            ArrowType::UInt16 => Value::from(column.as_primitive::<UInt16Type>().value(i)),
-            ArrowType::UInt32 => Value::from(column.as_primitive::<UInt32Type>().value(i)),
-            ArrowType::UInt64 => Value::from(column.as_primitive::<UInt64Type>().value(i)),
-            _ => return None,
-        })
-    };
-    (0..column.len())
-        .map(|i| {
-            let mut row = Map::new();
-            row.insert(key.to_string(), value(i)?);
-            Some(row)
-        })
-        .collect()
 }
 
 /// The model inputs from the columns named like them: a numeric column is `[rows]`, a list
@@ -451,15 +368,5 @@ mod tests {
         )])
         .unwrap();
         assert!(batch_to_tensors(&batch, &floats).is_none(), "float to int");
-    }
-
-    #[test]
-    fn key_rows_read_keys_as_the_row_path() {
-        let ids = Arc::new(Int64Array::from(vec![Some(7), None])) as ArrayRef;
-        let rows = key_rows("user", ids.as_ref()).unwrap();
-        assert_eq!(rows[0]["user"], Value::from(7));
-        assert_eq!(rows[1]["user"], Value::Null);
-        let floats = Arc::new(Float64Array::from(vec![1.5])) as ArrayRef;
-        assert!(key_rows("user", floats.as_ref()).is_none());
     }
 }

@@ -390,15 +390,12 @@ impl Core {
                             .inc_by(defaulted as u64);
                     }
                 }
-                let spec = &model.signature().inputs[0];
-                let shape = vec![rows.len(), plan.width()];
-                let data = match spec.datatype {
-                    DataType::Fp64 => TensorData::Fp64(matrix),
-                    _ => TensorData::Fp32(matrix.iter().map(|&x| x as f32).collect()),
-                };
-                let tensor = Tensor::new(spec.name.clone(), shape, data)
-                    .map_err(|e| PredictError::Misconfigured(e.to_string()))?;
-                vec![tensor]
+                vec![joined_input(
+                    model.signature(),
+                    rows.len(),
+                    plan.width(),
+                    matrix,
+                )?]
             }
             None => {
                 if !model_pre.is_empty() || !pre.is_empty() {
@@ -485,26 +482,44 @@ impl Endpoint {
                 })?;
             return Ok(vec![i; rows.len()]);
         }
+        let key = self.config.sticky_key.as_deref();
+        Ok(self.assign_keys(rows.len(), |i| rows[i].get(key?)))
+    }
+
+    /// The variant of each of `n` rows from the value of its sticky key (`key(i)`; None when
+    /// the row has none: such rows share one random draw per call).
+    fn assign_keys<'a>(&self, n: usize, key: impl Fn(usize) -> Option<&'a Value>) -> Vec<usize> {
         if self.variants.len() == 1 {
-            return Ok(vec![0; rows.len()]);
+            return vec![0; n];
         }
         let mut random = None;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let key = self
-                    .config
-                    .sticky_key
-                    .as_ref()
-                    .and_then(|k| row.get(k))
-                    .and_then(assign::sticky_key);
-                match key {
-                    Some(key) => self.split.variant_of(assign::bucket(&self.salt, &key)),
-                    None => *random.get_or_insert_with(|| self.split.random()),
-                }
+        (0..n)
+            .map(|i| match key(i).and_then(assign::sticky_key) {
+                Some(key) => self.split.variant_of(assign::bucket(&self.salt, &key)),
+                None => *random.get_or_insert_with(|| self.split.random()),
             })
-            .collect())
+            .collect()
     }
+}
+
+/// The one input tensor of a `features` model from its joined `rows × width` matrix (the load
+/// check, `model_join_plan`, made sure the model has one FP32/FP64 `[-1, width]` input).
+fn joined_input(
+    signature: &ferry_runtimes::Signature,
+    rows: usize,
+    width: usize,
+    matrix: Vec<f64>,
+) -> Result<Tensor, PredictError> {
+    let spec = signature
+        .inputs
+        .first()
+        .ok_or_else(|| PredictError::Misconfigured("a `features` model without an input".into()))?;
+    let data = match spec.datatype {
+        DataType::Fp64 => TensorData::Fp64(matrix),
+        _ => TensorData::Fp32(matrix.iter().map(|&x| x as f32).collect()),
+    };
+    Tensor::new(spec.name.clone(), vec![rows, width], data)
+        .map_err(|e| PredictError::Misconfigured(e.to_string()))
 }
 
 /// What a pipeline needs besides its models, features and endpoints.
