@@ -175,24 +175,28 @@ pub fn find(candidates: &[Candidate]) -> Option<&Candidate> {
 
 /// `lib/python3.*/site-packages` (and `lib64`) under an environment prefix.
 fn site_packages(prefix: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for lib in ["lib", "lib64"] {
-        let Ok(entries) = std::fs::read_dir(prefix.join(lib)) else {
-            continue;
-        };
-        let mut found: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("python3"))
-            })
-            .map(|p| p.join("site-packages"))
-            .collect();
-        found.sort();
-        out.extend(found);
-    }
-    out
+    ["lib", "lib64"]
+        .iter()
+        .flat_map(|lib| named_like(&prefix.join(lib), "python3"))
+        .map(|p| p.join("site-packages"))
+        .collect()
+}
+
+/// The entries of `dir` whose names start with `prefix`, sorted by name (none if unreadable).
+fn named_like(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// `dir/libonnxruntime.so`, then the versioned files in `dir` (newest name first): the wheel
@@ -202,21 +206,15 @@ fn push_dir(out: &mut Vec<Candidate>, dir: &Path, origin: &str) {
         path: dir.join("libonnxruntime.so"),
         origin: origin.to_string(),
     });
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        let mut versioned: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("libonnxruntime.so."))
-            })
-            .collect();
-        versioned.sort();
-        out.extend(versioned.into_iter().rev().map(|path| Candidate {
-            path,
-            origin: origin.to_string(),
-        }));
-    }
+    out.extend(
+        named_like(dir, "libonnxruntime.so.")
+            .into_iter()
+            .rev()
+            .map(|path| Candidate {
+                path,
+                origin: origin.to_string(),
+            }),
+    );
 }
 
 #[cfg(test)]
@@ -264,17 +262,7 @@ mod tests {
     fn system_has_ort() -> bool {
         ["/usr/local/lib", "/usr/lib", "/opt/onnxruntime/lib"]
             .iter()
-            .any(|d| {
-                std::fs::read_dir(d).is_ok_and(|mut e| {
-                    e.any(|e| {
-                        e.is_ok_and(|e| {
-                            e.file_name()
-                                .to_string_lossy()
-                                .starts_with("libonnxruntime.so")
-                        })
-                    })
-                })
-            })
+            .any(|d| !named_like(Path::new(d), "libonnxruntime.so").is_empty())
     }
 
     #[test]
