@@ -41,15 +41,17 @@ fn valid<T>(metric: prometheus::Result<T>) -> T {
     metric.expect("metric definitions are valid. This is a bug.")
 }
 
-fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+/// A counter family; names and labels are literals, so an invalid one is a bug. The other
+/// crates' families (`ferry_pipeline::PipelineMetrics`) are made with the same three helpers.
+pub fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     valid(IntCounterVec::new(Opts::new(name, help), labels))
 }
 
-fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+pub fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     valid(IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
-fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+pub fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
     valid(HistogramVec::new(
         HistogramOpts::new(name, help).buckets(buckets.to_vec()),
         labels,

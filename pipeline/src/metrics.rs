@@ -4,8 +4,8 @@
 //! catalogue. The pipeline's stages (`features`, `preprocess`, `postprocess`) go to the model
 //! manager's `ferry_stage_duration_seconds`, beside its `queue` and `infer`.
 
-use ferry_models::metrics::LATENCY_BUCKETS;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use ferry_models::metrics::{LATENCY_BUCKETS, counter, gauge, histogram};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 
 /// Cheap to clone (each family is a shared handle): endpoints, shadow workers and capture
 /// writers use the same families.
@@ -28,25 +28,6 @@ pub struct PipelineMetrics {
     pub capture_records: IntCounterVec,
     /// Capture records accepted but not yet written, by endpoint.
     pub capture_queue: IntGaugeVec,
-}
-
-fn valid<T>(metric: prometheus::Result<T>) -> T {
-    metric.expect("metric definitions are valid. This is a bug.")
-}
-
-fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    valid(IntCounterVec::new(Opts::new(name, help), labels))
-}
-
-fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    valid(IntGaugeVec::new(Opts::new(name, help), labels))
-}
-
-fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
-    valid(HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
-    ))
 }
 
 impl PipelineMetrics {
