@@ -21,18 +21,12 @@ import pytest
 import requests
 
 from conftest import FerryServer, ferry_bin, ort_lib, to_yaml
-from test_features import RedisServer, load_demo_module, newest_offline, run_ferry
+from test_features import load_demo_module, newest_offline, run_ferry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEMO_REGISTRY = os.path.join(HERE, "..", "..", "server", "demo", "registry")
 META = ["variant", "model", "version", "scored_at"]
 
-
-@pytest.fixture
-def redis_server(tmp_path):
-    srv = RedisServer(tmp_path).start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ A missing redis-server, pyarrow or redis-py makes these tests fail, never skip
 """
 import importlib.util
 import os
-import shutil
 import subprocess
 import time
 
@@ -16,7 +15,6 @@ import onnxruntime
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import redis
 import requests
 
 from conftest import FerryServer, ferry_bin, free_port, ort_lib
@@ -31,55 +29,6 @@ def load_demo_module():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-class RedisServer:
-    """A private redis-server child process on a fixed free port (restartable)."""
-
-    def __init__(self, workdir):
-        self.binary = shutil.which("redis-server")
-        if self.binary is None:
-            pytest.fail("redis-server is not installed (scripts/setup-test-deps.sh installs it "
-                        "with apt-get install -y redis-server)")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}"
-        self.workdir = str(workdir)
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.workdir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = self.client()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    return self
-            except redis.RedisError:
-                pass
-            if self.proc.poll() is not None:
-                pytest.fail(f"redis-server exited with {self.proc.returncode}")
-            time.sleep(0.05)
-        pytest.fail("redis-server did not answer PING within 20 s")
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def client(self):
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True,
-                           socket_timeout=5)
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    srv = RedisServer(tmp_path).start()
-    yield srv
-    srv.stop()
 
 
 def run_ferry(*args):

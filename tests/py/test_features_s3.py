@@ -27,7 +27,7 @@ import requests
 
 from conftest import FerryServer, ferry_bin, ort_lib, to_yaml
 from test_batch import read_output
-from test_features import RedisServer, expected_risk, load_demo_module
+from test_features import expected_risk, load_demo_module
 
 DATA_BUCKET = "data"
 PREFIX = "features/user_stats/"
@@ -36,12 +36,6 @@ MODELS_BUCKET = "models"
 REGISTRY = f"s3://{MODELS_BUCKET}/prod"
 WATERMARK = "ferry:demo:_watermark:user_stats"
 
-
-@pytest.fixture
-def redis_server(tmp_path):
-    srv = RedisServer(tmp_path).start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

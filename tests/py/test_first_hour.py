@@ -15,21 +15,25 @@ import numpy as np
 import onnxruntime
 import redis
 
-from conftest import FerryServer, MotoS3, ferry_bin, ort_lib
-from test_features import RedisServer
+from conftest import FerryServer, MotoS3, RedisServer, ferry_bin, ort_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEMO = os.path.join(HERE, "..", "..", "server", "demo")
 RISK = os.path.join(DEMO, "registry", "risk", "1")
 
 
+def copy_risk(directory):
+    """The demo risk model's artifact copied into `directory`; returns its manifest."""
+    os.makedirs(directory)
+    shutil.copy(os.path.join(RISK, "model.onnx"), directory)
+    with open(os.path.join(RISK, "model.yaml")) as f:
+        return json.load(f)
+
+
 def risk_version(registry, name, columns):
     """The demo risk model (input X [-1, 3]) under `name`@1 with its own `features` columns."""
     vdir = os.path.join(registry, name, "1")
-    os.makedirs(vdir)
-    shutil.copy(os.path.join(RISK, "model.onnx"), vdir)
-    with open(os.path.join(RISK, "model.yaml")) as f:
-        manifest = json.load(f)
+    manifest = copy_risk(vdir)
     manifest["name"] = name
     manifest["features"] = {"entity": "user_id", "columns": columns}
     with open(os.path.join(vdir, "model.yaml"), "w") as f:
@@ -99,10 +103,7 @@ SECRETS = [REDIS_PASSWORD, ADMIN_TOKEN, S3_KEY_ID, S3_SECRET]
 def training_output(tmp_path):
     """The demo risk model as a training job writes it (no name/version/digest)."""
     d = tmp_path / "risk-out"
-    d.mkdir()
-    shutil.copy(os.path.join(RISK, "model.onnx"), d / "model.onnx")
-    with open(os.path.join(RISK, "model.yaml")) as f:
-        manifest = json.load(f)
+    manifest = copy_risk(d)
     for key in ("name", "version", "sha256"):
         manifest.pop(key, None)
     (d / "model.yaml").write_text(json.dumps(manifest))
