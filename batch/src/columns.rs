@@ -512,6 +512,23 @@ impl PredictionColumns {
     }
 }
 
+impl PredictionColumns {
+    /// The job's columns from a postprocess's answer held as columns, where every field is a
+    /// job column and already has its exact type; None: take the answer's JSON form.
+    pub fn frame_arrays(&self, answer: &ferry_pipeline::Frame) -> Option<Vec<ArrayRef>> {
+        if self.layout != Layout::Object || answer.names().any(|n| !self.names().any(|c| c == n)) {
+            return None;
+        }
+        self.columns
+            .iter()
+            .map(|c| {
+                let a = answer.column(&c.name)?;
+                (a.data_type() == &c.ty.data_type()).then(|| a.clone())
+            })
+            .collect()
+    }
+}
+
 fn tensor_column(c: &Column, t: &ferry_runtimes::Tensor) -> Option<ArrayRef> {
     let rows = *t.shape.first()?;
     match (&c.ty, t.shape.len()) {

@@ -192,13 +192,19 @@ pub async fn score_columns(
     let n = batch.num_rows();
     let typed: Option<Vec<Vec<arrow_array::ArrayRef>>> = groups
         .iter()
-        .map(|g| columns.tensor_arrays(&g.outputs))
+        .map(|g| match &g.post {
+            None => columns.tensor_arrays(&g.outputs),
+            Some(answer) => columns.frame_arrays(answer),
+        })
         .collect();
     let Some(typed) = typed else {
         let mut scored: Vec<Option<ScoredRow>> = vec![None; n];
         for g in groups {
-            let predictions = ferry_pipeline::rows::predictions(&g.outputs)
-                .map_err(|e| PredictError::ModelOutput(e.to_string()))?;
+            let predictions = match &g.post {
+                None => ferry_pipeline::rows::predictions(&g.outputs)
+                    .map_err(|e| PredictError::ModelOutput(e.to_string()))?,
+                Some(answer) => answer_objects(answer)?,
+            };
             for (&row, prediction) in g.rows.iter().zip(predictions) {
                 scored[row] = Some(ScoredRow {
                     prediction,
@@ -241,6 +247,16 @@ pub async fn score_columns(
         models,
         versions,
     })))
+}
+
+/// A postprocess's answer as the row path's prediction objects.
+fn answer_objects(answer: &ferry_pipeline::Frame) -> Result<Vec<Value>, PredictError> {
+    let batch = answer
+        .to_batch()
+        .map_err(|e| PredictError::ModelOutput(e.to_string()))?;
+    let rows =
+        ferry_pipeline::arrow_rows::batch_to_rows(&batch).map_err(PredictError::ModelOutput)?;
+    Ok(rows.into_iter().map(Value::Object).collect())
 }
 
 #[cfg(test)]

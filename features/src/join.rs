@@ -19,6 +19,16 @@ enum Column {
     Request(String),
 }
 
+/// Where one column of the joined matrix comes from, by the field name a named row holds it
+/// under (see [`JoinPlan::name_features`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// `request.<field>`: the request's own field (a number or boolean, required).
+    Request(&'a str),
+    /// `view.feature`: the looked-up feature (missing without default reads as NaN).
+    Feature(&'a str),
+}
+
 /// A validated `features` section: built once per model version, reused per request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JoinPlan {
@@ -278,6 +288,34 @@ impl JoinPlan {
 }
 
 impl JoinPlan {
+    /// The source of each matrix column, in order.
+    pub fn sources(&self) -> Vec<Source<'_>> {
+        self.columns
+            .iter()
+            .map(|c| match c {
+                Column::Request(field) => Source::Request(field),
+                Column::Feature(k) => Source::Feature(&self.names[*k]),
+            })
+            .collect()
+    }
+
+    /// [`JoinPlan::lookup`] for rows held as columns: `key(i)` is row `i`'s join key value
+    /// (None: absent), read as `lookup` reads rows.
+    pub async fn lookup_columns(
+        &self,
+        online: Option<&OnlineFeatures>,
+        rows: usize,
+        key: impl Fn(usize) -> Option<Value>,
+    ) -> Result<Option<FeatureTable>, FeatureError> {
+        if self.refs.is_empty() {
+            return Ok(None);
+        }
+        let keys = (0..rows)
+            .map(|i| self.entity_key(key(i).as_ref(), i))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(store(online)?.lookup(&keys, &self.refs).await?))
+    }
+
     /// Looks up the feature values of every row (one store call), without assembling the
     /// matrix: for pipelines that transform named rows before the model. None when the plan
     /// reads only request fields.

@@ -12,7 +12,7 @@ pub mod repo;
 pub mod value;
 
 pub use error::FeatureError;
-pub use join::{JoinPlan, Joined, model_join_plan};
+pub use join::{JoinPlan, Joined, Source, model_join_plan};
 pub use online::{OnMissing, OnlineFeatures, OnlineStore, Status};
 pub use repo::{FeatureRef, FeatureRepo, parse_duration};
 pub use value::{FeatureType, FeatureValue};

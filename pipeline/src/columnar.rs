@@ -1,23 +1,33 @@
-//! The pipeline over Arrow columns, for the endpoints that need no row-wise work: the model
-//! inputs are built from the record batch's buffers (or, for a model with `features`, joined
-//! from the entity key column, the request columns and one store call) and the outputs stay
-//! tensors, so a Parquet chunk never becomes JSON. Endpoints with transforms, shadows or
-//! capture, and columns that do not map exactly onto the model's inputs, take the row path
-//! (`Pipeline::predict`), which gives the same answers row by row.
+//! The pipeline over Arrow columns: the model inputs are built from the record batch's buffers
+//! (or, for a model with `features`, joined from the entity key column, the request columns and
+//! one store call), transforms rewrite whole columns, and the outputs stay tensors (or, after a
+//! postprocess, columns), so a Parquet chunk never becomes JSON. Endpoints with shadows,
+//! capture or steps without a column form (scripts), and columns that do not map exactly onto
+//! what the row path would do, take the row path (`Pipeline::predict`), which gives the same
+//! answers row by row.
 
 use super::arrow_rows::array_value;
-use super::{Pipeline, PredictError, check_outputs, joined_input};
+use super::{Core, Pipeline, PredictError, check_outputs, joined_input};
+use arrow_array::builder::Float64Builder;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
     Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
     UInt32Type, UInt64Type,
 };
-use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array};
-use arrow_schema::DataType as ArrowType;
-use ferry_features::{FeatureError, JoinPlan};
+use arrow_array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int32Array, Int64Array,
+    RecordBatch, UInt32Array,
+};
+use arrow_schema::{DataType as ArrowType, Field};
+use ferry_features::online::FeatureTable;
+use ferry_features::{FeatureError, FeatureValue, JoinPlan, Source};
+use ferry_models::LoadedModel;
 use ferry_runtimes::{DataType, Signature, Tensor, TensorData};
+use ferry_transforms::{Applied, Chain, Frame, FrameContext, TransformError};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// The rows one variant scored.
 #[derive(Debug)]
@@ -29,12 +39,19 @@ pub struct GroupRun {
     pub version: u64,
     /// The model's outputs, in signature order, one row per entry of `rows`.
     pub outputs: Vec<Tensor>,
+    /// The endpoint's `postprocess` answer as columns, one per field of the row path's
+    /// prediction objects; None without a postprocess.
+    pub post: Option<Frame>,
 }
 
 impl Pipeline {
-    /// Scores `batch` column-wise, or None when the endpoint or the columns need the row path
-    /// (nothing has been sent to a model then). Variants are assigned by the same sticky hash
-    /// of the same key values as the row path.
+    /// Scores `batch` column-wise, or None when the endpoint or the columns need the row path.
+    /// Variants are assigned by the same sticky hash of the same key values as the row path;
+    /// transforms run their column form ([`ferry_transforms::Transform::apply_frame`]).
+    ///
+    /// None comes before any model runs, except when a postprocess step finds that the model's
+    /// answers need its row form (e.g. non-finite outputs): the row path then scores the batch
+    /// again.
     pub async fn predict_columns(
         &self,
         endpoint: &str,
@@ -43,10 +60,10 @@ impl Pipeline {
         let ep = self.endpoint(endpoint)?;
         let n = batch.num_rows();
         if n == 0
-            || !ep.pre.is_empty()
-            || !ep.post.is_empty()
             || ep.shadow.is_some()
             || ep.capture.is_some()
+            || !ep.pre.has_column_form()
+            || !ep.post.has_column_form()
         {
             return Ok(None);
         }
@@ -74,7 +91,8 @@ impl Pipeline {
         let mut planned = Vec::with_capacity(groups.len());
         for (v, rows) in groups {
             let model = self.core.models.lookup_ref(&ep.variants[v].model)?;
-            if !model.manifest.preprocess.is_empty() {
+            let model_pre = self.core.model_chain(&model)?;
+            if !model_pre.has_column_form() {
                 return Ok(None);
             }
             let part = if rows.len() == n {
@@ -84,71 +102,273 @@ impl Pipeline {
                 arrow_select::take::take_record_batch(batch, &indices)
                     .map_err(|e| PredictError::Misconfigured(e.to_string()))?
             };
-            let inputs = match self.core.plan(&model)? {
-                Some(plan) => self.join_columns(&plan, &part, model.signature()).await?,
-                None => batch_to_tensors(&part, model.signature()),
+            let step = Step {
+                endpoint: &ep.config.name,
+                variant: &ep.variants[v].name,
+                model: &model,
             };
-            let Some(inputs) = inputs else {
+            let Some((inputs, frame)) = self
+                .core
+                .column_inputs(&step, [&model_pre, &ep.pre], &part)
+                .await?
+            else {
                 return Ok(None);
             };
             let Ok(inputs) = model.signature().validate_inputs(inputs) else {
                 return Ok(None);
             };
-            planned.push((v, rows, model, inputs));
+            planned.push((v, rows, model, inputs, frame));
         }
         let mut runs = Vec::with_capacity(planned.len());
-        for (v, rows, model, inputs) in planned {
+        for (v, rows, model, inputs, frame) in planned {
             let outputs = model.queue.submit(inputs).await?;
             check_outputs(&model, &outputs, rows.len())?;
+            let variant = &ep.variants[v].name;
+            let post = if ep.post.is_empty() {
+                None
+            } else {
+                let started = Instant::now();
+                let Some(mut answer) = outputs_frame(&outputs) else {
+                    return Ok(None);
+                };
+                let ctx = FrameContext {
+                    inputs: Some(&frame),
+                };
+                let applied = ep
+                    .post
+                    .apply_frame(&mut answer, &ctx)
+                    .map_err(|e| transform_error(&ep.config.name, variant, e))?;
+                if applied == Applied::NeedsRows {
+                    return Ok(None);
+                }
+                let version = model.version.to_string();
+                self.core
+                    .observe_stage(&model, &version, "postprocess", started);
+                Some(answer)
+            };
+            self.core
+                .metrics
+                .endpoint_requests
+                .with_label_values(&[
+                    &ep.config.name,
+                    variant,
+                    &model.name,
+                    &model.version.to_string(),
+                ])
+                .inc();
             runs.push(GroupRun {
                 rows,
-                variant: ep.variants[v].name.clone(),
+                variant: variant.clone(),
                 model: model.name.clone(),
                 version: model.version,
                 outputs,
+                post,
             });
         }
         Ok(Some(runs))
     }
+}
 
-    /// The model input of a `features` model from columns: the entity key column and the
-    /// request columns are read value by value as the row path reads its rows (one store call).
-    /// None where the row path would report rows (a missing or unusable column or key, an
-    /// entity without values under `on_missing: error`).
-    async fn join_columns(
+/// Which endpoint, variant and model a group's work is for (errors and metrics name them).
+pub(crate) struct Step<'a> {
+    endpoint: &'a str,
+    variant: &'a str,
+    model: &'a LoadedModel,
+}
+
+impl Core {
+    /// The model inputs of one group's rows, and its request columns after the model's and the
+    /// endpoint's preprocess (what postprocess steps get as inputs). None where the row path
+    /// would decide differently or report rows.
+    async fn column_inputs(
         &self,
-        plan: &JoinPlan,
+        step: &Step<'_>,
+        pre: [&Chain; 2],
         part: &RecordBatch,
-        signature: &Signature,
-    ) -> Result<Option<Vec<Tensor>>, PredictError> {
+    ) -> Result<Option<(Vec<Tensor>, Frame)>, PredictError> {
+        let model = step.model;
+        let signature = model.signature();
+        let version = model.version.to_string();
         let rows = part.num_rows();
-        let request: HashMap<&str, &ArrayRef> = plan
-            .request_fields()
-            .into_iter()
-            .filter_map(|field| Some((field, part.column_by_name(field)?)))
-            .collect();
+        let has_pre = pre.iter().any(|c| !c.is_empty());
+        let mut frame = Frame::from_batch(part);
+        let Some(plan) = self.plan(model)? else {
+            if has_pre && !self.preprocess(step, pre, &mut frame)? {
+                return Ok(None);
+            }
+            let columns = match frame.to_batch() {
+                Ok(columns) => columns,
+                Err(_) => return Ok(None),
+            };
+            return Ok(batch_to_tensors(&columns, signature).map(|inputs| (inputs, frame)));
+        };
         let key = part.column_by_name(&plan.join_key);
         let value = |column: &ArrayRef, i: usize| array_value(column.as_ref(), i).ok();
-        let joined = plan
-            .join_columns(
-                self.core.features.as_deref(),
-                rows,
-                |i, field| value(request.get(field)?, i),
-                |i| value(key?, i),
-            )
+        let started = Instant::now();
+        if !has_pre {
+            // Straight from the columns into the matrix: no named feature columns needed.
+            let request: HashMap<&str, &ArrayRef> = plan
+                .request_fields()
+                .into_iter()
+                .filter_map(|field| Some((field, part.column_by_name(field)?)))
+                .collect();
+            let joined = plan
+                .join_columns(
+                    self.features.as_deref(),
+                    rows,
+                    |i, field| value(request.get(field)?, i),
+                    |i| value(key?, i),
+                )
+                .await;
+            self.observe_stage(model, &version, "features", started);
+            let joined = match joined {
+                Ok(joined) => joined,
+                Err(FeatureError::InvalidRow(_) | FeatureError::Missing(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(table) = &joined.table {
+                self.count_features(step.endpoint, table);
+            }
+            let input = joined_input(signature, rows, joined.columns, joined.matrix)?;
+            return Ok(Some((vec![input], frame)));
+        }
+        let table = plan
+            .lookup_columns(self.features.as_deref(), rows, |i| value(key?, i))
             .await;
-        let joined = match joined {
-            Ok(joined) => joined,
+        self.observe_stage(model, &version, "features", started);
+        let table = match table {
+            Ok(table) => table,
             Err(FeatureError::InvalidRow(_) | FeatureError::Missing(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        Ok(Some(vec![joined_input(
-            signature,
-            rows,
-            joined.columns,
-            joined.matrix,
-        )?]))
+        if let Some(table) = &table {
+            self.count_features(step.endpoint, table);
+            if !name_feature_columns(&plan, table, &mut frame) {
+                return Ok(None);
+            }
+        }
+        if !self.preprocess(step, pre, &mut frame)? {
+            return Ok(None);
+        }
+        let Some(matrix) = matrix_from_frame(&plan, &frame) else {
+            return Ok(None);
+        };
+        let input = joined_input(signature, rows, plan.width(), matrix)?;
+        Ok(Some((vec![input], frame)))
     }
+
+    /// The model's, then the endpoint's preprocess over `frame`; false when a step needs rows.
+    fn preprocess(
+        &self,
+        step: &Step<'_>,
+        pre: [&Chain; 2],
+        frame: &mut Frame,
+    ) -> Result<bool, PredictError> {
+        let started = Instant::now();
+        for chain in pre {
+            let applied = chain
+                .apply_frame(frame, &FrameContext::default())
+                .map_err(|e| transform_error(step.endpoint, step.variant, e))?;
+            if applied == Applied::NeedsRows {
+                return Ok(false);
+            }
+        }
+        let version = step.model.version.to_string();
+        self.observe_stage(step.model, &version, "preprocess", started);
+        Ok(true)
+    }
+}
+
+fn transform_error(endpoint: &str, variant: &str, error: TransformError) -> PredictError {
+    PredictError::Transform {
+        endpoint: endpoint.to_string(),
+        variant: variant.to_string(),
+        error: Box::new(error),
+    }
+}
+
+/// The looked-up features as `view.feature` columns (float64, null where missing without a
+/// default), as the row path names them into its rows. False for non-numeric feature values:
+/// their JSON form matters to the steps, so the row path takes them.
+fn name_feature_columns(plan: &JoinPlan, table: &FeatureTable, frame: &mut Frame) -> bool {
+    for (k, name) in plan.names.iter().enumerate() {
+        let mut values = Float64Builder::with_capacity(table.cells.len());
+        for cells in &table.cells {
+            match cells[k].value {
+                None => values.append_null(),
+                // JSON has no NaN: the row path holds null there.
+                Some(FeatureValue::Float(x)) if !x.is_finite() => values.append_null(),
+                Some(FeatureValue::Float(x)) => values.append_value(x),
+                Some(FeatureValue::Int(i)) => values.append_value(i as f64),
+                Some(FeatureValue::Bool(_) | FeatureValue::Str(_)) => return false,
+            }
+        }
+        frame.set(name, Arc::new(values.finish()));
+    }
+    true
+}
+
+/// `JoinPlan::matrix_from_rows` over columns: request fields must be numbers or booleans on
+/// every row, feature columns read null as NaN. None where the row path would report a row.
+fn matrix_from_frame(plan: &JoinPlan, frame: &Frame) -> Option<Vec<f64>> {
+    let rows = frame.num_rows();
+    let sources = plan.sources();
+    let width = sources.len();
+    let mut matrix = vec![f64::NAN; rows * width];
+    for (j, source) in sources.iter().enumerate() {
+        let values = match source {
+            Source::Request(field) => {
+                let column = frame.column(field)?;
+                if column.null_count() > 0 {
+                    return None;
+                }
+                let values = frame.matrix_values(field)?;
+                if !values.iter().all(|x| x.is_finite()) {
+                    return None;
+                }
+                values
+            }
+            Source::Feature(name) => frame.matrix_values(name)?,
+        };
+        for (i, x) in values.into_iter().enumerate() {
+            matrix[i * width + j] = x;
+        }
+    }
+    Some(matrix)
+}
+
+/// The model's outputs as the columns of the row path's prediction objects: `[rows]` a plain
+/// column, `[rows, k]` a fixed-size list. None for other shapes and types, and for non-finite
+/// floats (the row path's JSON holds null there), which the row path takes.
+fn outputs_frame(outputs: &[Tensor]) -> Option<Frame> {
+    let rows = *outputs.first()?.shape.first()?;
+    let mut frame = Frame::new(rows);
+    for t in outputs {
+        let values: ArrayRef = match &t.data {
+            TensorData::Fp32(v) if v.iter().all(|x| x.is_finite()) => {
+                Arc::new(Float32Array::from(v.clone()))
+            }
+            TensorData::Fp64(v) if v.iter().all(|x| x.is_finite()) => {
+                Arc::new(Float64Array::from(v.clone()))
+            }
+            TensorData::Int64(v) => Arc::new(Int64Array::from(v.clone())),
+            TensorData::Int32(v) => Arc::new(Int32Array::from(v.clone())),
+            _ => return None,
+        };
+        let column: ArrayRef = match t.shape[..] {
+            [r] if r == rows => values,
+            [r, k] if r == rows => {
+                let field = Arc::new(Field::new("item", values.data_type().clone(), true));
+                Arc::new(
+                    FixedSizeListArray::try_new(field, i32::try_from(k).ok()?, values, None)
+                        .ok()?,
+                )
+            }
+            _ => return None,
+        };
+        frame.set(&t.name, column);
+    }
+    Some(frame)
 }
 
 /// The model inputs from the columns named like them: a numeric column is `[rows]`, a list

@@ -24,13 +24,14 @@ use crate::config::{EndpointConfig, FeaturesConfig};
 pub use crate::metrics::PipelineMetrics;
 pub use crate::setup::{Served, Setup, SetupError};
 use assign::Split;
-use ferry_features::online::{MemoryStore, RedisStore};
+use ferry_features::online::{FeatureTable, MemoryStore, RedisStore};
 use ferry_features::{
     FeatureError, FeatureRepo, JoinPlan, OnlineFeatures, OnlineStore, model_join_plan,
 };
 use ferry_models::{LoadedModel, LookupError, ModelManager, ScheduleError};
 use ferry_registry::{ModelRef, S3Options};
 use ferry_runtimes::{DataType, Tensor, TensorData};
+pub use ferry_transforms::Frame;
 use ferry_transforms::{BuildOptions, Chain, Context, Row, Stage, TransformError};
 use rows::InvalidRows;
 use serde_json::{Map, Value};
@@ -301,6 +302,27 @@ impl Core {
         Ok(chain)
     }
 
+    /// Feature values served per view and status, and the endpoint's defaulted ones; returns
+    /// how many were defaulted.
+    fn count_features(&self, endpoint: &str, table: &FeatureTable) -> usize {
+        let Some(online) = self.features.as_deref() else {
+            return 0;
+        };
+        for ((view, status), n) in &table.counts {
+            self.metrics
+                .feature_values
+                .with_label_values(&[online.repo.views[*view].name.as_str(), status.as_str()])
+                .inc_by(*n);
+        }
+        if table.defaulted > 0 {
+            self.metrics
+                .features_defaulted
+                .with_label_values(&[endpoint])
+                .inc_by(table.defaulted as u64);
+        }
+        table.defaulted
+    }
+
     fn observe_stage(&self, model: &LoadedModel, version: &str, stage: &str, since: Instant) {
         self.models
             .metrics()
@@ -372,23 +394,8 @@ impl Core {
                     let joined = joined?;
                     (joined.matrix, joined.table)
                 };
-                if let (Some(table), Some(online)) = (&table, online) {
-                    defaulted = table.defaulted;
-                    for ((view, status), n) in &table.counts {
-                        self.metrics
-                            .feature_values
-                            .with_label_values(&[
-                                online.repo.views[*view].name.as_str(),
-                                status.as_str(),
-                            ])
-                            .inc_by(*n);
-                    }
-                    if defaulted > 0 {
-                        self.metrics
-                            .features_defaulted
-                            .with_label_values(&[endpoint])
-                            .inc_by(defaulted as u64);
-                    }
+                if let Some(table) = &table {
+                    defaulted = self.count_features(endpoint, table);
                 }
                 vec![joined_input(
                     model.signature(),

@@ -240,3 +240,84 @@ async fn column_and_row_paths_agree_on_random_rows() {
         assert_eq!(predictions, by_rows.predictions, "round {round}");
     }
 }
+
+/// An endpoint with built-in transforms around a `features` model (the demo `risk`: entity
+/// join + request column): the column-wise path, transforms included, gives the row path's
+/// predictions bit for bit, with the feature values named, filled and scaled as columns.
+#[tokio::test]
+async fn column_and_row_paths_agree_with_transforms_and_features() {
+    use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+
+    let mut tf = endpoint("risk_tf", "risk@1");
+    tf.preprocess = serde_json::from_value(json!([
+        {"fill_missing": {"amount": 0}},
+        {"clip": {"amount": {"min": 0, "max": 1000}}},
+        {"standardize": {"user_stats.spend_30d": {"mean": 250, "std": 120}}},
+        {"log1p": ["user_stats.visits_7d"]}
+    ]))
+    .unwrap();
+    tf.postprocess = serde_json::from_value(json!([
+        {"threshold": {"field": "probabilities", "index": 1, "threshold": 0.5,
+                       "labels": ["approve", "review"], "output": "decision"}},
+        {"calibrate": {"field": "probabilities", "index": 1,
+                       "table": [[0, 0], [0.5, 0.4], [1, 1]], "output": "score"}},
+        {"select": ["decision", "score", "label"]}
+    ]))
+    .unwrap();
+    let mut scripted = endpoint("risk_script", "risk@1");
+    scripted.postprocess = serde_json::from_value(json!([
+        {"script": {"source": "fn transform(row, input) { row }"}}
+    ]))
+    .unwrap();
+    let (pipeline, _models, _dir) = pipeline(vec![tf, scripted], |_| {}).await;
+    let mut rng = fastrand::Rng::with_seed(21);
+    for round in 0..10 {
+        let n = rng.usize(1..120);
+        // Known users, and some the store has no row for (their features get the default).
+        let users: ArrayRef =
+            Arc::new(StringArray::from_iter_values((0..n).map(
+                |_| match rng.u8(..10) {
+                    0 => "nobody".to_string(),
+                    _ => format!("u{}", rng.u32(1..40)),
+                },
+            )));
+        let amount: ArrayRef = if round % 2 == 0 {
+            Arc::new(Float64Array::from_iter(
+                (0..n).map(|_| (rng.u8(..10) > 0).then(|| rng.f64() * 1500.0 - 100.0)),
+            ))
+        } else {
+            Arc::new(Int64Array::from_iter_values(
+                (0..n).map(|_| rng.i64(-50..1500)),
+            ))
+        };
+        let batch = RecordBatch::try_from_iter([("user_id", users), ("amount", amount)]).unwrap();
+        let rows = ferry_pipeline::arrow_rows::batch_to_rows(&batch).unwrap();
+        let by_rows = pipeline
+            .predict("risk_tf", rows, &PredictOptions::default())
+            .await
+            .unwrap();
+        let groups = pipeline
+            .predict_columns("risk_tf", &batch)
+            .await
+            .unwrap()
+            .expect("built-in steps over numeric columns go column-wise");
+        let mut predictions = vec![Value::Null; n];
+        for g in &groups {
+            let answer = g.post.as_ref().expect("the postprocess answers as columns");
+            let objects =
+                ferry_pipeline::arrow_rows::batch_to_rows(&answer.to_batch().unwrap()).unwrap();
+            for (&row, p) in g.rows.iter().zip(objects) {
+                predictions[row] = Value::Object(p);
+            }
+        }
+        assert_eq!(predictions, by_rows.predictions, "round {round}");
+        // A step without a column form (a script) leaves the batch to the row path.
+        assert!(
+            pipeline
+                .predict_columns("risk_script", &batch)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}

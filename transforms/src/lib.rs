@@ -16,12 +16,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 mod build;
+mod frame;
 mod post;
 mod pre;
 mod script;
 mod util;
 
 pub use build::{build_chain, step_names};
+pub use frame::Frame;
 
 /// One row: a request/feature row in the pre stage, a model output row in the post stage.
 pub type Row = serde_json::Map<String, serde_json::Value>;
@@ -68,12 +70,47 @@ impl<'a> Context<'a> {
     }
 }
 
+/// What a step may read besides the frame it rewrites (the column form of [`Context`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FrameContext<'a> {
+    /// Post stage: the request columns (after pre-transforms), row-aligned. None in Pre.
+    pub inputs: Option<&'a Frame>,
+}
+
+/// Whether a step rewrote a frame as its row form would have rewritten the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Applied {
+    Done,
+    /// These columns need the row form (e.g. nulls the row form reports, a script); the frame
+    /// may be partly rewritten and the caller runs the whole chain on rows instead.
+    NeedsRows,
+}
+
 /// A step of a chain.
+///
+/// A step has a row form ([`Transform::apply`], the reference semantics, used for JSON
+/// requests) and a column form ([`Transform::apply_frame`], used where requests and files are
+/// already columns: batch over Parquet). The column form must give exactly what the row form
+/// gives, or answer [`Applied::NeedsRows`]; the default always does.
 pub trait Transform: Send + Sync + 'static {
     /// Label used in errors and metrics, e.g. "standardize", "script rules.rhai", "rust:cap_by_country".
     fn name(&self) -> &str;
     /// Rewrites rows in place (may add/remove fields). Must not panic on any input.
     fn apply(&self, rows: &mut [Row], ctx: &Context<'_>) -> Result<(), TransformError>;
+    /// Whether [`Transform::apply_frame`] is implemented (it may still answer `NeedsRows` for
+    /// some columns). Callers skip the column path for chains with a step that has none.
+    fn has_column_form(&self) -> bool {
+        false
+    }
+    /// Rewrites whole columns in place. Must not panic on any input.
+    fn apply_frame(
+        &self,
+        _frame: &mut Frame,
+        _ctx: &FrameContext<'_>,
+    ) -> Result<Applied, TransformError> {
+        Ok(Applied::NeedsRows)
+    }
 }
 
 /// Who is to blame for a failed step; decides the HTTP status class.
@@ -216,6 +253,31 @@ impl Chain {
             })?;
         }
         Ok(())
+    }
+
+    /// Whether every step has a column form.
+    pub fn has_column_form(&self) -> bool {
+        self.steps.iter().all(|s| s.transform.has_column_form())
+    }
+
+    /// [`Chain::apply`] over columns: every step's column form in order. `NeedsRows` as soon
+    /// as one step needs rows (the frame is then partly rewritten: discard it).
+    pub fn apply_frame(
+        &self,
+        frame: &mut Frame,
+        ctx: &FrameContext<'_>,
+    ) -> Result<Applied, TransformError> {
+        for (i, step) in self.steps.iter().enumerate() {
+            let applied = step.transform.apply_frame(frame, ctx).map_err(|mut e| {
+                e.step.clone_from(&step.label);
+                e.position = i + 1;
+                e
+            })?;
+            if applied == Applied::NeedsRows {
+                return Ok(Applied::NeedsRows);
+            }
+        }
+        Ok(Applied::Done)
     }
 }
 

@@ -5,8 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::Row;
+use std::sync::Arc;
+
+use arrow_array::Float64Array;
+
+use crate::frame::either;
 use crate::util::{RowStep, finite, indexed_number, present, show, value_number};
+use crate::{Applied, Frame, Row};
 
 // ---------------------------------------------------------------- threshold
 
@@ -65,6 +70,32 @@ impl RowStep for Threshold {
         };
         row.insert(self.output.clone(), label.clone());
         Ok(())
+    }
+
+    fn has_columns(&self) -> bool {
+        true
+    }
+
+    fn apply_columns(&self, frame: &mut Frame) -> Applied {
+        let Some(xs) = indexed_numbers(frame, &self.field, self.index) else {
+            return Applied::NeedsRows;
+        };
+        let above: Vec<bool> = xs.iter().map(|&x| x >= self.threshold).collect();
+        match either(&above, &self.below, &self.at_or_above) {
+            Some(labels) => {
+                frame.set(&self.output, labels);
+                Applied::Done
+            }
+            None => Applied::NeedsRows,
+        }
+    }
+}
+
+/// `util::indexed_number` over a column.
+fn indexed_numbers(frame: &Frame, field: &str, index: Option<usize>) -> Option<Vec<f64>> {
+    match index {
+        None => frame.numbers(field),
+        Some(i) => frame.element_numbers(field, i),
     }
 }
 
@@ -233,6 +264,28 @@ impl RowStep for Calibrate {
         }
         Ok(())
     }
+
+    fn has_columns(&self) -> bool {
+        true
+    }
+
+    fn apply_columns(&self, frame: &mut Frame) -> Applied {
+        let target = match (&self.output, self.index) {
+            (Some(out), _) => out,
+            (None, None) => &self.field,
+            // Rewriting one element of a list column in place: left to the row form.
+            (None, Some(_)) => return Applied::NeedsRows,
+        };
+        let Some(xs) = indexed_numbers(frame, &self.field, self.index) else {
+            return Applied::NeedsRows;
+        };
+        let ys: Vec<f64> = xs.into_iter().map(|x| self.map(x)).collect();
+        if !ys.iter().all(|y| y.is_finite()) {
+            return Applied::NeedsRows;
+        }
+        frame.set(target, Arc::new(Float64Array::from(ys)));
+        Applied::Done
+    }
 }
 
 // ---------------------------------------------------------------- rename / select
@@ -277,6 +330,18 @@ impl RowStep for Rename {
             row.insert(new.clone(), v);
         }
         Ok(())
+    }
+
+    fn has_columns(&self) -> bool {
+        true
+    }
+
+    fn apply_columns(&self, frame: &mut Frame) -> Applied {
+        if frame.rename(&self.pairs) {
+            Applied::Done
+        } else {
+            Applied::NeedsRows
+        }
     }
 }
 
@@ -324,6 +389,18 @@ impl RowStep for Select {
         }
         *row = kept;
         Ok(())
+    }
+
+    fn has_columns(&self) -> bool {
+        true
+    }
+
+    fn apply_columns(&self, frame: &mut Frame) -> Applied {
+        if frame.select(&self.fields) {
+            Applied::Done
+        } else {
+            Applied::NeedsRows
+        }
     }
 }
 
@@ -395,5 +472,27 @@ impl RowStep for Bound {
             }
         }
         Ok(())
+    }
+
+    fn has_columns(&self) -> bool {
+        true
+    }
+
+    fn apply_columns(&self, frame: &mut Frame) -> Applied {
+        for (field, b) in &self.fields {
+            // Scalar columns only; list columns are left to the row form.
+            let Some(xs) = frame.numbers(field) else {
+                return Applied::NeedsRows;
+            };
+            let ys: Vec<f64> = xs
+                .into_iter()
+                .map(|x| {
+                    let out = if self.upper { x > *b } else { x < *b };
+                    if out { *b } else { x }
+                })
+                .collect();
+            frame.set(field, Arc::new(Float64Array::from(ys)));
+        }
+        Applied::Done
     }
 }

@@ -5,8 +5,15 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
-use crate::Row;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, Float64Array, StringArray};
+use arrow_schema::DataType;
+
+use crate::frame::{column_numbers, constant};
 use crate::util::{RowStep, category_field, category_key, finite, number, present, show};
+use crate::{Applied, Frame, Row};
 
 // ---------------------------------------------------------------- fill_missing
 
@@ -45,6 +52,50 @@ impl RowStep for FillMissing {
             }
         }
         Ok(())
+    }
+
+    fn has_columns(&self) -> bool {
+        true
+    }
+
+    fn apply_columns(&self, frame: &mut Frame) -> Applied {
+        let rows = frame.num_rows();
+        for (field, value) in &self.values {
+            let filled = match frame.column(field) {
+                None => constant(value, rows),
+                Some(c) if c.null_count() == 0 => continue,
+                Some(c) => fill_nulls(c.as_ref(), value),
+            };
+            match filled {
+                Some(c) => frame.set(field, c),
+                None => return Applied::NeedsRows,
+            }
+        }
+        Applied::Done
+    }
+}
+
+/// A column with its nulls replaced by `value`: numbers into a numeric column (as float64:
+/// the values are what the row form's JSON numbers read as), text into a text column.
+fn fill_nulls(c: &dyn Array, value: &Value) -> Option<arrow_array::ArrayRef> {
+    match (c.data_type(), value) {
+        (DataType::Utf8, Value::String(s)) => Some(Arc::new(
+            c.as_string::<i32>()
+                .iter()
+                .map(|v| Some(v.unwrap_or(s)))
+                .collect::<StringArray>(),
+        )),
+        (_, Value::Number(n)) => {
+            let fill = n.as_f64()?;
+            let values = column_numbers(c)?;
+            Some(Arc::new(Float64Array::from_iter_values(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| if c.is_null(i) { fill } else { x }),
+            )))
+        }
+        _ => None,
     }
 }
 
@@ -181,6 +232,33 @@ impl RowStep for Affine {
         }
         Ok(())
     }
+
+    fn has_columns(&self) -> bool {
+        true
+    }
+
+    fn apply_columns(&self, frame: &mut Frame) -> Applied {
+        for (field, kind) in &self.fields {
+            let Some(xs) = frame.numbers(field) else {
+                return Applied::NeedsRows;
+            };
+            let ys: Vec<f64> = xs.into_iter().map(|x| kind.apply(x)).collect();
+            if !set_finite(frame, field, ys) {
+                return Applied::NeedsRows;
+            }
+        }
+        Applied::Done
+    }
+}
+
+/// Writes computed values as a float64 column; false (frame unchanged) when one is not finite
+/// (the row form reports that row).
+fn set_finite(frame: &mut Frame, field: &str, ys: Vec<f64>) -> bool {
+    if !ys.iter().all(|y| y.is_finite()) {
+        return false;
+    }
+    frame.set(field, Arc::new(Float64Array::from(ys)));
+    true
 }
 
 // ---------------------------------------------------------------- clip
@@ -234,6 +312,30 @@ impl RowStep for Clip {
         }
         Ok(())
     }
+
+    fn has_columns(&self) -> bool {
+        true
+    }
+
+    fn apply_columns(&self, frame: &mut Frame) -> Applied {
+        for (field, lo, hi) in &self.fields {
+            let Some(xs) = frame.numbers(field) else {
+                return Applied::NeedsRows;
+            };
+            let ys: Vec<f64> = xs
+                .into_iter()
+                .map(|x| match (lo, hi) {
+                    (Some(lo), _) if x < *lo => *lo,
+                    (_, Some(hi)) if x > *hi => *hi,
+                    _ => x,
+                })
+                .collect();
+            if !set_finite(frame, field, ys) {
+                return Applied::NeedsRows;
+            }
+        }
+        Applied::Done
+    }
 }
 
 // ---------------------------------------------------------------- log1p
@@ -267,6 +369,26 @@ impl RowStep for Log1p {
             row.insert(field.clone(), finite(x.ln_1p(), field)?);
         }
         Ok(())
+    }
+
+    fn has_columns(&self) -> bool {
+        true
+    }
+
+    fn apply_columns(&self, frame: &mut Frame) -> Applied {
+        for field in &self.fields {
+            let Some(xs) = frame.numbers(field) else {
+                return Applied::NeedsRows;
+            };
+            if xs.iter().any(|&x| x <= -1.0) {
+                return Applied::NeedsRows;
+            }
+            let ys: Vec<f64> = xs.into_iter().map(f64::ln_1p).collect();
+            if !set_finite(frame, field, ys) {
+                return Applied::NeedsRows;
+            }
+        }
+        Applied::Done
     }
 }
 

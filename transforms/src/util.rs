@@ -3,12 +3,20 @@
 
 use serde_json::{Number, Value};
 
-use crate::{Context, Row, Transform, TransformError};
+use crate::{Applied, Context, Frame, FrameContext, Row, Transform, TransformError};
 
 /// A built-in step that handles one row at a time and can only fail because of the row.
 pub(crate) trait RowStep: Send + Sync + 'static {
     fn label(&self) -> &str;
     fn apply_row(&self, row: &mut Row, input: Option<&Row>) -> Result<(), String>;
+    /// The same over whole columns; `NeedsRows` wherever some row would fail or the columns'
+    /// types could make the answer differ from the row form's.
+    fn apply_columns(&self, _frame: &mut Frame) -> Applied {
+        Applied::NeedsRows
+    }
+    fn has_columns(&self) -> bool {
+        false
+    }
 }
 
 /// Adapts a [`RowStep`] to [`Transform`]; errors become [`crate::ErrorKind::Input`] on that row.
@@ -26,6 +34,18 @@ impl<S: RowStep> Transform for PerRow<S> {
                 .map_err(|m| TransformError::input(i, m))?;
         }
         Ok(())
+    }
+
+    fn has_column_form(&self) -> bool {
+        self.0.has_columns()
+    }
+
+    fn apply_frame(
+        &self,
+        frame: &mut Frame,
+        _: &FrameContext<'_>,
+    ) -> Result<Applied, TransformError> {
+        Ok(self.0.apply_columns(frame))
     }
 }
 
