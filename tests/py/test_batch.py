@@ -7,6 +7,7 @@ A missing redis-server, moto, pyarrow or onnxruntime fails these tests, never sk
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -60,6 +61,21 @@ def env(tmp_path, redis_server):
             {"name": "churn-ab", "sticky_key": "id",
              "variants": [{"name": "a", "model": "churn@1", "weight": 60},
                           {"name": "b", "model": "churn@champion", "weight": 40}]},
+            # Built-in transforms around the features model (each has a column form).
+            {"name": "risk-tf", "sticky_key": "user_id",
+             "variants": [{"name": "control", "model": "risk@1", "weight": 50},
+                          {"name": "treatment", "model": "risk@2", "weight": 50}],
+             "preprocess": [
+                 {"fill_missing": {"amount": 0}},
+                 {"clip": {"amount": {"min": 0, "max": 60}}},
+                 {"standardize": {"user_stats.spend_30d": {"mean": 250, "std": 120}}},
+                 {"log1p": ["user_stats.visits_7d"]}],
+             "postprocess": [
+                 {"threshold": {"field": "probabilities", "index": 1, "threshold": 0.5,
+                                "labels": ["approve", "review"], "output": "decision"}},
+                 {"calibrate": {"field": "probabilities", "index": 1,
+                                "table": [[0, 0], [0.5, 0.4], [1, 1]], "output": "score"}},
+                 {"select": ["decision", "score", "label"]}]},
         ],
     }
     config = tmp_path / "ferry.yaml"
@@ -309,6 +325,49 @@ def test_killed_run_resumes_without_duplicates_or_leftovers(env):
     assert glob.glob(str(out / "_tmp" / "*.tmp")) == []
     assert len(glob.glob(str(out / "_markers" / "*.json"))) == 6
     assert_risk_matches(env, got)
+
+
+def test_transforms_run_column_wise_and_answer_as_online(env):
+    """An endpoint with built-in pre and post steps around a features model: batch over
+    Parquet runs them on columns (the summary counts those rows) and writes, per row, the
+    online answer's fields as typed columns; null amounts are filled as online."""
+    tmp = env["tmp"]
+    rows = risk_rows(400, 5)
+    for i in range(0, len(rows), 7):
+        rows[i]["amount"] = None
+    write_parquet(str(tmp / "in-tf" / "a.parquet"), rows)
+
+    (tmp / "server-tf").mkdir()
+    srv = FerryServer(tmp / "server-tf", env["cfg"], "transforms")
+    srv.start()
+    try:
+        srv.wait_ready()
+        r = requests.post(f"{srv.url}/v1/endpoints/risk-tf/predict",
+                          json={"instances": rows}, timeout=60)
+        assert r.status_code == 200, r.text
+        online = r.json()
+    finally:
+        srv.stop()
+
+    out = batch(env, "--endpoint", "risk-tf", "--input", str(tmp / "in-tf"), "--output",
+                str(tmp / "out-tf"), "--chunk-rows", "50")
+    assert "0 failed" in out.stdout, out.stdout
+    # The job's first chunk fixes the answer's columns through its JSON form; the rest go
+    # column-wise.
+    counted = re.search(r"batch: (\d+) of (\d+) scored rows went column-wise", out.stdout)
+    assert counted, out.stdout
+    assert int(counted.group(2)) == len(rows)
+    assert int(counted.group(1)) >= len(rows) // 2, out.stdout
+    table = pq.read_table(sorted(glob.glob(str(tmp / "out-tf" / "*.parquet")))[0])
+    assert table.schema.field("decision").type == pa.string()
+    assert table.schema.field("score").type == pa.float64()
+    assert table.schema.field("label").type == pa.int64()
+    got = table.to_pylist()
+    assert [r["user_id"] for r in got] == [r["user_id"] for r in rows]
+    assert [{k: r[k] for k in ("decision", "score", "label")} for r in got] == \
+        online["predictions"]
+    assert [r["variant"] for r in got] == online["variants"]
+    assert {"approve", "review"} >= {r["decision"] for r in got}
 
 
 def read_output_fresh(env, inp, out):

@@ -10,7 +10,10 @@ use crate::post::{Bound, Calibrate, Rename, Select, Threshold, TopK};
 use crate::pre::{Affine, Bucketize, CategoryIndex, Clip, Derive, FillMissing, Log1p, OneHot};
 use crate::script::Script;
 use crate::util::{PerRow, show};
-use crate::{BuildError, BuildOptions, Chain, Context, Row, Stage, Transform, TransformError};
+use crate::{
+    Applied, BuildError, BuildOptions, Chain, Context, Frame, FrameContext, Row, Stage, Transform,
+    TransformError,
+};
 
 /// Every step: its name, the stages it may run in, and a config example for error messages.
 const STEPS: &[(&str, &[Stage], &str)] = &[
@@ -228,6 +231,22 @@ impl Transform for Plugin {
 
     fn apply(&self, rows: &mut [Row], ctx: &Context<'_>) -> Result<(), TransformError> {
         catch_unwind(AssertUnwindSafe(|| self.inner.apply(rows, ctx))).unwrap_or_else(|p| {
+            Err(TransformError::fault(
+                None,
+                format!("the transform panicked: {}", panic_message(&*p)),
+            ))
+        })
+    }
+    fn has_column_form(&self) -> bool {
+        self.inner.has_column_form()
+    }
+
+    fn apply_frame(
+        &self,
+        frame: &mut Frame,
+        ctx: &FrameContext<'_>,
+    ) -> Result<Applied, TransformError> {
+        catch_unwind(AssertUnwindSafe(|| self.inner.apply_frame(frame, ctx))).unwrap_or_else(|p| {
             Err(TransformError::fault(
                 None,
                 format!("the transform panicked: {}", panic_message(&*p)),
