@@ -1042,9 +1042,12 @@ async fn a_row_the_model_cannot_take_in_a_split_request_is_named_by_its_request_
     let values: Vec<Value> = users
         .iter()
         .enumerate()
-        .map(|(i, u)| match i == bad {
-            true => json!({"user_id": u}),
-            false => ab_row(u, i),
+        .map(|(i, u)| {
+            if i == bad {
+                json!({"user_id": u})
+            } else {
+                ab_row(u, i)
+            }
         })
         .collect();
     let err = predict(&h, "ab", &values).await.unwrap_err();
