@@ -13,6 +13,8 @@ pub mod metrics;
 mod onnx;
 pub mod placement;
 pub mod scheduler;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 pub use config::{BatchingConfig, ModelEntry, ModelSettings, ModelsConfig};
 pub use manager::{ControlError, IndexEntry, LoadedModel, LookupError, ModelManager, SyncOutcome};

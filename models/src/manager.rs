@@ -143,7 +143,12 @@ pub struct ModelManager {
     /// The server's feature repo: a version whose `features` section cannot be served with it
     /// (or, without one, reads feature views) fails to load instead of failing every request.
     feature_repo: Option<Arc<ferry_features::FeatureRepo>>,
+    /// Replaces the engines (`format` → ort/tract/Candle) for every version; only tests set it.
+    runtime_loader: Option<RuntimeLoader>,
 }
+
+/// Builds a version's runtime from its verified manifest instead of an engine.
+type RuntimeLoader = Arc<dyn Fn(&Manifest) -> Result<Arc<dyn Runtime>, RuntimeError> + Send + Sync>;
 
 impl ModelManager {
     /// A manager for `config.models` (nothing loads until `load_configured`); its metrics go to
@@ -179,6 +184,7 @@ impl ModelManager {
             reported: Mutex::new(HashMap::new()),
             shadow_only: Mutex::new(shadow_only),
             feature_repo: None,
+            runtime_loader: None,
         }
     }
 
@@ -189,6 +195,19 @@ impl ModelManager {
         repo: Option<Arc<ferry_features::FeatureRepo>>,
     ) -> ModelManager {
         self.feature_repo = repo;
+        self
+    }
+
+    /// Versions load through `loader` instead of an engine: everything else (resolving,
+    /// verifying the files, the feature check, warm-up, compute queue, swaps) runs as in
+    /// production, so tests exercise the real request path over a model they define in code
+    /// (see `crate::testing::FnRuntime`).
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn with_runtime_loader(
+        mut self,
+        loader: impl Fn(&Manifest) -> Result<Arc<dyn Runtime>, RuntimeError> + Send + Sync + 'static,
+    ) -> ModelManager {
+        self.runtime_loader = Some(Arc::new(loader));
         self
     }
 
@@ -568,13 +587,15 @@ impl ModelManager {
         let metrics = self.metrics.clone();
         let name = name.to_string();
         let from_cache = verified.from_cache;
+        let loader = self.runtime_loader.clone();
         let task = tokio::task::spawn_blocking(move || -> Result<LoadedModel, LoadError> {
             let manifest = verified.manifest.clone();
-            let runtime = match manifest.format {
-                ModelFormat::Onnx => {
+            let runtime = match (&loader, manifest.format) {
+                (Some(loader), _) => loader(&manifest)?,
+                (None, ModelFormat::Onnx) => {
                     load_onnx(&verified.artifact_path(), &manifest.signature(), &options)?
                 }
-                ModelFormat::Safetensors => load_safetensors(
+                (None, ModelFormat::Safetensors) => load_safetensors(
                     &verified.dir,
                     &manifest.artifact,
                     &manifest.architecture,
