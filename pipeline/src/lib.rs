@@ -785,7 +785,8 @@ impl Pipeline {
                 let (v, members, run) = done.map_err(|e| {
                     PredictError::Misconfigured(format!("a variant task failed: {e}"))
                 })?;
-                runs.push((v, members, run?));
+                let run = run.map_err(|e| in_request(e, &members))?;
+                runs.push((v, members, run));
             }
             runs
         };
@@ -838,6 +839,60 @@ impl Pipeline {
             defaulted,
         })
     }
+}
+
+/// An error from one variant's share of a split request, with the rows it names renumbered
+/// from positions within the share (`members[k]` is share row k's request index) to positions
+/// in the request the client sent.
+fn in_request(error: PredictError, members: &[usize]) -> PredictError {
+    let renumber = |message: String| renumber_instances(&message, members);
+    match error {
+        PredictError::Transform {
+            endpoint,
+            variant,
+            mut error,
+        } => {
+            error.row = error.row.map(|k| members.get(k).copied().unwrap_or(k));
+            error.message = renumber(std::mem::take(&mut error.message));
+            PredictError::Transform {
+                endpoint,
+                variant,
+                error,
+            }
+        }
+        PredictError::Input(InvalidRows(message)) => {
+            PredictError::Input(InvalidRows(renumber(message)))
+        }
+        PredictError::Features(FeatureError::InvalidRow(message)) => {
+            PredictError::Features(FeatureError::InvalidRow(renumber(message)))
+        }
+        other => other,
+    }
+}
+
+/// Rewrites every `instances[k]` in a message as `instances[members[k]]`. The row codecs and
+/// the feature join write row positions only in that form.
+fn renumber_instances(message: &str, members: &[usize]) -> String {
+    const OPEN: &str = "instances[";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(OPEN) {
+        let (before, after) = rest.split_at(at + OPEN.len());
+        out.push_str(before);
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let renumbered = after[..digits]
+            .parse::<usize>()
+            .ok()
+            .filter(|_| after[digits..].starts_with(']'))
+            .and_then(|k| members.get(k));
+        match renumbered {
+            Some(row) => out.push_str(&row.to_string()),
+            None => out.push_str(&after[..digits]),
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Refuses outputs that do not fit the model's signature or do not have one row per input row:
@@ -984,6 +1039,18 @@ pub struct ReloadSummary {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn row_positions_in_messages_are_renumbered_to_the_request() {
+        let members = [3, 7, 9];
+        assert_eq!(
+            super::renumber_instances(
+                "instances[1] has no `x` (every instance must look like instances[0]); instances[5] and instances[x] stay",
+                &members
+            ),
+            "instances[7] has no `x` (every instance must look like instances[3]); instances[5] and instances[x] stay"
+        );
+    }
+
     use super::*;
     use ferry_runtimes::TensorSpec;
 

@@ -595,9 +595,12 @@ async fn columns_and_rows_join_the_same_features() {
 }
 
 #[tokio::test]
-async fn endpoints_with_transforms_are_left_to_the_row_path() {
+async fn endpoints_with_a_step_lacking_a_column_form_are_left_to_the_row_path() {
     let mut e = ab_endpoint("ab");
-    e.postprocess = vec![json!({"rename": {"score": "s"}})];
+    e.postprocess = vec![
+        json!({"rename": {"score": "s"}}),
+        json!({"script": {"source": "fn transform(row, input) { row }"}}),
+    ];
     let calls = Calls::default();
     let h = harness(
         vec![
@@ -1000,7 +1003,7 @@ fn control_then_treatment(controls: usize) -> Vec<String> {
 // sent, not at its position within its variant's group.
 
 #[tokio::test]
-#[ignore = "bug: a split request's transform error names the row's index within its variant group"]
+
 async fn a_row_error_in_a_split_request_names_the_row_of_the_request() {
     let mut e = ab_endpoint("ab");
     e.preprocess = vec![json!({"log1p": ["amount"]})];
@@ -1034,7 +1037,7 @@ async fn a_row_error_in_a_split_request_names_the_row_of_the_request() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a split request's input error names the row's index within its variant group"]
+
 async fn a_row_the_model_cannot_take_in_a_split_request_is_named_by_its_request_index() {
     let h = ab_harness(&Calls::default()).await;
     let users = control_then_treatment(3);
