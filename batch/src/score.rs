@@ -200,11 +200,7 @@ pub async fn score_columns(
     let Some(typed) = typed else {
         let mut scored: Vec<Option<ScoredRow>> = vec![None; n];
         for g in groups {
-            let predictions = match &g.post {
-                None => ferry_pipeline::rows::predictions(&g.outputs)
-                    .map_err(|e| PredictError::ModelOutput(e.to_string()))?,
-                Some(answer) => answer_objects(answer)?,
-            };
+            let predictions = g.predictions()?;
             for (&row, prediction) in g.rows.iter().zip(predictions) {
                 scored[row] = Some(ScoredRow {
                     prediction,
@@ -247,16 +243,6 @@ pub async fn score_columns(
         models,
         versions,
     })))
-}
-
-/// A postprocess's answer as the row path's prediction objects.
-fn answer_objects(answer: &ferry_pipeline::Frame) -> Result<Vec<Value>, PredictError> {
-    let batch = answer
-        .to_batch()
-        .map_err(|e| PredictError::ModelOutput(e.to_string()))?;
-    let rows =
-        ferry_pipeline::arrow_rows::batch_to_rows(&batch).map_err(PredictError::ModelOutput)?;
-    Ok(rows.into_iter().map(Value::Object).collect())
 }
 
 #[cfg(test)]

@@ -6,8 +6,11 @@
 //! what the row path would do, take the row path (`Pipeline::predict`), which gives the same
 //! answers row by row.
 
-use super::arrow_rows::array_value;
-use super::{Core, Pipeline, PredictError, check_outputs, joined_input};
+use super::arrow_rows::{array_value, batch_to_rows};
+use super::{
+    Core, Deadline, Endpoint, Pipeline, PredictError, check_outputs, in_request, joined_input,
+    rows, submit,
+};
 use arrow_array::builder::Float64Builder;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
@@ -42,6 +45,34 @@ pub struct GroupRun {
     /// The endpoint's `postprocess` answer as columns, one per field of the row path's
     /// prediction objects; None without a postprocess.
     pub post: Option<Frame>,
+    /// Feature values that got their default.
+    pub defaulted: usize,
+}
+
+impl GroupRun {
+    /// The group's predictions as the row path answers them (JSON, one per row).
+    pub fn predictions(&self) -> Result<Vec<Value>, PredictError> {
+        match &self.post {
+            None => rows::predictions(&self.outputs).map_err(|e| PredictError::ModelOutput(e.0)),
+            Some(answer) => {
+                let batch = answer
+                    .to_batch()
+                    .map_err(|e| PredictError::ModelOutput(e.to_string()))?;
+                let objects = batch_to_rows(&batch).map_err(PredictError::ModelOutput)?;
+                Ok(objects.into_iter().map(Value::Object).collect())
+            }
+        }
+    }
+}
+
+impl Endpoint {
+    /// Whether requests to this endpoint may take the column path at all.
+    pub(crate) fn takes_columns(&self) -> bool {
+        self.shadow.is_none()
+            && self.capture.is_none()
+            && self.pre.has_column_form()
+            && self.post.has_column_form()
+    }
 }
 
 impl Pipeline {
@@ -58,13 +89,18 @@ impl Pipeline {
         batch: &RecordBatch,
     ) -> Result<Option<Vec<GroupRun>>, PredictError> {
         let ep = self.endpoint(endpoint)?;
+        self.columns_at(&ep, batch, None).await
+    }
+
+    /// [`Pipeline::predict_columns`] within a request's deadline.
+    pub(crate) async fn columns_at(
+        &self,
+        ep: &Endpoint,
+        batch: &RecordBatch,
+        deadline: Option<Deadline>,
+    ) -> Result<Option<Vec<GroupRun>>, PredictError> {
         let n = batch.num_rows();
-        if n == 0
-            || ep.shadow.is_some()
-            || ep.capture.is_some()
-            || !ep.pre.has_column_form()
-            || !ep.post.has_column_form()
-        {
+        if n == 0 || !ep.takes_columns() {
             return Ok(None);
         }
         // The sticky key column read value by value as the row path reads its rows.
@@ -87,9 +123,12 @@ impl Pipeline {
                 None => groups.push((v, vec![row])),
             }
         }
+        let endpoint = ep.config.name.as_str();
         // Every group is checked before any model runs, so a fallback wastes no engine time.
         let mut planned = Vec::with_capacity(groups.len());
         for (v, rows) in groups {
+            let started = Instant::now();
+            let variant = ep.variants[v].name.as_str();
             let model = self.core.models.lookup_ref(&ep.variants[v].model)?;
             let model_pre = self.core.model_chain(&model)?;
             if !model_pre.has_column_form() {
@@ -103,68 +142,90 @@ impl Pipeline {
                     .map_err(|e| PredictError::Misconfigured(e.to_string()))?
             };
             let step = Step {
-                endpoint: &ep.config.name,
-                variant: &ep.variants[v].name,
+                endpoint,
+                variant,
                 model: &model,
             };
-            let Some((inputs, frame)) = self
+            let inputs = self
                 .core
                 .column_inputs(&step, [&model_pre, &ep.pre], &part)
-                .await?
-            else {
+                .await
+                .inspect_err(|e| self.core.count_error(endpoint, variant, e))
+                .map_err(|e| in_request(e, &rows))?;
+            let Some(inputs) = inputs else {
                 return Ok(None);
             };
-            let Ok(inputs) = model.signature().validate_inputs(inputs) else {
+            let Ok(tensors) = model.signature().validate_inputs(inputs.tensors) else {
                 return Ok(None);
             };
-            planned.push((v, rows, model, inputs, frame));
+            planned.push((
+                v,
+                rows,
+                model,
+                tensors,
+                inputs.frame,
+                inputs.defaulted,
+                part,
+                started,
+            ));
         }
         let mut runs = Vec::with_capacity(planned.len());
-        for (v, rows, model, inputs, frame) in planned {
-            let outputs = model.queue.submit(inputs).await?;
-            check_outputs(&model, &outputs, rows.len())?;
-            let variant = &ep.variants[v].name;
+        for (v, rows, model, tensors, frame, defaulted, part, started) in planned {
+            let variant = ep.variants[v].name.as_str();
+            let outputs = submit(&model, tensors, deadline, endpoint)
+                .await
+                .and_then(|outputs| {
+                    check_outputs(&model, &outputs, rows.len())?;
+                    Ok(outputs)
+                })
+                .inspect_err(|e| self.core.count_error(endpoint, variant, e))?;
             let post = if ep.post.is_empty() {
                 None
             } else {
-                let started = Instant::now();
+                let post_started = Instant::now();
                 let Some(mut answer) = outputs_frame(&outputs) else {
                     return Ok(None);
                 };
+                let inputs = frame.unwrap_or_else(|| Frame::from_batch(&part));
                 let ctx = FrameContext {
-                    inputs: Some(&frame),
+                    inputs: Some(&inputs),
                 };
                 let applied = ep
                     .post
                     .apply_frame(&mut answer, &ctx)
-                    .map_err(|e| transform_error(&ep.config.name, variant, e))?;
+                    .map_err(|e| transform_error(endpoint, variant, e))
+                    .inspect_err(|e| self.core.count_error(endpoint, variant, e))
+                    .map_err(|e| in_request(e, &rows))?;
                 if applied == Applied::NeedsRows {
                     return Ok(None);
                 }
                 let version = model.version.to_string();
                 self.core
-                    .observe_stage(&model, &version, "postprocess", started);
+                    .observe_stage(&model, &version, "postprocess", post_started);
                 Some(answer)
             };
-            self.core
-                .metrics
-                .endpoint_requests
-                .with_label_values(&[
-                    &ep.config.name,
-                    variant,
-                    &model.name,
-                    &model.version.to_string(),
-                ])
+            let m = &self.core.metrics;
+            m.endpoint_variant_duration
+                .with_label_values(&[endpoint, variant])
+                .observe(started.elapsed().as_secs_f64());
+            m.endpoint_requests
+                .with_label_values(&[endpoint, variant, &model.name, &model.version.to_string()])
                 .inc();
             runs.push(GroupRun {
                 rows,
-                variant: variant.clone(),
+                variant: variant.to_string(),
                 model: model.name.clone(),
                 version: model.version,
                 outputs,
                 post,
+                defaulted,
             });
         }
+        self.core
+            .metrics
+            .endpoint_rows
+            .with_label_values(&[endpoint, "columns"])
+            .inc_by(n as u64);
         Ok(Some(runs))
     }
 }
@@ -176,31 +237,53 @@ pub(crate) struct Step<'a> {
     model: &'a LoadedModel,
 }
 
+/// One group's model inputs from its columns.
+struct ColumnInputs {
+    tensors: Vec<Tensor>,
+    /// The request columns after the preprocess, when one ran (postprocess steps get them
+    /// as inputs; without a preprocess they are the batch's own).
+    frame: Option<Frame>,
+    defaulted: usize,
+}
+
 impl Core {
-    /// The model inputs of one group's rows, and its request columns after the model's and the
-    /// endpoint's preprocess (what postprocess steps get as inputs). None where the row path
-    /// would decide differently or report rows.
+    /// The model inputs of one group's rows. None where the row path would decide
+    /// differently or report rows.
     async fn column_inputs(
         &self,
         step: &Step<'_>,
         pre: [&Chain; 2],
         part: &RecordBatch,
-    ) -> Result<Option<(Vec<Tensor>, Frame)>, PredictError> {
+    ) -> Result<Option<ColumnInputs>, PredictError> {
         let model = step.model;
         let signature = model.signature();
         let version = model.version.to_string();
         let rows = part.num_rows();
         let has_pre = pre.iter().any(|c| !c.is_empty());
-        let mut frame = Frame::from_batch(part);
         let Some(plan) = self.plan(model)? else {
-            if has_pre && !self.preprocess(step, pre, &mut frame)? {
+            if !has_pre {
+                return Ok(
+                    batch_to_tensors(part, signature).map(|tensors| ColumnInputs {
+                        tensors,
+                        frame: None,
+                        defaulted: 0,
+                    }),
+                );
+            }
+            let mut frame = Frame::from_batch(part);
+            if !self.preprocess(step, pre, &mut frame)? {
                 return Ok(None);
             }
-            let columns = match frame.to_batch() {
-                Ok(columns) => columns,
-                Err(_) => return Ok(None),
+            let Ok(columns) = frame.to_batch() else {
+                return Ok(None);
             };
-            return Ok(batch_to_tensors(&columns, signature).map(|inputs| (inputs, frame)));
+            return Ok(
+                batch_to_tensors(&columns, signature).map(|tensors| ColumnInputs {
+                    tensors,
+                    frame: Some(frame),
+                    defaulted: 0,
+                }),
+            );
         };
         let key = part.column_by_name(&plan.join_key);
         let value = |column: &ArrayRef, i: usize| array_value(column.as_ref(), i).ok();
@@ -226,11 +309,16 @@ impl Core {
                 Err(FeatureError::InvalidRow(_) | FeatureError::Missing(_)) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
-            if let Some(table) = &joined.table {
-                self.count_features(step.endpoint, table);
-            }
+            let defaulted = match &joined.table {
+                Some(table) => self.count_features(step.endpoint, table),
+                None => 0,
+            };
             let input = joined_input(signature, rows, joined.columns, joined.matrix)?;
-            return Ok(Some((vec![input], frame)));
+            return Ok(Some(ColumnInputs {
+                tensors: vec![input],
+                frame: None,
+                defaulted,
+            }));
         }
         let table = plan
             .lookup_columns(self.features.as_deref(), rows, |i| value(key?, i))
@@ -241,11 +329,13 @@ impl Core {
             Err(FeatureError::InvalidRow(_) | FeatureError::Missing(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        let mut frame = Frame::from_batch(part);
+        let mut defaulted = 0;
         if let Some(table) = &table {
-            self.count_features(step.endpoint, table);
             if !name_feature_columns(&plan, table, &mut frame) {
                 return Ok(None);
             }
+            defaulted = self.count_features(step.endpoint, table);
         }
         if !self.preprocess(step, pre, &mut frame)? {
             return Ok(None);
@@ -254,7 +344,11 @@ impl Core {
             return Ok(None);
         };
         let input = joined_input(signature, rows, plan.width(), matrix)?;
-        Ok(Some((vec![input], frame)))
+        Ok(Some(ColumnInputs {
+            tensors: vec![input],
+            frame: Some(frame),
+            defaulted,
+        }))
     }
 
     /// The model's, then the endpoint's preprocess over `frame`; false when a step needs rows.
@@ -276,6 +370,13 @@ impl Core {
         let version = step.model.version.to_string();
         self.observe_stage(step.model, &version, "preprocess", started);
         Ok(true)
+    }
+
+    fn count_error(&self, endpoint: &str, variant: &str, error: &PredictError) {
+        self.metrics
+            .endpoint_errors
+            .with_label_values(&[endpoint, variant, error.error_type()])
+            .inc();
     }
 }
 
@@ -450,8 +551,14 @@ fn numbers(values: &ArrayRef, to: DataType) -> Option<TensorData> {
                 finite32(v).then(|| TensorData::Fp32(v.to_vec()))
             }
             ArrowType::Float64 => {
-                let v = values.as_primitive::<Float64Type>().values();
-                finite64(v).then(|| TensorData::Fp32(v.iter().map(|&x| x as f32).collect()))
+                // Finite as f64 is not enough: 1e300 overflows f32, which the row path refuses.
+                let v: Vec<f32> = values
+                    .as_primitive::<Float64Type>()
+                    .values()
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect();
+                finite32(&v).then_some(TensorData::Fp32(v))
             }
             _ => ints!(|v: i128| Some(v as f64 as f32)).map(TensorData::Fp32),
         },

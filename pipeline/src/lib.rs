@@ -192,6 +192,31 @@ impl Deadline {
     }
 }
 
+/// The model call, within the caller's deadline when there is one.
+async fn submit(
+    model: &LoadedModel,
+    inputs: Vec<Tensor>,
+    deadline: Option<Deadline>,
+    endpoint: &str,
+) -> Result<Vec<Tensor>, PredictError> {
+    Ok(match deadline {
+        // The queue drops the job when the caller's deadline passes while it waits.
+        Some(deadline) => {
+            let left = deadline.at.saturating_duration_since(Instant::now());
+            // Work already past the deadline (slow features or transforms) never reaches
+            // the model: the caller has its 503, and the engine's time goes to live requests.
+            if left.is_zero() {
+                return Err(deadline.exceeded(endpoint));
+            }
+            model
+                .queue
+                .submit_with_timeout(inputs, Some(left.max(Duration::from_millis(1))))
+                .await?
+        }
+        None => model.queue.submit(inputs).await?,
+    })
+}
+
 /// What endpoints share: models, features, and per-model-version caches.
 pub(crate) struct Core {
     models: Arc<ModelManager>,
@@ -419,22 +444,7 @@ impl Core {
             .signature()
             .validate_inputs(inputs)
             .map_err(|e| InvalidRows(e.to_string()))?;
-        let outputs = match deadline {
-            // The queue drops the job when the caller's deadline passes while it waits.
-            Some(deadline) => {
-                let left = deadline.at.saturating_duration_since(Instant::now());
-                // Work already past the deadline (slow features or transforms) never reaches
-                // the model: the caller has its 503, and the engine's time goes to live requests.
-                if left.is_zero() {
-                    return Err(deadline.exceeded(endpoint));
-                }
-                model
-                    .queue
-                    .submit_with_timeout(inputs, Some(left.max(Duration::from_millis(1))))
-                    .await?
-            }
-            None => model.queue.submit(inputs).await?,
-        };
+        let outputs = submit(&model, inputs, deadline, endpoint).await?;
         check_outputs(&model, &outputs, rows.len())?;
         let mut predictions =
             rows::predictions(&outputs).map_err(|e| PredictError::ModelOutput(e.0))?;
@@ -747,7 +757,22 @@ impl Pipeline {
                 "`instances` is empty: send at least one instance".into(),
             )));
         }
+        if options.forced_variant.is_none() && ep.takes_columns() {
+            // JSON requests take the column path where the columns hold exactly what the rows
+            // hold; the sticky key must keep integers and fractions apart to hash as a row.
+            let exact: Vec<&str> = ep.config.sticky_key.iter().map(String::as_str).collect();
+            if let Some(batch) = arrow_rows::rows_to_batch(&rows, &exact)
+                && let Some(groups) = self.columns_at(&ep, &batch, deadline).await?
+            {
+                return answer_groups(&ep, rows.len(), groups);
+            }
+        }
         let assignment = ep.assign(&rows, options.forced_variant.as_deref())?;
+        self.core
+            .metrics
+            .endpoint_rows
+            .with_label_values(&[&ep.config.name, "rows"])
+            .inc_by(rows.len() as u64);
         if let Some(shadow) = &ep.shadow {
             shadow.offer(&rows, &options.request_id);
         }
@@ -839,6 +864,36 @@ impl Pipeline {
             defaulted,
         })
     }
+}
+
+/// The answer to a request the column path scored.
+fn answer_groups(
+    ep: &Endpoint,
+    n: usize,
+    groups: Vec<columnar::GroupRun>,
+) -> Result<Predictions, PredictError> {
+    let mut predictions = vec![Value::Null; n];
+    let mut variants = vec![String::new(); n];
+    let mut models = vec![String::new(); n];
+    let mut versions = vec![0u64; n];
+    let mut defaulted = 0;
+    for g in groups {
+        defaulted += g.defaulted;
+        for (&row, p) in g.rows.iter().zip(g.predictions()?) {
+            predictions[row] = p;
+            variants[row].clone_from(&g.variant);
+            models[row].clone_from(&g.model);
+            versions[row] = g.version;
+        }
+    }
+    Ok(Predictions {
+        endpoint: ep.config.name.clone(),
+        predictions,
+        variants,
+        models,
+        versions,
+        defaulted,
+    })
 }
 
 /// An error from one variant's share of a split request, with the rows it names renumbered

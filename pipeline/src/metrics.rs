@@ -19,6 +19,8 @@ pub struct PipelineMetrics {
     pub features_defaulted: IntCounterVec,
     /// Endpoint predict failures by variant and error type.
     pub endpoint_errors: IntCounterVec,
+    /// Rows scored per endpoint by path: `columns` (Arrow frames) or `rows` (JSON rows).
+    pub endpoint_rows: IntCounterVec,
     /// Time one variant took for its share of a request.
     pub endpoint_variant_duration: HistogramVec,
     /// Shadow copies by outcome: ok, error, timeout, dropped (queue full).
@@ -53,6 +55,11 @@ impl PipelineMetrics {
                 "ferry_endpoint_errors_total",
                 "Endpoint predict failures, by variant and error type.",
                 &["endpoint", "variant", "error_type"],
+            ),
+            endpoint_rows: counter(
+                "ferry_endpoint_rows_total",
+                "Rows scored by endpoint and path: columns (Arrow frames: Parquet batches, JSON requests whose fields map exactly onto columns) or rows (JSON rows: shadows, capture, scripts, forced variants, anything else).",
+                &["endpoint", "path"],
             ),
             endpoint_variant_duration: histogram(
                 "ferry_endpoint_variant_duration_seconds",
@@ -90,6 +97,7 @@ impl PipelineMetrics {
         registry.register(Box::new(self.feature_values.clone()))?;
         registry.register(Box::new(self.features_defaulted.clone()))?;
         registry.register(Box::new(self.endpoint_errors.clone()))?;
+        registry.register(Box::new(self.endpoint_rows.clone()))?;
         registry.register(Box::new(self.endpoint_variant_duration.clone()))?;
         registry.register(Box::new(self.shadow_requests.clone()))?;
         registry.register(Box::new(self.shadow_duration.clone()))?;
