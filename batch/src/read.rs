@@ -37,30 +37,6 @@ pub struct Chunk {
     pub bad: Vec<RowError>,
 }
 
-impl Chunk {
-    /// Consecutive chunks of at most `rows` rows each, sharing this one's buffers. Only a
-    /// record-batch chunk (Parquet) is split; it has no bad rows and contiguous indices.
-    pub fn split(self, rows: usize) -> Vec<Chunk> {
-        let rows = rows.max(1);
-        let Some(batch) = self.batch.as_ref().filter(|b| b.num_rows() > rows) else {
-            return vec![self];
-        };
-        (0..batch.num_rows())
-            .step_by(rows)
-            .map(|offset| {
-                let len = rows.min(batch.num_rows() - offset);
-                Chunk {
-                    index: self.index[offset..offset + len].to_vec(),
-                    rows: Vec::new(),
-                    batch: Some(batch.slice(offset, len)),
-                    ids: self.ids.iter().map(|a| a.slice(offset, len)).collect(),
-                    bad: Vec::new(),
-                }
-            })
-            .collect()
-    }
-}
-
 /// A unit opened for reading.
 pub struct UnitReader {
     /// Schema of the id columns.

@@ -4,14 +4,14 @@
 //! every result in read order, so each output keeps its input's order, and units are committed
 //! one after another with the protocol of `lib.rs` (output, error file, marker).
 //!
-//! Parquet chunks that go column-wise are read `engine_rows` at a time (an engine call costs
-//! less per row on larger batches); once a chunk takes the row path, the reader falls back to
-//! `chunk_rows`, the size the row path's memory bound is stated for.
+//! Engine calls stay at `chunk_rows` rows: reading 65,536 rows per call (ONNX Runtime's batch in
+//! `loadtests/batch_bench.py`) made the churn job slower, not faster — 3× the page faults on
+//! buffers too large for the allocator to reuse, 2.6× the peak RSS (loadtests/RESULTS.md).
 
 use super::columns::PredictionColumns;
 use super::read::{self, RowError};
 use super::score::{self, Scored, ScoredColumns, ScoredRow};
-use super::storage::{self, InputFormat, LocalInput, Location};
+use super::storage::{self, LocalInput, Location};
 use super::write::{self, OutputFormat, OutputWriter};
 use super::{
     BatchError, BatchOptions, JobColumns, Marker, Reporter, Summary, Unit, clean_temps,
@@ -27,21 +27,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 use tokio::sync::{mpsc, oneshot};
-
-/// Rows per engine call that column-wise scoring aims for: the size ONNX Runtime is fed in
-/// `loadtests/batch_bench.py`'s runs of it alone.
-const ENGINE_ROWS: usize = 65_536;
-
-/// At most this many read chunks' worth of rows per engine call, so memory stays a multiple
-/// of `--chunk-rows` (a job with large rows sets it low).
-const ENGINE_CHUNKS: usize = 8;
-
-/// Rows per column-wise engine call for a job reading `chunk_rows` at a time.
-pub(crate) fn engine_rows(chunk_rows: usize) -> usize {
-    ENGINE_ROWS
-        .min(chunk_rows.saturating_mul(ENGINE_CHUNKS))
-        .max(chunk_rows)
-}
 
 /// What the reader passes on, in read order.
 enum ReadEvent {
@@ -71,13 +56,9 @@ struct ReadPlan {
     single_download: Option<Arc<LocalInput>>,
     scratch: PathBuf,
     chunk_rows: usize,
-    engine_rows: usize,
     id_columns: Option<Vec<String>>,
     /// Set by the job loop for a unit it gave up on: the reader skips the rest of it.
     cancelled: Arc<[AtomicBool]>,
-    /// Whether Parquet chunks are read `engine_rows` at a time (cleared by the job loop when
-    /// a chunk takes the row path).
-    large: Arc<AtomicBool>,
 }
 
 /// Reads the units in order; each is downloaded (S3) only once the one before is read, so the
@@ -130,17 +111,11 @@ async fn read_units(plan: ReadPlan, tx: mpsc::Sender<ReadEvent>) {
 /// Sends one unit's events; false when the job stopped listening.
 fn read_unit(plan: &ReadPlan, unit: usize, path: &Path, tx: &mpsc::Sender<ReadEvent>) -> bool {
     let u = &plan.units[unit];
-    let large = u.file.format == InputFormat::Parquet && plan.large.load(Ordering::Relaxed);
-    let rows = if large {
-        plan.engine_rows
-    } else {
-        plan.chunk_rows
-    };
     let reader = match read::open(
         path,
         u.file.format,
         u.row_group,
-        rows,
+        plan.chunk_rows,
         plan.id_columns.as_deref(),
     ) {
         Ok(r) => r,
@@ -161,16 +136,8 @@ fn read_unit(plan: &ReadPlan, unit: usize, path: &Path, tx: &mpsc::Sender<ReadEv
             Ok(c) => c,
             Err(error) => return tx.blocking_send(ReadEvent::Failed { unit, error }).is_ok(),
         };
-        // Opened large, but the row path took over: pass read-sized slices on.
-        let chunks = if large && !plan.large.load(Ordering::Relaxed) {
-            chunk.split(plan.chunk_rows)
-        } else {
-            vec![chunk]
-        };
-        for chunk in chunks {
-            if tx.blocking_send(ReadEvent::Chunk { unit, chunk }).is_err() {
-                return false;
-            }
+        if tx.blocking_send(ReadEvent::Chunk { unit, chunk }).is_err() {
+            return false;
         }
     }
     tx.blocking_send(ReadEvent::End { unit }).is_ok()
@@ -437,7 +404,6 @@ pub(crate) async fn run_units(
     let chunk_rows = options.chunk_rows.max(1);
     let columnar_output = options.format == OutputFormat::Parquet;
     let cancelled: Arc<[AtomicBool]> = units.iter().map(|_| AtomicBool::new(false)).collect();
-    let large = Arc::new(AtomicBool::new(columns.known.is_some() && columnar_output));
     let (read_tx, mut read_rx) = mpsc::channel::<ReadEvent>(2);
     let reader = tokio::spawn(read_units(
         ReadPlan {
@@ -446,10 +412,8 @@ pub(crate) async fn run_units(
             single_download: job.single_download.clone(),
             scratch: job.scratch.to_path_buf(),
             chunk_rows,
-            engine_rows: engine_rows(chunk_rows),
             id_columns: options.id_columns.clone(),
             cancelled: cancelled.clone(),
-            large: large.clone(),
         },
         read_tx,
     ));
@@ -501,7 +465,6 @@ pub(crate) async fn run_units(
                             options.endpoint.clone(),
                             rows,
                             columnar,
-                            chunk_rows,
                         ));
                         scoring += 1;
                         Pending::Chunk { unit, chunk, task }
@@ -551,11 +514,7 @@ pub(crate) async fn run_units(
                     };
                     let written = match scored {
                         Ok(scored) => {
-                            write_chunk(
-                                &job, cur, chunk, scored, columns, summary, &write_tx, chunk_rows,
-                                &large,
-                            )
-                            .await
+                            write_chunk(&job, cur, chunk, scored, columns, summary, &write_tx).await
                         }
                         Err(e) => Err(e),
                     };
@@ -664,14 +623,12 @@ async fn send(tx: &mpsc::Sender<WriteCmd>, cmd: WriteCmd) -> Result<(), BatchErr
         .map_err(|_| BatchError::Input("the writer thread stopped. This is a bug.".into()))
 }
 
-/// Scores one chunk: column-wise where the endpoint and columns allow it, else by rows in
-/// read-sized parts (a large chunk read for the engine falls back as the chunks it stands for).
+/// Scores one chunk: column-wise where the endpoint and columns allow it, else by rows.
 async fn score_chunk(
     pipeline: Arc<Pipeline>,
     endpoint: String,
     rows: score::Rows,
     columnar: Option<PredictionColumns>,
-    chunk_rows: usize,
 ) -> ScoreResult {
     if chunk_is_empty(&rows) {
         return Ok(Scored::Rows(Vec::new(), Vec::new()));
@@ -681,25 +638,7 @@ async fn score_chunk(
     {
         return Ok(scored);
     }
-    let batch = match rows {
-        score::Rows::Arrow(b) if b.num_rows() > chunk_rows => b,
-        rows => {
-            let (scored, failed) = score::score_isolating(&pipeline, &endpoint, rows).await?;
-            return Ok(Scored::Rows(scored, failed));
-        }
-    };
-    let n = batch.num_rows();
-    let mut scored = Vec::with_capacity(n);
-    let mut failed = Vec::new();
-    for offset in (0..n).step_by(chunk_rows) {
-        let part = batch.slice(offset, chunk_rows.min(n - offset));
-        let (s, f) = score::score_isolating(&pipeline, &endpoint, score::Rows::Arrow(part)).await?;
-        scored.extend(s);
-        failed.extend(f.into_iter().map(|mut f| {
-            f.position += offset;
-            f
-        }));
-    }
+    let (scored, failed) = score::score_isolating(&pipeline, &endpoint, rows).await?;
     Ok(Scored::Rows(scored, failed))
 }
 
@@ -778,8 +717,6 @@ async fn write_chunk(
     columns: &mut JobColumns,
     summary: &mut Summary,
     write_tx: &mpsc::Sender<WriteCmd>,
-    chunk_rows: usize,
-    large: &AtomicBool,
 ) -> Result<(), BatchError> {
     let at = now_ms();
     let (n, failed) = match (scored, &columns.known) {
@@ -801,10 +738,6 @@ async fn write_chunk(
             ));
         }
         (Scored::Rows(scored, failed), _) => {
-            if chunk.index.len() > chunk_rows {
-                // Read large for the engine, scored by rows: read the rest at the row size.
-                large.store(false, Ordering::Relaxed);
-            }
             if columns.known.is_none() {
                 fix_columns(
                     columns,
