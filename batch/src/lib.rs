@@ -14,6 +14,7 @@
 pub mod columns;
 pub mod read;
 pub mod score;
+mod stages;
 pub mod storage;
 pub mod write;
 
@@ -22,9 +23,8 @@ use ferry_models::{ModelSettings, ModelsConfig};
 use ferry_pipeline::config::{EndpointConfig, FeaturesConfig};
 use ferry_pipeline::{Pipeline, PipelineOptions, PredictError};
 use ferry_registry::{ModelRef, RegistryError, RegistryOptions, Store};
-use read::RowError;
 use score::ScoredRow;
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -455,48 +455,18 @@ pub async fn run(config: JobConfig, options: BatchOptions) -> Result<Summary, Ba
     let mut columns = job_columns(&pipeline, &options.endpoint, &output).await?;
 
     let reporter = Reporter::new(todo.len());
-    let mut committed = 0usize;
-    for unit in todo {
-        let stall = options.stall_after_units == Some(committed);
-        let result = run_unit(
-            &unit,
-            &options,
-            &pipeline,
-            &input_store,
-            &output,
-            single_download.clone(),
-            &scratch,
-            stall,
-            &mut columns,
-            &mut summary,
-            &reporter,
-        )
-        .await;
-        match result {
-            Ok(marker) => {
-                committed += 1;
-                summary.units_done += 1;
-                tracing::info!(
-                    unit = %unit.name,
-                    rows = marker.rows,
-                    failed = marker.failed,
-                    output = %marker.output,
-                    "Unit committed."
-                );
-            }
-            // A column clash is the same in every unit: stop instead of failing each.
-            Err(e @ BatchError::Config(_)) => {
-                reporter.finish();
-                return Err(e);
-            }
-            Err(e) => {
-                summary.units_failed += 1;
-                tracing::error!(unit = %unit.name, input = %unit.file.key, error = %e, "Unit failed; nothing of it was committed (a re-run retries it).");
-            }
-        }
-        reporter.unit_finished();
-    }
+    let job = stages::Job {
+        options: &options,
+        pipeline: &pipeline,
+        input_store: &input_store,
+        output: &output,
+        single_download,
+        scratch: &scratch,
+        reporter: &reporter,
+    };
+    let result = stages::run_units(job, todo, &mut columns, &mut summary).await;
     reporter.finish();
+    result?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -608,18 +578,32 @@ fn temp_dir_for(output: &Location, scratch: &Path) -> Result<PathBuf, BatchError
     Ok(dir)
 }
 
-/// Removes a killed run's temporary files of `unit` (only this shard ever writes them).
+/// Removes a killed run's temporary files of `unit` (only this shard ever writes them). Names
+/// must match exactly (`<unit>.<tag>.out.tmp`, `<unit>.<tag>.errors.tmp`): unit `a`'s prefix
+/// also starts unit `a.b`'s files, which may still be written or committed at the same time.
 fn clean_temps(dir: &Path, unit: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let prefix = format!("{unit}.");
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+        if is_temp_of(&name, unit) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+fn is_temp_of(name: &str, unit: &str) -> bool {
+    let Some(rest) = name.strip_prefix(unit).and_then(|r| r.strip_prefix('.')) else {
+        return false;
+    };
+    let Some(tag) = rest
+        .strip_suffix(".out.tmp")
+        .or_else(|| rest.strip_suffix(".errors.tmp"))
+    else {
+        return false;
+    };
+    tag.len() == 32 && tag.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 async fn commit_file(output: &Location, temp: &Path, rel: &str) -> Result<(), BatchError> {
@@ -645,220 +629,11 @@ async fn commit_file(output: &Location, temp: &Path, rel: &str) -> Result<(), Ba
     }
 }
 
-type ScoreResult = Result<score::Scored, PredictError>;
-
-#[allow(clippy::too_many_arguments)]
-async fn run_unit(
-    unit: &Unit,
-    options: &BatchOptions,
-    pipeline: &Arc<Pipeline>,
-    input_store: &Store,
-    output: &Location,
-    single_download: Option<Arc<LocalInput>>,
-    scratch: &Path,
-    stall: bool,
-    columns: &mut JobColumns,
-    summary: &mut Summary,
-    reporter: &Reporter,
-) -> Result<Marker, BatchError> {
-    let local = match single_download {
-        Some(l) => l,
-        None => Arc::new(storage::fetch(input_store, &unit.file, scratch).await?),
-    };
-    let tmp_dir = temp_dir_for(output, scratch)?;
-    clean_temps(&tmp_dir, &unit.name);
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    let out_rel = format!("{}.{}", unit.name, options.format.extension());
-    let err_rel = format!("_errors/{}.jsonl", unit.name);
-    let out_tmp = tmp_dir.join(format!("{}.{tag}.out.tmp", unit.name));
-    let err_tmp = tmp_dir.join(format!("{}.{tag}.errors.tmp", unit.name));
-
-    // The reader runs on its own thread, a bounded channel ahead of scoring.
-    let path = local.path().to_path_buf();
-    let reader = read::open(
-        &path,
-        unit.file.format,
-        unit.row_group,
-        options.chunk_rows.max(1),
-        options.id_columns.as_deref(),
-    )?;
-    if let Some(known) = &columns.known {
-        write::check_clashes(&reader.ids_schema, known)?;
-    }
-    let ids_schema = reader.ids_schema.clone();
-    let mut writer = write::OutputWriter::create(&out_tmp, options.format, ids_schema.clone())?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<read::Chunk, BatchError>>(2);
-    let reader_thread = std::thread::Builder::new()
-        .name("ferry-batch-read".into())
-        .spawn(move || {
-            let _keep = local;
-            for chunk in reader {
-                let stop = chunk.is_err();
-                if tx.blocking_send(chunk).is_err() || stop {
-                    break;
-                }
-            }
-        })
-        .map_err(|e| BatchError::Io {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-
-    let mut errors: Vec<RowError> = Vec::new();
-    let mut rows = 0u64;
-    let mut scored_rows = 0u64;
-    let mut inflight: VecDeque<(read::Chunk, tokio::task::JoinHandle<ScoreResult>)> =
-        VecDeque::new();
-    let mut reading = true;
-    let mut chunks_written = 0usize;
-    let result: Result<(), BatchError> = async {
-        loop {
-            while reading && inflight.len() < options.inflight.max(1) {
-                match rx.recv().await {
-                    Some(chunk) => {
-                        let mut chunk = chunk?;
-                        let rows = match chunk.batch.take() {
-                            Some(b) => score::Rows::Arrow(b),
-                            None => score::Rows::Json(std::mem::take(&mut chunk.rows)),
-                        };
-                        let p = pipeline.clone();
-                        let endpoint = options.endpoint.clone();
-                        // Known columns and a Parquet output: the chunk may stay columnar.
-                        let columnar = columns.known.clone().filter(|_| writer.takes_columns());
-                        let handle = tokio::spawn(async move {
-                            if chunk_is_empty(&rows) {
-                                return Ok(score::Scored::Rows(Vec::new(), Vec::new()));
-                            }
-                            if let (score::Rows::Arrow(batch), Some(known)) = (&rows, &columnar)
-                                && let Some(scored) =
-                                    score::score_columns(&p, &endpoint, batch, known).await?
-                            {
-                                return Ok(scored);
-                            }
-                            let (scored, failed) =
-                                score::score_isolating(&p, &endpoint, rows).await?;
-                            Ok(score::Scored::Rows(scored, failed))
-                        });
-                        inflight.push_back((chunk, handle));
-                    }
-                    None => reading = false,
-                }
-            }
-            let Some((chunk, handle)) = inflight.pop_front() else {
-                break;
-            };
-            let scored = handle
-                .await
-                .map_err(|e| BatchError::Input(format!("a scoring task failed: {e}")))??;
-            let (n, failed) = match (scored, &columns.known) {
-                (score::Scored::Columns(c), Some(known)) => {
-                    let n = writer.write_columns(&chunk.ids, &c, known, now_ms())?;
-                    summary.rows_columnar += n as u64;
-                    (n, Vec::new())
-                }
-                (score::Scored::Columns(_), None) => {
-                    return Err(BatchError::Input(
-                        "a chunk was scored column-wise before the job's columns were known. This is a bug.".into(),
-                    ));
-                }
-                (score::Scored::Rows(scored, failed), _) => {
-                    if columns.known.is_none() {
-                        fix_columns(columns, &scored, &ids_schema, output, &options.endpoint)
-                            .await?;
-                    }
-                    let n = match &columns.known {
-                        Some(known) => writer.write(&chunk.ids, &scored, known, now_ms())?,
-                        None => 0,
-                    };
-                    (n, failed)
-                }
-            };
-            let read_n = (chunk.index.len() + chunk.bad.len()) as u64;
-            rows += read_n;
-            scored_rows += n as u64;
-            errors.extend(chunk.bad);
-            for f in failed {
-                errors.push(RowError {
-                    row: chunk.index[f.position],
-                    value: serde_json::Value::Object(f.row),
-                    reason: f.reason,
-                });
-            }
-            summary.rows_read += read_n;
-            summary.rows_scored += n as u64;
-            summary.rows_failed += read_n - n as u64;
-            reporter.rows(summary, &unit.name);
-            chunks_written += 1;
-            if stall && chunks_written == 1 {
-                writer.flush()?;
-                tracing::warn!(unit = %unit.name, "Test hook: stalling mid-unit (FERRY_BATCH_TEST_STALL_AFTER_UNITS).");
-                std::future::pending::<()>().await;
-            }
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = result {
-        drop(rx);
-        for (_, h) in inflight {
-            h.abort();
-        }
-        let _ = reader_thread.join();
-        let _ = std::fs::remove_file(&out_tmp);
-        return Err(e);
-    }
-    let _ = reader_thread.join();
-    writer.finish(columns.known.as_ref())?;
-    errors.sort_by_key(|e| e.row);
-
-    // Commit: the output, then the error file (or the removal of a stale one), then the
-    // marker. A crash before the marker leaves the unit to be redone, overwriting both.
-    commit_file(output, &out_tmp, &out_rel).await?;
-    let errors_uri = if errors.is_empty() {
-        output.store.delete(&output.join(&err_rel)).await?;
-        None
-    } else {
-        write::write_errors(&err_tmp, &errors)?;
-        commit_file(output, &err_tmp, &err_rel).await?;
-        Some(output.uri_of(&output.join(&err_rel)))
-    };
-    let marker = Marker {
-        unit: unit.name.clone(),
-        input: output_uri_of_input(input_store, &unit.file.key),
-        row_group: unit.row_group,
-        fingerprint: unit.file.fingerprint(),
-        endpoint: options.endpoint.clone(),
-        output: output.uri_of(&output.join(&out_rel)),
-        errors: errors_uri,
-        rows,
-        scored: scored_rows,
-        failed: rows - scored_rows,
-        shard: options.shard.to_string(),
-        committed_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-    };
-    let bytes = serde_json::to_vec_pretty(&marker).map_err(|e| BatchError::Input(e.to_string()))?;
-    output
-        .store
-        .write(
-            &output.join(&format!("_markers/{}.json", unit.name)),
-            &bytes,
-        )
-        .await?;
-    Ok(marker)
-}
-
 fn same_root(a: &Store, b: &Store) -> bool {
     match (a, b) {
         (Store::Local(_), Store::Local(_)) => true,
         (Store::S3(x), Store::S3(y)) => x.bucket() == y.bucket(),
         _ => false,
-    }
-}
-
-fn chunk_is_empty(rows: &score::Rows) -> bool {
-    match rows {
-        score::Rows::Json(r) => r.is_empty(),
-        score::Rows::Arrow(b) => b.num_rows() == 0,
     }
 }
 
@@ -960,6 +735,17 @@ mod tests {
             err.contains("no endpoint `nope`") && err.contains("\"risk\", \"other\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn temporary_files_belong_to_their_own_unit_only() {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        assert!(is_temp_of(&format!("a.{tag}.out.tmp"), "a"));
+        assert!(is_temp_of(&format!("a.{tag}.errors.tmp"), "a"));
+        assert!(!is_temp_of(&format!("a.b.{tag}.out.tmp"), "a"));
+        assert!(!is_temp_of(&format!("a.rg00001.{tag}.out.tmp"), "a"));
+        assert!(is_temp_of(&format!("a.rg00001.{tag}.out.tmp"), "a.rg00001"));
+        assert!(!is_temp_of("a.parquet", "a"));
     }
 
     #[test]
