@@ -306,12 +306,41 @@ impl Ensemble {
     }
 
     // Trees in the outer loop: one tree's nodes stay in cache while a block of rows walks it.
+    // Rows walk a tree in groups of LANES, one level per step, so the CPU overlaps the
+    // independent node loads of different rows instead of waiting on one row's chain.
     fn score_block(&self, rows: &[f32], margins: &mut [f64]) {
+        const LANES: usize = 8;
         let nf = self.n_features;
         let ng = self.n_groups;
         for (&root, &group) in self.roots.iter().zip(&self.groups) {
-            for (row, margin) in rows.chunks_exact(nf).zip(margins.chunks_exact_mut(ng)) {
-                margin[group as usize] += f64::from(self.leaf(root, row));
+            let group = group as usize;
+            let mut row_groups = rows.chunks_exact(nf * LANES);
+            let mut margin_groups = margins.chunks_exact_mut(ng * LANES);
+            for (lanes, margin) in (&mut row_groups).zip(&mut margin_groups) {
+                let mut at = [root as usize; LANES];
+                loop {
+                    let mut walking = false;
+                    for (k, ix) in at.iter_mut().enumerate() {
+                        let node = self.nodes[*ix];
+                        if node.feature & LEAF == 0 {
+                            walking = true;
+                            *ix = self.step(node, &lanes[k * nf..(k + 1) * nf]);
+                        }
+                    }
+                    if !walking {
+                        break;
+                    }
+                }
+                for (k, ix) in at.iter().enumerate() {
+                    margin[k * ng + group] += f64::from(self.nodes[*ix].value);
+                }
+            }
+            for (row, margin) in row_groups
+                .remainder()
+                .chunks_exact(nf)
+                .zip(margin_groups.into_remainder().chunks_exact_mut(ng))
+            {
+                margin[group] += f64::from(self.leaf(root, row));
             }
         }
     }
@@ -320,16 +349,22 @@ impl Ensemble {
     fn leaf(&self, root: u32, row: &[f32]) -> f32 {
         let mut node = self.nodes[root as usize];
         while node.feature & LEAF == 0 {
-            let go_left = if node.feature & SPECIAL == 0 {
-                let x = row[(node.feature & FEATURE_MASK) as usize];
-                // NaN fails every comparison, so it goes left only by default.
-                (x < node.value) | (x.is_nan() & (node.feature & DEFAULT_LEFT != 0))
-            } else {
-                self.special_goes_left(node, row)
-            };
-            node = self.nodes[(node.left + u32::from(!go_left)) as usize];
+            node = self.nodes[self.step(node, row)];
         }
         node.value
+    }
+
+    /// The child of split `node` that `row` goes to.
+    #[inline(always)]
+    fn step(&self, node: Node, row: &[f32]) -> usize {
+        let go_left = if node.feature & SPECIAL == 0 {
+            let x = row[(node.feature & FEATURE_MASK) as usize];
+            // NaN fails every comparison, so it goes left only by default.
+            (x < node.value) | (x.is_nan() & (node.feature & DEFAULT_LEFT != 0))
+        } else {
+            self.special_goes_left(node, row)
+        };
+        (node.left + u32::from(!go_left)) as usize
     }
 
     #[cold]

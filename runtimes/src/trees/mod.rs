@@ -35,14 +35,33 @@ fn model_error(path: &Path, format: TreeFormat, message: impl Into<String>) -> R
 fn read(path: &Path, format: TreeFormat) -> Result<Ensemble, RuntimeError> {
     let err = |m: String| model_error(path, format, m);
     let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read the file: {e}")))?;
+    from_bytes(&bytes, format).map_err(err)
+}
+
+fn from_bytes(bytes: &[u8], format: TreeFormat) -> Result<Ensemble, String> {
     let raw = match format {
-        TreeFormat::Xgboost => xgboost::parse(&bytes),
-        TreeFormat::Lightgbm => std::str::from_utf8(&bytes)
+        TreeFormat::Xgboost => xgboost::parse(bytes),
+        TreeFormat::Lightgbm => std::str::from_utf8(bytes)
             .map_err(|_| "not UTF-8 text: not a LightGBM text model".to_string())
             .and_then(lightgbm::parse),
+    }?;
+    Ensemble::build(raw)
+}
+
+/// For the fuzz target (`fuzz/`): reads `bytes` as a model file and, when that works, scores a
+/// row of NaN and a row of zeros. Any input must give `Ok` or `Err`, never a panic.
+#[doc(hidden)]
+pub fn fuzz_model(bytes: &[u8], format: TreeFormat) -> Result<(), String> {
+    let ensemble = from_bytes(bytes, format)?;
+    let nf = ensemble.n_features();
+    // Bounded so a model claiming billions of features cannot exhaust memory here.
+    if nf <= 1 << 16 {
+        let mut rows = vec![f32::NAN; nf];
+        rows.extend(std::iter::repeat_n(0.0, nf));
+        let margins = ensemble.margins(&rows);
+        ensemble.finish(&margins);
     }
-    .map_err(err)?;
-    Ensemble::build(raw).map_err(err)
+    Ok(())
 }
 
 fn info(ensemble: &Ensemble) -> TreeModelInfo {
