@@ -11,7 +11,7 @@ use ferry_registry::{Manifest, ModelFormat, ModelRef, Registry, RegistryError, S
 use ferry_runtimes::device::intra_op_share;
 use ferry_runtimes::{
     DataType, Devices, LoadOptions, Runtime, RuntimeError, Signature, Tensor, TensorData,
-    load_onnx, load_safetensors,
+    load_onnx, load_safetensors, load_trees,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -599,6 +599,14 @@ impl ModelManager {
                     &verified.dir,
                     &manifest.artifact,
                     &manifest.architecture,
+                    &manifest.signature(),
+                    &options,
+                )?,
+                (None, format @ (ModelFormat::Xgboost | ModelFormat::Lightgbm)) => load_trees(
+                    &verified.artifact_path(),
+                    format
+                        .tree_format()
+                        .expect("xgboost and lightgbm are tree formats. This is a bug."),
                     &manifest.signature(),
                     &options,
                 )?,

@@ -1,5 +1,5 @@
 //! Where a model version runs. The format decides which devices are possible: only Candle
-//! (`format: safetensors`) has GPU code paths, so an ONNX model runs on the CPU whatever it
+//! (`format: safetensors`) has GPU code paths, so an ONNX or tree model runs on the CPU whatever it
 //! asks for; a Candle model gets what `Devices::place` decides for its request.
 
 use ferry_registry::ModelFormat;
@@ -16,13 +16,19 @@ pub fn place(
     strict: bool,
 ) -> Result<Placement, DeviceError> {
     match format {
-        ModelFormat::Onnx if requested != DeviceRequest::Auto => Ok(Placement {
-            device: Device::Cpu,
-            fallback: (requested != DeviceRequest::Cpu).then(|| {
-                format!("{requested} is not available: ONNX models run on the CPU in this build")
-            }),
-        }),
-        ModelFormat::Onnx => Ok(Placement::cpu()),
+        ModelFormat::Onnx | ModelFormat::Xgboost | ModelFormat::Lightgbm
+            if requested != DeviceRequest::Auto =>
+        {
+            Ok(Placement {
+                device: Device::Cpu,
+                fallback: (requested != DeviceRequest::Cpu).then(|| {
+                    format!(
+                        "{requested} is not available: ONNX and tree models run on the CPU in this build"
+                    )
+                }),
+            })
+        }
+        ModelFormat::Onnx | ModelFormat::Xgboost | ModelFormat::Lightgbm => Ok(Placement::cpu()),
         ModelFormat::Safetensors => devices.place(requested, strict),
     }
 }

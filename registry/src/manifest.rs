@@ -11,6 +11,21 @@ pub const MANIFEST_FILE: &str = "model.yaml";
 pub enum ModelFormat {
     Onnx,
     Safetensors,
+    /// XGBoost `save_model` output: `model.json` or `model.ubj` (the `trees` engine).
+    Xgboost,
+    /// LightGBM `save_model` text: `model.txt` (the `trees` engine).
+    Lightgbm,
+}
+
+impl ModelFormat {
+    /// The trees engine's reader for this format; `None` for formats other engines run.
+    pub fn tree_format(self) -> Option<ferry_runtimes::TreeFormat> {
+        match self {
+            ModelFormat::Xgboost => Some(ferry_runtimes::TreeFormat::Xgboost),
+            ModelFormat::Lightgbm => Some(ferry_runtimes::TreeFormat::Lightgbm),
+            ModelFormat::Onnx | ModelFormat::Safetensors => None,
+        }
+    }
 }
 
 /// The `features` section: how a request row becomes the model's input vector.

@@ -29,6 +29,13 @@ pub enum RuntimeError {
     },
     #[error("{engine} could not load the model: {message}")]
     Load { engine: Engine, message: String },
+    #[error("{engine} cannot load {path} as a {format} model: {message}")]
+    ModelFile {
+        engine: Engine,
+        path: String,
+        format: &'static str,
+        message: String,
+    },
     #[error("model.yaml does not match the model ({engine}): {message}")]
     SignatureMismatch { engine: Engine, message: String },
     #[error(transparent)]
@@ -40,7 +47,12 @@ pub enum RuntimeError {
 }
 
 #[cfg_attr(
-    not(any(feature = "ort", feature = "tract", feature = "candle")),
+    not(any(
+        feature = "ort",
+        feature = "tract",
+        feature = "candle",
+        feature = "trees"
+    )),
     allow(dead_code)
 )]
 impl RuntimeError {

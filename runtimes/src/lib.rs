@@ -1,6 +1,7 @@
 //! ferry's engine layer: one small synchronous [`Runtime`] trait, the tensor vocabulary, and
-//! adapters for ONNX Runtime (`ort` feature), tract (`tract` feature) and Candle (`candle`
-//! feature, `format: safetensors` models), plus device discovery and placement.
+//! adapters for ONNX Runtime (`ort` feature), tract (`tract` feature), Candle (`candle`
+//! feature, `format: safetensors` models) and the native tree-ensemble engine (`trees` feature,
+//! `format: xgboost | lightgbm` models), plus device discovery and placement.
 //!
 //! Engines never batch or schedule for themselves: the server's scheduler owns that, and calls
 //! [`Runtime::run`] from its own compute threads.
@@ -20,10 +21,14 @@ pub mod ort_library;
 mod tensor;
 #[cfg(feature = "tract")]
 pub mod tract;
+#[cfg(feature = "trees")]
+pub mod trees;
 
 pub use device::{Device, DeviceRequest, Devices, Placement};
 pub use error::RuntimeError;
-pub use loader::{LoadOptions, OnnxEngine, load_onnx, load_safetensors};
+pub use loader::{
+    LoadOptions, OnnxEngine, inspect_tree_model, load_onnx, load_safetensors, load_trees,
+};
 pub use tensor::{
     DataType, InputError, ShapeMismatch, Signature, Tensor, TensorData, TensorSpec, element_count,
 };
@@ -38,6 +43,7 @@ pub enum Engine {
     Ort,
     Tract,
     Candle,
+    Trees,
 }
 
 impl Engine {
@@ -46,6 +52,69 @@ impl Engine {
             Engine::Ort => "ort",
             Engine::Tract => "tract",
             Engine::Candle => "candle",
+            Engine::Trees => "trees",
+        }
+    }
+}
+
+/// The file formats of the `trees` engine (manifest `format: xgboost | lightgbm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TreeFormat {
+    /// XGBoost `save_model` output, JSON (`model.json`) or UBJSON (`model.ubj`); the content
+    /// decides which.
+    Xgboost,
+    /// LightGBM `save_model` text (`model.txt`).
+    Lightgbm,
+}
+
+impl TreeFormat {
+    /// How error messages name the format.
+    pub fn describe(self) -> &'static str {
+        match self {
+            TreeFormat::Xgboost => "XGBoost JSON/UBJSON",
+            TreeFormat::Lightgbm => "LightGBM text",
+        }
+    }
+}
+
+/// Default tensor names of tree models (README, "Tree models").
+pub const TREE_INPUT: &str = "X";
+pub const TREE_LABEL: &str = "label";
+pub const TREE_PROBABILITIES: &str = "probabilities";
+pub const TREE_PREDICTIONS: &str = "predictions";
+
+/// What a tree model file holds, as far as serving it is concerned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeModelInfo {
+    pub n_features: usize,
+    /// `Some(classes)` for classifiers (2 for binary models), `None` for regressors.
+    pub n_classes: Option<usize>,
+    pub n_trees: usize,
+    pub feature_names: Option<Vec<String>>,
+}
+
+impl TreeModelInfo {
+    /// The signature a manifest gets when it names none: input `X` FP32 `[-1, n_features]`;
+    /// classifiers answer `label` and `probabilities`, regressors `predictions`.
+    pub fn default_signature(&self) -> Signature {
+        let spec = |name: &str, datatype, shape| TensorSpec {
+            name: name.to_string(),
+            datatype,
+            shape,
+        };
+        Signature {
+            inputs: vec![spec(
+                TREE_INPUT,
+                DataType::Fp32,
+                vec![-1, self.n_features as i64],
+            )],
+            outputs: match self.n_classes {
+                Some(k) => vec![
+                    spec(TREE_LABEL, DataType::Int64, vec![-1]),
+                    spec(TREE_PROBABILITIES, DataType::Fp32, vec![-1, k as i64]),
+                ],
+                None => vec![spec(TREE_PREDICTIONS, DataType::Fp32, vec![-1, 1])],
+            },
         }
     }
 }
@@ -79,7 +148,10 @@ pub trait Runtime: Send + Sync {
     }
 }
 
-#[cfg_attr(not(any(feature = "ort", feature = "tract")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "ort", feature = "tract", feature = "trees")),
+    allow(dead_code)
+)]
 /// Checks that what an engine reports about a model agrees with the manifest's signature, so a
 /// wrong manifest fails at load, not at the first request.
 pub(crate) fn check_engine_signature(

@@ -1,4 +1,4 @@
-use crate::{Device, Runtime, RuntimeError, Signature};
+use crate::{Device, Runtime, RuntimeError, Signature, TreeFormat, TreeModelInfo};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -137,6 +137,46 @@ pub fn load_safetensors(
         Err(RuntimeError::NotCompiled {
             engine: "candle",
             feature: "candle",
+        })
+    }
+}
+
+/// Loads a `format: xgboost | lightgbm` model file with the trees engine, checked against
+/// `signature`.
+pub fn load_trees(
+    path: &Path,
+    format: TreeFormat,
+    signature: &Signature,
+    options: &LoadOptions,
+) -> Result<Arc<dyn Runtime>, RuntimeError> {
+    #[cfg(feature = "trees")]
+    {
+        Ok(Arc::new(crate::trees::TreesRuntime::load(
+            path, format, signature, options,
+        )?))
+    }
+    #[cfg(not(feature = "trees"))]
+    {
+        let _ = (path, format, signature, options);
+        Err(RuntimeError::NotCompiled {
+            engine: "trees",
+            feature: "trees",
+        })
+    }
+}
+
+/// Reads a tree model file and describes it (what `ferry models push` fills a manifest from).
+pub fn inspect_tree_model(path: &Path, format: TreeFormat) -> Result<TreeModelInfo, RuntimeError> {
+    #[cfg(feature = "trees")]
+    {
+        crate::trees::inspect(path, format)
+    }
+    #[cfg(not(feature = "trees"))]
+    {
+        let _ = (path, format);
+        Err(RuntimeError::NotCompiled {
+            engine: "trees",
+            feature: "trees",
         })
     }
 }

@@ -51,3 +51,19 @@ pub fn oip_request(data: &[u8]) {
 pub fn endpoint_request(data: &[u8]) {
     check(endpoints::decode_request(data).map(|_| ()));
 }
+
+/// The tree model readers of the `trees` engine: the first byte picks the format (even:
+/// XGBoost JSON/UBJSON, odd: LightGBM text), the rest is the file. A model that reads is also
+/// scored on a row of NaN and a row of zeros.
+#[cfg(feature = "trees")]
+pub fn tree_model(data: &[u8]) {
+    let Some((&mode, file)) = data.split_first() else {
+        return;
+    };
+    let format = if mode & 1 == 0 {
+        ferry_runtimes::TreeFormat::Xgboost
+    } else {
+        ferry_runtimes::TreeFormat::Lightgbm
+    };
+    let _ = ferry_runtimes::trees::fuzz_model(file, format);
+}

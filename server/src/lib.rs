@@ -1,8 +1,15 @@
 //! The ferry server as a library: `app` builds the HTTP router from an `AppState`, `serve`
 //! runs it until shutdown. `main.rs` only parses flags, sets up logging and calls in here.
 
-#[cfg(not(any(feature = "ort", feature = "tract", feature = "candle")))]
-compile_error!("ferry needs at least one engine: enable cargo feature `ort`, `tract` or `candle`");
+#[cfg(not(any(
+    feature = "ort",
+    feature = "tract",
+    feature = "candle",
+    feature = "trees"
+)))]
+compile_error!(
+    "ferry needs at least one engine: enable cargo feature `ort`, `tract`, `candle` or `trees`"
+);
 
 pub mod cli;
 pub mod config;

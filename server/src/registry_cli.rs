@@ -31,6 +31,9 @@ pub async fn run(args: ModelsArgs, out: &mut impl Write) -> anyhow::Result<()> {
             alias,
             version,
         } => {
+            if let Some(filled) = fill_tree_manifest(&dir)? {
+                writeln!(out, "{filled}")?;
+            }
             let manifest = registry
                 .publish(&dir, &name, version)
                 .await
@@ -94,6 +97,132 @@ pub async fn run(args: ModelsArgs, out: &mut impl Write) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Tree model files `push` recognises, in the order it prefers them, with their format.
+const TREE_FILES: [(&str, &str); 3] = [
+    ("model.json", "xgboost"),
+    ("model.ubj", "xgboost"),
+    ("model.txt", "lightgbm"),
+];
+
+/// For XGBoost and LightGBM models, fills in what `DIR/model.yaml` leaves out — `format`,
+/// `artifact` (model.json, model.ubj or model.txt), `inputs` and `outputs` (the default
+/// signature, read from the model file) and `metadata.feature_names` — and writes it back.
+/// A model.yaml may be absent. Returns a line saying what was filled, or `None` when the
+/// directory holds no tree model (or its manifest is complete).
+fn fill_tree_manifest(dir: &std::path::Path) -> anyhow::Result<Option<String>> {
+    use serde_yaml::{Mapping, Value};
+    let path = dir.join(ferry_registry::MANIFEST_FILE);
+    let mut map = match std::fs::read_to_string(&path) {
+        Ok(text) => match serde_yaml::from_str::<Value>(&text)
+            .with_context(|| format!("Could not parse {}", path.display()))?
+        {
+            Value::Mapping(m) => m,
+            Value::Null => Mapping::new(),
+            _ => anyhow::bail!("{} must be a YAML mapping", path.display()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Mapping::new(),
+        Err(e) => return Err(e).with_context(|| format!("Could not read {}", path.display())),
+    };
+    let declared = map
+        .get("format")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let artifact = map
+        .get("artifact")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let (format, artifact) = match (declared.as_deref(), artifact) {
+        (Some("xgboost" | "lightgbm"), Some(a)) => (declared.clone().unwrap_or_default(), a),
+        (Some(f @ ("xgboost" | "lightgbm")), None) => {
+            let Some((file, _)) = TREE_FILES
+                .iter()
+                .find(|(file, fmt)| *fmt == f && dir.join(file).is_file())
+            else {
+                anyhow::bail!(
+                    "{} says `format: {f}` but names no `artifact` and {} holds none of {}",
+                    path.display(),
+                    dir.display(),
+                    TREE_FILES.map(|(file, _)| file).join(", ")
+                );
+            };
+            (f.to_string(), file.to_string())
+        }
+        (Some(_), _) => return Ok(None),
+        (None, Some(a)) => match TREE_FILES
+            .iter()
+            .find(|(file, _)| a.ends_with(file.trim_start_matches("model")))
+        {
+            Some((_, fmt)) => (fmt.to_string(), a),
+            None => return Ok(None),
+        },
+        (None, None) => {
+            let found: Vec<_> = TREE_FILES
+                .iter()
+                .filter(|(file, _)| dir.join(file).is_file())
+                .collect();
+            match found[..] {
+                [] => return Ok(None),
+                [(file, fmt)] => (fmt.to_string(), file.to_string()),
+                _ => anyhow::bail!(
+                    "{} holds several model files ({}): name one as `artifact` in model.yaml",
+                    dir.display(),
+                    found.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+    };
+    if ["inputs", "outputs"].iter().all(|k| map.contains_key(*k))
+        && declared.is_some()
+        && map.contains_key("artifact")
+    {
+        return Ok(None);
+    }
+    let tree_format = match format.as_str() {
+        "xgboost" => ferry_runtimes::TreeFormat::Xgboost,
+        _ => ferry_runtimes::TreeFormat::Lightgbm,
+    };
+    let file = dir.join(&artifact);
+    let info = ferry_runtimes::inspect_tree_model(&file, tree_format)
+        .with_context(|| format!("Could not read the model file {}", file.display()))?;
+    let signature = info.default_signature();
+    let mut filled = Vec::new();
+    for (key, value) in [
+        ("format", Value::from(format.clone())),
+        ("artifact", Value::from(artifact.clone())),
+        ("inputs", serde_yaml::to_value(&signature.inputs)?),
+        ("outputs", serde_yaml::to_value(&signature.outputs)?),
+    ] {
+        if !map.contains_key(key) {
+            map.insert(key.into(), value);
+            filled.push(key);
+        }
+    }
+    if let Some(names) = &info.feature_names {
+        let metadata = map
+            .entry("metadata".into())
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+        if let Value::Mapping(m) = metadata
+            && !m.contains_key("feature_names")
+        {
+            m.insert("feature_names".into(), serde_yaml::to_value(names)?);
+            filled.push("metadata.feature_names");
+        }
+    }
+    std::fs::write(&path, serde_yaml::to_string(&Value::Mapping(map))?)
+        .with_context(|| format!("Could not write {}", path.display()))?;
+    Ok(Some(format!(
+        "Filled {} of {} from {artifact} ({format}, {} features, {} trees, {}).",
+        filled.join(", "),
+        path.display(),
+        info.n_features,
+        info.n_trees,
+        match info.n_classes {
+            Some(k) => format!("classifier with {k} classes"),
+            None => "regressor".to_string(),
+        }
+    )))
 }
 
 fn human_size(bytes: u64) -> String {

@@ -66,3 +66,39 @@ fn endpoint_seeds_and_mutations_never_panic() {
     endpoint_request(br#"{"instances": [1, "a", null, []]}"#);
     endpoint_request(&[b'['; 100_000]);
 }
+
+#[cfg(feature = "trees")]
+#[test]
+fn tree_model_seeds_and_mutations_never_panic() {
+    use ferry_server::fuzzing::tree_model;
+    let seeds = seeds("tree_model");
+    assert!(seeds.len() >= 3);
+    for seed in &seeds {
+        let (mode, file) = (seed[0], &seed[1..]);
+        let format = if mode & 1 == 0 {
+            ferry_runtimes::TreeFormat::Xgboost
+        } else {
+            ferry_runtimes::TreeFormat::Lightgbm
+        };
+        ferry_runtimes::trees::fuzz_model(file, format)
+            .unwrap_or_else(|e| panic!("a seed must read: {e}"));
+        for cut in 0..seed.len() {
+            tree_model(&seed[..cut]);
+        }
+        for i in (0..seed.len()).step_by(3) {
+            let mut m = seed.clone();
+            m[i] ^= 0xff;
+            tree_model(&m);
+            m[i] = b'9';
+            tree_model(&m);
+        }
+    }
+    let mut deep = vec![0u8];
+    deep.extend(std::iter::repeat_n(b'[', 100_000));
+    tree_model(&deep);
+    // A LightGBM child pointing back at the root, and huge claimed sizes.
+    let cyclic = b"\x01tree\nnum_class=1\nnum_tree_per_iteration=1\nmax_feature_idx=0\nobjective=regression\n\nTree=0\nnum_leaves=3\nsplit_feature=0 0\nthreshold=0 0\ndecision_type=0 0\nleft_child=1 0\nright_child=-1 -2\nleaf_value=1 2 3\n\nend of trees\n";
+    tree_model(cyclic);
+    tree_model(b"\x01tree\nnum_class=1\nnum_tree_per_iteration=1\nmax_feature_idx=99999999999\nobjective=regression\n\nend of trees\n");
+    tree_model(b"\x00[#L\x7f\xff\xff\xff\xff\xff\xff\xff");
+}

@@ -77,6 +77,8 @@ fn platform(model: &LoadedModel) -> &'static str {
     match model.manifest.format {
         ferry_registry::ModelFormat::Onnx => "onnx_onnxv1",
         ferry_registry::ModelFormat::Safetensors => "safetensors_candle",
+        ferry_registry::ModelFormat::Xgboost => "xgboost_trees",
+        ferry_registry::ModelFormat::Lightgbm => "lightgbm_trees",
     }
 }
 

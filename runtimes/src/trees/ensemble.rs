@@ -1,0 +1,645 @@
+//! The format-neutral tree ensemble: what the XGBoost and LightGBM readers produce
+//! ([`RawTree`]), its flattened form ([`Ensemble`]) and the scorer.
+//!
+//! Every split is normalised to one comparison, `x < threshold` (f32), so the scorer has one
+//! hot path whatever library wrote the model; the readers translate their own rules into it.
+
+/// One node of a tree as a reader builds it, children by index into the same tree.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RawNode {
+    Leaf(f32),
+    Split {
+        feature: u32,
+        test: Test,
+        /// Where a missing value goes (NaN, and zero when `zero_is_missing`).
+        default_left: bool,
+        /// LightGBM's `missing_type=Zero`: values within ±[`ZERO_THRESHOLD`] count as missing.
+        zero_is_missing: bool,
+        left: usize,
+        right: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Test {
+    /// Left when `x < threshold`.
+    Less(f32),
+    /// Left when the category `trunc(x)` is set in the bitset (32 categories per word);
+    /// NaN and negative values go right.
+    InSet(Vec<u32>),
+}
+
+/// LightGBM's `kZeroThreshold`: what counts as zero for `missing_type=Zero`.
+pub(crate) const ZERO_THRESHOLD: f32 = 1e-35;
+
+/// A tree as read from a file: node 0 is the root.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RawTree {
+    pub nodes: Vec<RawNode>,
+    /// The output column (class) whose margin this tree adds to.
+    pub group: usize,
+}
+
+/// How margins become the model's answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Objective {
+    /// `label` (margin > 0) and `probabilities` [1 - p, p] with p = sigmoid(scale * margin).
+    BinaryLogistic { scale: f64 },
+    /// `label` (argmax) and `probabilities` (softmax over the classes' margins).
+    Softmax,
+    /// `predictions` = margin.
+    Identity,
+    /// `predictions` = sigmoid(margin).
+    Logistic,
+    /// `predictions` = exp(margin).
+    Exp,
+}
+
+impl Objective {
+    pub fn is_classifier(self) -> bool {
+        matches!(self, Objective::BinaryLogistic { .. } | Objective::Softmax)
+    }
+}
+
+/// What a reader hands to [`Ensemble::build`].
+#[derive(Debug, Clone)]
+pub(crate) struct RawEnsemble {
+    pub n_features: usize,
+    /// Margin columns: the number of classes for multiclass models, else 1.
+    pub n_groups: usize,
+    /// Added to every row's margins before the trees (one per group).
+    pub base_margin: Vec<f64>,
+    pub trees: Vec<RawTree>,
+    pub objective: Objective,
+    pub feature_names: Option<Vec<String>>,
+}
+
+// Node layout: 12 bytes, children of a split stored side by side (right = left + 1), so a
+// split needs one child index and the step is `left + !go_left`.
+const LEAF: u32 = 1 << 31;
+const DEFAULT_LEFT: u32 = 1 << 30;
+/// Categorical or zero-as-missing splits: taken off the hot path.
+const SPECIAL: u32 = 1 << 29;
+const FEATURE_MASK: u32 = SPECIAL - 1;
+
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    /// Split: threshold; leaf: leaf value; categorical split: `special` index in `to_bits`.
+    value: f32,
+    /// Feature index plus the flags above.
+    feature: u32,
+    /// Index of the left child in `Ensemble::nodes`.
+    left: u32,
+}
+
+#[derive(Debug, Clone)]
+enum Special {
+    ZeroMissing { threshold: f32 },
+    Categories { start: u32, len: u32 },
+}
+
+/// A model ready to score: all trees' nodes in one array, each tree's nodes contiguous.
+#[derive(Debug, Clone)]
+pub(crate) struct Ensemble {
+    n_features: usize,
+    n_groups: usize,
+    base_margin: Vec<f64>,
+    nodes: Vec<Node>,
+    roots: Vec<u32>,
+    groups: Vec<u32>,
+    specials: Vec<Special>,
+    bitsets: Vec<u32>,
+    objective: Objective,
+    feature_names: Option<Vec<String>>,
+}
+
+/// Rows scored together: their features stay in L1 while every tree passes over them.
+const ROW_BLOCK: usize = 128;
+
+impl Ensemble {
+    /// Checks and flattens `raw`; the message says which tree and node is wrong.
+    pub fn build(raw: RawEnsemble) -> Result<Ensemble, String> {
+        if raw.n_features == 0 {
+            return Err("the model has no features".into());
+        }
+        if raw.n_features > FEATURE_MASK as usize {
+            return Err(format!(
+                "{} features is more than supported",
+                raw.n_features
+            ));
+        }
+        if raw.n_groups == 0 || raw.base_margin.len() != raw.n_groups {
+            return Err(format!(
+                "{} base margins for {} output groups",
+                raw.base_margin.len(),
+                raw.n_groups
+            ));
+        }
+        if raw.objective == Objective::Softmax && raw.n_groups < 2 {
+            return Err("a multiclass model needs at least 2 classes".into());
+        }
+        if raw.objective != Objective::Softmax && raw.n_groups != 1 {
+            return Err(format!(
+                "{} trees per iteration for a single-output objective",
+                raw.n_groups
+            ));
+        }
+        let mut e = Ensemble {
+            n_features: raw.n_features,
+            n_groups: raw.n_groups,
+            base_margin: raw.base_margin,
+            nodes: Vec::new(),
+            roots: Vec::with_capacity(raw.trees.len()),
+            groups: Vec::with_capacity(raw.trees.len()),
+            specials: Vec::new(),
+            bitsets: Vec::new(),
+            objective: raw.objective,
+            feature_names: raw.feature_names,
+        };
+        for (t, tree) in raw.trees.iter().enumerate() {
+            e.push_tree(tree).map_err(|m| format!("tree {t}: {m}"))?;
+        }
+        if e.nodes.len() > (u32::MAX >> 1) as usize {
+            return Err("the model has too many nodes".into());
+        }
+        Ok(e)
+    }
+
+    /// Lays the tree out breadth first, siblings side by side. Children always land after
+    /// their parent, so scoring terminates even when the file's child links form a cycle;
+    /// those are refused here by counting.
+    fn push_tree(&mut self, tree: &RawTree) -> Result<(), String> {
+        if tree.nodes.is_empty() {
+            return Err("the tree has no nodes".into());
+        }
+        if tree.group >= self.n_groups {
+            return Err(format!(
+                "the tree adds to output {} of {}",
+                tree.group, self.n_groups
+            ));
+        }
+        let base = self.nodes.len();
+        let mut queue = std::collections::VecDeque::from([(0usize, base)]);
+        self.nodes.push(Node {
+            value: 0.0,
+            feature: 0,
+            left: 0,
+        });
+        let mut emitted = 1usize;
+        while let Some((src, dst)) = queue.pop_front() {
+            let node = tree
+                .nodes
+                .get(src)
+                .ok_or_else(|| format!("a child index {src} is out of range"))?;
+            let flat = match node {
+                RawNode::Leaf(value) => Node {
+                    value: *value,
+                    feature: LEAF,
+                    left: 0,
+                },
+                RawNode::Split {
+                    feature,
+                    test,
+                    default_left,
+                    zero_is_missing,
+                    left,
+                    right,
+                } => {
+                    if *feature as usize >= self.n_features {
+                        return Err(format!(
+                            "node {src} splits on feature {feature} but the model has {} features",
+                            self.n_features
+                        ));
+                    }
+                    emitted += 2;
+                    if emitted > tree.nodes.len() {
+                        return Err(format!(
+                            "node {src}: the child links do not form a tree (a node is reached twice)"
+                        ));
+                    }
+                    let child = self.nodes.len();
+                    let filler = Node {
+                        value: 0.0,
+                        feature: 0,
+                        left: 0,
+                    };
+                    self.nodes.extend([filler, filler]);
+                    queue.push_back((*left, child));
+                    queue.push_back((*right, child + 1));
+                    let mut flags = *feature;
+                    if *default_left {
+                        flags |= DEFAULT_LEFT;
+                    }
+                    let value = match test {
+                        Test::Less(t) if !zero_is_missing => *t,
+                        Test::Less(t) => {
+                            flags |= SPECIAL;
+                            self.push_special(Special::ZeroMissing { threshold: *t })
+                        }
+                        Test::InSet(bits) => {
+                            flags |= SPECIAL;
+                            let start = self.bitsets.len() as u32;
+                            self.bitsets.extend_from_slice(bits);
+                            self.push_special(Special::Categories {
+                                start,
+                                len: bits.len() as u32,
+                            })
+                        }
+                    };
+                    Node {
+                        value,
+                        feature: flags,
+                        left: child as u32,
+                    }
+                }
+            };
+            self.nodes[dst] = flat;
+        }
+        self.roots.push(base as u32);
+        self.groups.push(tree.group as u32);
+        Ok(())
+    }
+
+    fn push_special(&mut self, special: Special) -> f32 {
+        self.specials.push(special);
+        f32::from_bits(self.specials.len() as u32 - 1)
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.n_features
+    }
+
+    pub fn n_trees(&self) -> usize {
+        self.roots.len()
+    }
+
+    pub fn objective(&self) -> Objective {
+        self.objective
+    }
+
+    /// Classes of a classifier (2 for binary models), 1 for regressors.
+    pub fn n_classes(&self) -> usize {
+        match self.objective {
+            Objective::BinaryLogistic { .. } => 2,
+            _ => self.n_groups,
+        }
+    }
+
+    pub fn feature_names(&self) -> Option<&[String]> {
+        self.feature_names.as_deref()
+    }
+
+    /// Raw scores, `n_groups` per row, of `rows` (row-major, `n_features` wide).
+    pub fn margins(&self, rows: &[f32]) -> Vec<f64> {
+        let n_rows = rows.len() / self.n_features;
+        let mut out = Vec::with_capacity(n_rows * self.n_groups);
+        for _ in 0..n_rows {
+            out.extend_from_slice(&self.base_margin);
+        }
+        for (block, margins) in rows
+            .chunks(ROW_BLOCK * self.n_features)
+            .zip(out.chunks_mut(ROW_BLOCK * self.n_groups))
+        {
+            self.score_block(block, margins);
+        }
+        out
+    }
+
+    // Trees in the outer loop: one tree's nodes stay in cache while a block of rows walks it.
+    // Rows walk a tree in groups of LANES, one level per step, so the CPU overlaps the
+    // independent node loads of different rows instead of waiting on one row's chain.
+    fn score_block(&self, rows: &[f32], margins: &mut [f64]) {
+        const LANES: usize = 8;
+        let nf = self.n_features;
+        let ng = self.n_groups;
+        for (&root, &group) in self.roots.iter().zip(&self.groups) {
+            let group = group as usize;
+            let mut row_groups = rows.chunks_exact(nf * LANES);
+            let mut margin_groups = margins.chunks_exact_mut(ng * LANES);
+            for (lanes, margin) in (&mut row_groups).zip(&mut margin_groups) {
+                let mut at = [root as usize; LANES];
+                loop {
+                    let mut walking = false;
+                    for (k, ix) in at.iter_mut().enumerate() {
+                        let node = self.nodes[*ix];
+                        if node.feature & LEAF == 0 {
+                            walking = true;
+                            *ix = self.step(node, &lanes[k * nf..(k + 1) * nf]);
+                        }
+                    }
+                    if !walking {
+                        break;
+                    }
+                }
+                for (k, ix) in at.iter().enumerate() {
+                    margin[k * ng + group] += f64::from(self.nodes[*ix].value);
+                }
+            }
+            for (row, margin) in row_groups
+                .remainder()
+                .chunks_exact(nf)
+                .zip(margin_groups.into_remainder().chunks_exact_mut(ng))
+            {
+                margin[group] += f64::from(self.leaf(root, row));
+            }
+        }
+    }
+
+    #[inline]
+    fn leaf(&self, root: u32, row: &[f32]) -> f32 {
+        let mut node = self.nodes[root as usize];
+        while node.feature & LEAF == 0 {
+            node = self.nodes[self.step(node, row)];
+        }
+        node.value
+    }
+
+    /// The child of split `node` that `row` goes to.
+    #[inline(always)]
+    fn step(&self, node: Node, row: &[f32]) -> usize {
+        let go_left = if node.feature & SPECIAL == 0 {
+            let x = row[(node.feature & FEATURE_MASK) as usize];
+            // NaN fails every comparison, so it goes left only by default.
+            (x < node.value) | (x.is_nan() & (node.feature & DEFAULT_LEFT != 0))
+        } else {
+            self.special_goes_left(node, row)
+        };
+        (node.left + u32::from(!go_left)) as usize
+    }
+
+    #[cold]
+    fn special_goes_left(&self, node: Node, row: &[f32]) -> bool {
+        let x = row[(node.feature & FEATURE_MASK) as usize];
+        match self.specials[node.value.to_bits() as usize] {
+            Special::ZeroMissing { threshold } => {
+                if x.is_nan() || (-ZERO_THRESHOLD..=ZERO_THRESHOLD).contains(&x) {
+                    node.feature & DEFAULT_LEFT != 0
+                } else {
+                    x < threshold
+                }
+            }
+            Special::Categories { start, len } => {
+                let bits = &self.bitsets[start as usize..(start + len) as usize];
+                category_in(bits, x)
+            }
+        }
+    }
+
+    /// Applies the objective to margins: `(labels, columns)`, where `columns` are the
+    /// probabilities (classifiers, `n_classes` per row) or predictions (1 per row).
+    pub fn finish(&self, margins: &[f64]) -> (Option<Vec<i64>>, Vec<f32>) {
+        match self.objective {
+            Objective::BinaryLogistic { scale } => {
+                let mut labels = Vec::with_capacity(margins.len());
+                let mut probs = Vec::with_capacity(margins.len() * 2);
+                for &m in margins {
+                    let p = sigmoid(scale * m);
+                    labels.push(i64::from(m > 0.0));
+                    probs.extend([(1.0 - p) as f32, p as f32]);
+                }
+                (Some(labels), probs)
+            }
+            Objective::Softmax => {
+                let mut labels = Vec::with_capacity(margins.len() / self.n_groups);
+                let mut probs = Vec::with_capacity(margins.len());
+                for row in margins.chunks_exact(self.n_groups) {
+                    let (best, max) = row.iter().copied().enumerate().fold(
+                        (0, f64::NEG_INFINITY),
+                        |(bi, bm), (i, m)| {
+                            if m > bm { (i, m) } else { (bi, bm) }
+                        },
+                    );
+                    let sum: f64 = row.iter().map(|m| (m - max).exp()).sum();
+                    labels.push(best as i64);
+                    probs.extend(row.iter().map(|m| ((m - max).exp() / sum) as f32));
+                }
+                (Some(labels), probs)
+            }
+            Objective::Identity => (None, margins.iter().map(|&m| m as f32).collect()),
+            Objective::Logistic => (None, margins.iter().map(|&m| sigmoid(m) as f32).collect()),
+            Objective::Exp => (None, margins.iter().map(|&m| m.exp() as f32).collect()),
+        }
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// LightGBM's categorical rule: the category is `x` truncated toward zero; NaN and negative
+/// categories are never in the set.
+pub(crate) fn category_in(bits: &[u32], x: f32) -> bool {
+    if x.is_nan() {
+        return false;
+    }
+    let cat = x as i64; // truncates toward zero, saturates
+    if cat < 0 {
+        return false;
+    }
+    let word = (cat / 32) as usize;
+    word < bits.len() && (bits[word] >> (cat % 32)) & 1 == 1
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The plain recursive evaluator the flattened scorer is checked against.
+    pub(crate) fn reference_leaf(tree: &RawTree, node: usize, row: &[f32]) -> f32 {
+        match &tree.nodes[node] {
+            RawNode::Leaf(v) => *v,
+            RawNode::Split {
+                feature,
+                test,
+                default_left,
+                zero_is_missing,
+                left,
+                right,
+            } => {
+                let x = row[*feature as usize];
+                let go_left = match test {
+                    Test::InSet(bits) => category_in(bits, x),
+                    Test::Less(t) => {
+                        let missing = x.is_nan() || (*zero_is_missing && x.abs() <= ZERO_THRESHOLD);
+                        if missing { *default_left } else { x < *t }
+                    }
+                };
+                reference_leaf(tree, if go_left { *left } else { *right }, row)
+            }
+        }
+    }
+
+    /// xorshift64*: deterministic, dependency-free randomness for the property test.
+    pub(crate) struct Rng(u64);
+    impl Rng {
+        pub fn new(seed: u64) -> Rng {
+            Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        }
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        pub fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        pub fn unit(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 24) as f32
+        }
+        pub fn chance(&mut self, p: f32) -> bool {
+            self.unit() < p
+        }
+    }
+
+    fn random_tree(rng: &mut Rng, n_features: u32, n_groups: usize, depth: u32) -> RawTree {
+        // Nodes are created in a shuffled order (children before or after parents) so the
+        // flattening cannot rely on the file's order.
+        fn grow(rng: &mut Rng, nf: u32, depth: u32, nodes: &mut Vec<Option<RawNode>>) -> usize {
+            let me = nodes.len();
+            nodes.push(None);
+            let node = if depth == 0 || rng.chance(0.2) {
+                RawNode::Leaf((rng.unit() - 0.5) * 4.0)
+            } else {
+                let test = if rng.chance(0.15) {
+                    Test::InSet((0..1 + rng.below(3)).map(|_| rng.next() as u32).collect())
+                } else {
+                    // Thresholds on a coarse grid so rows hit them exactly now and then.
+                    Test::Less((rng.below(9) as f32 - 4.0) * 0.5)
+                };
+                let default_left = rng.chance(0.5);
+                let zero_is_missing = rng.chance(0.2);
+                let feature = rng.below(u64::from(nf)) as u32;
+                let (left, right) = if rng.chance(0.5) {
+                    let l = grow(rng, nf, depth - 1, nodes);
+                    (l, grow(rng, nf, depth - 1, nodes))
+                } else {
+                    let r = grow(rng, nf, depth - 1, nodes);
+                    (grow(rng, nf, depth - 1, nodes), r)
+                };
+                RawNode::Split {
+                    feature,
+                    test,
+                    default_left,
+                    zero_is_missing,
+                    left,
+                    right,
+                }
+            };
+            nodes[me] = Some(node);
+            me
+        }
+        let mut nodes = Vec::new();
+        grow(rng, n_features, depth, &mut nodes);
+        RawTree {
+            nodes: nodes.into_iter().map(Option::unwrap).collect(),
+            group: rng.below(n_groups as u64) as usize,
+        }
+    }
+
+    fn random_value(rng: &mut Rng) -> f32 {
+        match rng.below(10) {
+            0 => f32::NAN,
+            1 => 0.0,
+            2 => -0.0,
+            3 => 1e-36,
+            4 => (rng.below(9) as f32 - 4.0) * 0.5,
+            5 => rng.below(70) as f32,
+            6 => -(rng.below(3) as f32) - 0.5,
+            7 => f32::INFINITY,
+            _ => (rng.unit() - 0.5) * 10.0,
+        }
+    }
+
+    #[test]
+    fn flattened_scoring_equals_the_recursive_reference() {
+        let mut rng = Rng::new(7);
+        for case in 0..200 {
+            let nf = 1 + rng.below(6) as u32;
+            let ng = if rng.chance(0.3) {
+                2 + rng.below(3) as usize
+            } else {
+                1
+            };
+            let depth = rng.below(7) as u32;
+            let trees: Vec<RawTree> = (0..1 + rng.below(12))
+                .map(|_| random_tree(&mut rng, nf, ng, depth))
+                .collect();
+            let base: Vec<f64> = (0..ng).map(|_| f64::from(rng.unit())).collect();
+            let raw = RawEnsemble {
+                n_features: nf as usize,
+                n_groups: ng,
+                base_margin: base.clone(),
+                trees: trees.clone(),
+                objective: if ng > 1 {
+                    Objective::Softmax
+                } else {
+                    Objective::Identity
+                },
+                feature_names: None,
+            };
+            let ensemble = Ensemble::build(raw).expect("random trees are valid");
+            // More rows than one block, and a ragged last block.
+            let n_rows = 1 + rng.below(3 * ROW_BLOCK as u64) as usize;
+            let rows: Vec<f32> = (0..n_rows * nf as usize)
+                .map(|_| random_value(&mut rng))
+                .collect();
+            let margins = ensemble.margins(&rows);
+            for (r, row) in rows.chunks(nf as usize).enumerate() {
+                let mut expected = base.clone();
+                for tree in &trees {
+                    expected[tree.group] += f64::from(reference_leaf(tree, 0, row));
+                }
+                let got = &margins[r * ng..(r + 1) * ng];
+                assert_eq!(got, &expected[..], "case {case}, row {r}: {row:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_broken_trees() {
+        let split = |left, right, feature| RawNode::Split {
+            feature,
+            test: Test::Less(0.0),
+            default_left: true,
+            zero_is_missing: false,
+            left,
+            right,
+        };
+        let build = |nodes: Vec<RawNode>| {
+            Ensemble::build(RawEnsemble {
+                n_features: 2,
+                n_groups: 1,
+                base_margin: vec![0.0],
+                trees: vec![RawTree { nodes, group: 0 }],
+                objective: Objective::Identity,
+                feature_names: None,
+            })
+            .unwrap_err()
+        };
+        let cycle = build(vec![split(0, 1, 0), RawNode::Leaf(1.0)]);
+        assert!(
+            cycle.contains("tree 0") && cycle.contains("reached twice"),
+            "{cycle}"
+        );
+        let out_of_range = build(vec![split(1, 5, 0), RawNode::Leaf(1.0), RawNode::Leaf(2.0)]);
+        assert!(out_of_range.contains("out of range"), "{out_of_range}");
+        let feature = build(vec![split(1, 2, 9), RawNode::Leaf(1.0), RawNode::Leaf(2.0)]);
+        assert!(feature.contains("feature 9"), "{feature}");
+        assert!(build(vec![]).contains("no nodes"));
+    }
+
+    #[test]
+    fn categories_truncate_toward_zero_and_refuse_nan_and_negatives() {
+        let bits = [0b101, 1 << 1];
+        assert!(category_in(&bits, 0.0));
+        assert!(category_in(&bits, -0.5), "trunc(-0.5) is category 0");
+        assert!(category_in(&bits, 2.9));
+        assert!(category_in(&bits, 33.0));
+        assert!(!category_in(&bits, 1.0));
+        assert!(!category_in(&bits, -1.0));
+        assert!(!category_in(&bits, f32::NAN));
+        assert!(!category_in(&bits, 64.0));
+        assert!(!category_in(&bits, f32::INFINITY));
+    }
+}
