@@ -268,6 +268,11 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_LISTEN")]
     pub listen: Option<SocketAddr>,
 
+    /// gRPC address (`inference.GRPCInferenceService`, health, reflection): `host:port` or
+    /// `off` (overrides `grpc_listen`; default: the HTTP host with its port + 1, 0.0.0.0:8081).
+    #[arg(long, env = "FERRY_GRPC_LISTEN")]
+    pub grpc_listen: Option<String>,
+
     /// Registry URI: a directory, file:// URI or s3://bucket/prefix (overrides `registry.uri`).
     /// S3 uses the AWS SDK chain (AWS_REGION, credentials, AWS_ENDPOINT_URL[_S3]).
     #[arg(long, env = "FERRY_REGISTRY")]

@@ -25,6 +25,10 @@ pub struct ServerConfig {
     /// Address the HTTP server binds.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Address the gRPC server binds: `host:port`, `off`, or unset for the HTTP listener's
+    /// host with its port + 1 (8080 → 8081).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_listen: Option<String>,
     /// Where model versions come from.
     pub registry: RegistryConfig,
     /// Models served over the Open Inference Protocol and v1 predict: `name@alias`,
@@ -268,10 +272,36 @@ impl ServerConfig {
         value
     }
 
+    /// Where gRPC listens when HTTP listens on `http` (None: `grpc_listen: off`).
+    pub fn grpc_addr(&self, http: SocketAddr) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.grpc_listen.as_deref().map(str::trim) {
+            None | Some("") => {
+                let mut addr = http;
+                // An ephemeral HTTP port gets an ephemeral gRPC port, not port 1.
+                if http.port() != 0 {
+                    addr.set_port(http.port().checked_add(1).ok_or_else(|| {
+                        ConfigError(format!(
+                            "`grpc_listen` defaults to the HTTP port + 1, but `listen` uses port {}; set `grpc_listen` (or FERRY_GRPC_LISTEN, --grpc-listen) to an address or `off`",
+                            http.port()
+                        ))
+                    })?);
+                }
+                Ok(Some(addr))
+            }
+            Some("off") => Ok(None),
+            Some(other) => other.parse().map(Some).map_err(|_| {
+                ConfigError(format!(
+                    "`grpc_listen` must be `host:port` (e.g. 0.0.0.0:8081) or `off`, got {other:?}"
+                ))
+            }),
+        }
+    }
+
     /// A config for `registry` with nothing else set.
     pub fn for_registry(uri: impl Into<String>) -> ServerConfig {
         ServerConfig {
             listen: default_listen(),
+            grpc_listen: None,
             registry: RegistryConfig::new(uri),
             models: Vec::new(),
             features: None,
@@ -379,6 +409,7 @@ impl ServerConfig {
     /// Cross-field and range checks; run after flags and environment are applied.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
+        self.grpc_addr(self.listen)?;
         if self.registry.uri.trim().is_empty() {
             return err("`registry.uri` is empty: set it to a directory or s3://bucket/prefix (or FERRY_REGISTRY)".into());
         }

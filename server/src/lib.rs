@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod grpc;
 pub mod http;
 pub mod registry_cli;
 pub mod reload;
@@ -146,6 +147,26 @@ pub async fn serve_with(
             loader.poll_task(poll_interval).await;
         }
     });
+    let grpc_listener = match config
+        .grpc_addr(listener.local_addr()?)
+        .map_err(|e| ServeError::Config(e.to_string()))?
+    {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.map_err(|e| {
+                ServeError::Config(format!(
+                    "could not listen for gRPC on {addr}: {e}; set `grpc_listen` (FERRY_GRPC_LISTEN, --grpc-listen) to a free address, or `off`"
+                ))
+            })?;
+            tracing::info!(address = %l.local_addr()?, "gRPC listening.");
+            Some(l)
+        }
+        None => None,
+    };
+    let grpc_router = grpc_listener.as_ref().map(|_| {
+        let (router, health) = grpc::routes(state.clone());
+        tokio::spawn(grpc::track_health(state.clone(), health));
+        router
+    });
     let shutting_down = state.shutting_down.clone();
     let pipeline = state.pipeline.clone();
     let router = app(state).layer(axum::middleware::from_fn_with_state(
@@ -155,6 +176,8 @@ pub async fn serve_with(
     let drain = config.drain.clone();
     // Set once accepting has stopped: from then on in-flight requests have `drain.timeout`.
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    // The gRPC listener stops accepting when HTTP does.
+    let (grpc_stop_tx, mut grpc_stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
         shutting_down.store(true, Ordering::Relaxed);
@@ -169,8 +192,21 @@ pub async fn serve_with(
             timeout_seconds = drain.timeout.as_secs_f64(),
             "Draining: no new connections; finishing in-flight requests."
         );
+        let _ = grpc_stop_tx.send(true);
         let _ = stopped_tx.send(());
     });
+    let grpc_server = async move {
+        match (grpc_listener, grpc_router) {
+            (Some(l), Some(router)) => {
+                axum::serve(l, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = grpc_stop_rx.wait_for(|stop| *stop).await;
+                    })
+                    .await
+            }
+            _ => Ok(()),
+        }
+    };
     let timeout = config.drain.timeout;
     let deadline = async move {
         if stopped_rx.await.is_ok() {
@@ -180,7 +216,7 @@ pub async fn serve_with(
         }
     };
     tokio::select! {
-        result = server.into_future() => result?,
+        result = async { tokio::try_join!(server.into_future(), grpc_server) } => { result?; }
         () = deadline => {
             tracing::warn!(
                 timeout_seconds = timeout.as_secs_f64(),

@@ -368,6 +368,9 @@ fn apply_overrides(config: &mut ServerConfig, args: &ServeArgs) {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(grpc) = &args.grpc_listen {
+        config.grpc_listen = Some(grpc.clone());
+    }
     apply_shared_overrides(
         config,
         args.registry.as_ref(),

@@ -134,6 +134,8 @@ class FerryServer:
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.addr}"
+        # gRPC on a port of its own (None: the binary's default, HTTP port + 1).
+        self.grpc_addr = f"127.0.0.1:{free_port()}"
         self.config_path = os.path.join(self.workdir, f"{name}.yaml")
         self.log_path = os.path.join(self.workdir, f"{name}.log")
         self.proc = None
@@ -156,9 +158,11 @@ class FerryServer:
             else:
                 env[key] = value
         self._log = open(self.log_path, "wb")
+        args = [binary, "serve", "--config", self.config_path, "--listen", self.addr]
+        if self.grpc_addr is not None:
+            args += ["--grpc-listen", self.grpc_addr]
         self.proc = subprocess.Popen(
-            [binary, "serve", "--config", self.config_path, "--listen", self.addr],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
+            args, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
         deadline = time.monotonic() + START_TIMEOUT
         last = None
         while time.monotonic() < deadline:

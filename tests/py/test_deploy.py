@@ -37,7 +37,10 @@ def test_probes_drain_and_resources():
     spec = d["spec"]["template"]["spec"]
     (c,) = spec["containers"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Readiness over gRPC health, on the port the container serves gRPC on.
+    grpc_port = c["readinessProbe"]["grpc"]["port"]
+    assert {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"} in c["ports"]
+    assert c["args"][c["args"].index("--grpc-listen") + 1] == f"0.0.0.0:{grpc_port}"
     assert c["resources"]["requests"] and c["resources"]["limits"]
     # ferry drains by itself (drain.delay, then drain.timeout): a preStop sleep would only
     # add to it; the grace period must cover every step before SIGKILL.

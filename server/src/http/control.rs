@@ -54,7 +54,7 @@ impl AdminToken {
     }
 
     /// Checks `Authorization: Bearer <token>` in constant time.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(expected) = &self.0 else {
             return Err(ApiError::ControlDisabled);
         };

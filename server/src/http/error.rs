@@ -96,6 +96,33 @@ impl ApiError {
         }
     }
 
+    /// The gRPC status code of the same error (the gRPC service answers with it; the message
+    /// is the same text as the HTTP body's `error`).
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            ApiError::BadRequest(_) | ApiError::InvalidInput(_) => Code::InvalidArgument,
+            ApiError::UnknownModel(_)
+            | ApiError::UnknownVersion(_)
+            | ApiError::UnknownEndpoint(_)
+            | ApiError::FeaturesMissing(_)
+            | ApiError::RouteNotFound { .. } => Code::NotFound,
+            ApiError::MethodNotAllowed { .. } => Code::Unimplemented,
+            ApiError::PayloadTooLarge { .. } | ApiError::Overloaded(_) => Code::ResourceExhausted,
+            ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ApiError::ModelNotReady(_)
+            | ApiError::ShuttingDown
+            | ApiError::FeatureStoreUnavailable(_)
+            | ApiError::RegistryUnavailable(_) => Code::Unavailable,
+            ApiError::Internal(_) | ApiError::LoadFailed(_) | ApiError::TransformFailed(_) => {
+                Code::Internal
+            }
+            // Missing or wrong credentials; a control API nobody may use is a permission.
+            ApiError::Unauthorized(_) => Code::Unauthenticated,
+            ApiError::ControlDisabled => Code::PermissionDenied,
+        }
+    }
+
     /// Stable snake_case name for logs and metrics.
     pub fn error_type(&self) -> &'static str {
         match self {
@@ -127,6 +154,18 @@ impl ApiError {
 
     /// Statuses only the model control API produces.
     pub const CONTROL_STATUSES: [u16; 2] = [401, 403];
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> tonic::Status {
+        let code = e.grpc_code();
+        if matches!(code, tonic::Code::Internal | tonic::Code::Unavailable) {
+            tracing::warn!(error_type = e.error_type(), error = %e, protocol = "grpc", "Request failed.");
+        } else {
+            tracing::debug!(error_type = e.error_type(), error = %e, protocol = "grpc", "Request rejected.");
+        }
+        tonic::Status::new(code, e.to_string())
+    }
 }
 
 impl IntoResponse for ApiError {

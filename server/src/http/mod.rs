@@ -7,6 +7,7 @@ pub mod endpoints;
 pub mod error;
 pub mod oip;
 mod oip_v2;
+pub(crate) use oip_v2::platform;
 mod openapi;
 pub mod v1;
 
@@ -89,6 +90,12 @@ pub fn app(state: AppState) -> Router {
             "/v2/models/{model}/versions/{version}",
             get(oip_v2::model_metadata),
         )
+        .route("/v2/models/stats", get(oip_v2::stats_all))
+        .route("/v2/models/{model}/stats", get(oip_v2::stats))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(oip_v2::stats),
+        )
         .route("/v2/models/{model}/ready", get(oip_v2::model_ready))
         .route(
             "/v2/models/{model}/versions/{version}/ready",
@@ -156,7 +163,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub struct RequestId(pub String);
 
 /// A request id the client sent, if it is short printable ASCII; otherwise a new one.
-fn request_id(headers: &HeaderMap) -> String {
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
     headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())

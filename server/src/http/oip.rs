@@ -169,7 +169,11 @@ fn decode_input(
     Tensor::new(name.clone(), shape, data).map_err(|e| bad(e.to_string()))
 }
 
-fn decode_binary(datatype: DataType, bytes: &[u8], count: usize) -> Result<TensorData, String> {
+pub(crate) fn decode_binary(
+    datatype: DataType,
+    bytes: &[u8],
+    count: usize,
+) -> Result<TensorData, String> {
     let Some(size) = datatype.fixed_size() else {
         // BYTES: each element is a 4-byte little-endian length, then that many bytes.
         let mut items = Vec::new();
@@ -320,7 +324,7 @@ struct InferResponse<'a> {
     outputs: Vec<OutputTensor<'a>>,
 }
 
-fn append_binary(out: &mut Vec<u8>, data: &TensorData) {
+pub(crate) fn append_binary(out: &mut Vec<u8>, data: &TensorData) {
     macro_rules! le {
         ($v:expr) => {
             for x in $v {

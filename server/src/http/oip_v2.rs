@@ -73,7 +73,7 @@ pub async fn server_metadata(State(state): State<AppState>) -> Json<serde_json::
     }))
 }
 
-fn platform(model: &LoadedModel) -> &'static str {
+pub(crate) fn platform(model: &LoadedModel) -> &'static str {
     match model.manifest.format {
         ferry_registry::ModelFormat::Onnx => "onnx_onnxv1",
         ferry_registry::ModelFormat::Safetensors => "safetensors_candle",
@@ -125,6 +125,24 @@ pub async fn model_ready(
         Json(json!({ "name": model.name, "version": model.version.to_string(), "ready": true }))
             .into_response(),
     )
+}
+
+/// Triton's statistics extension: `GET /v2/models/stats`.
+pub async fn stats_all(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let all = crate::telemetry::stats::model_stats(&state.models, &state.metrics, None, None)?;
+    Ok(Json(json!({ "model_stats": all })).into_response())
+}
+
+/// `GET /v2/models/{model}[/versions/{version}]/stats`.
+pub async fn stats(State(state): State<AppState>, path: PathParams) -> Result<Response, ApiError> {
+    let p = params(path)?;
+    let all = crate::telemetry::stats::model_stats(
+        &state.models,
+        &state.metrics,
+        Some(&p["model"]),
+        p.get("version").map(String::as_str),
+    )?;
+    Ok(Json(json!({ "model_stats": all })).into_response())
 }
 
 pub async fn repository_index(State(state): State<AppState>) -> Json<serde_json::Value> {

@@ -25,7 +25,7 @@ impl std::ops::Deref for Metrics {
 
 pub struct MetricFamilies {
     registry: Registry,
-    /// Inference requests by protocol (`v2`, `v1`), model and version.
+    /// Inference requests by protocol (`v2`, `v1`, `grpc`), model and version.
     pub requests: IntCounterVec,
     /// Failed inference requests by model and error type.
     pub request_errors: IntCounterVec,
@@ -36,6 +36,8 @@ pub struct MetricFamilies {
     pub models: ModelMetrics,
     /// HTTP responses by matched route and status code.
     pub http_responses: IntCounterVec,
+    /// gRPC inference-service answers by RPC and status code.
+    pub grpc_responses: IntCounterVec,
     /// Endpoint, feature, shadow and capture families (`ferry-pipeline` defines them).
     pub pipeline: PipelineMetrics,
 }
@@ -93,6 +95,11 @@ impl Metrics {
                 "ferry_http_responses_total",
                 "HTTP responses by route and status code.",
                 &["route", "status"],
+            ),
+            grpc_responses: counter(
+                "ferry_grpc_responses_total",
+                "gRPC inference-service answers by RPC and status code.",
+                &["rpc", "code"],
             ),
             registry,
         }))

@@ -2,6 +2,7 @@
 //! global subscriber, so tests can run servers side by side.
 
 pub mod metrics;
+pub mod stats;
 
 use crate::cli::LogFormat;
 use tracing_subscriber::EnvFilter;

@@ -1,0 +1,565 @@
+//! The gRPC API: `inference.GRPCInferenceService` (the Open Inference Protocol v2 service as
+//! Triton's `grpc_service.proto` defines it, so `tritonclient.grpc` and KServe clients work
+//! unchanged), `grpc.health.v1.Health` and server reflection, on a second listener.
+//!
+//! Like the HTTP handlers, these only convert wire formats: tensors go to the same model queues,
+//! business endpoints (`endpoint/<name>` as the model name) to the same pipeline, and errors
+//! become statuses through `ApiError::grpc_code`.
+
+mod codec;
+
+#[allow(clippy::all, clippy::pedantic, rustdoc::all, missing_docs)]
+pub mod proto {
+    include!("generated/inference.rs");
+}
+
+/// Descriptor of the vendored protos, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/inference_descriptor.bin");
+
+/// Model names starting with this reach a business endpoint: `endpoint/risk`.
+pub const ENDPOINT_PREFIX: &str = "endpoint/";
+
+use crate::http::error::ApiError;
+use crate::http::{AppState, REQUEST_ID, request_timeout};
+use crate::telemetry::metrics::UNKNOWN_MODEL;
+use crate::telemetry::stats;
+use axum::http::HeaderMap;
+use ferry_models::LoadedModel;
+use ferry_pipeline::PredictOptions;
+use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use proto::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+type Answer<T> = Result<Response<T>, Status>;
+
+/// The inference service over the server's shared state.
+#[derive(Clone)]
+pub struct InferenceService {
+    state: AppState,
+}
+
+/// The gRPC router: the inference service (requests up to `max_body_bytes`), health and
+/// reflection; the reporter is for [`track_health`].
+pub fn routes(state: AppState) -> (axum::Router, tonic_health::server::HealthReporter) {
+    let inference = GrpcInferenceServiceServer::new(InferenceService {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(state.max_body_bytes)
+    .max_encoding_message_size(usize::MAX);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .expect("the vendored descriptor set is valid. This is a bug.");
+    let v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .expect("the vendored descriptor set is valid. This is a bug.");
+    let router = tonic::service::Routes::new(inference)
+        .add_service(health)
+        .add_service(v1)
+        .add_service(v1alpha)
+        .into_axum_router();
+    (router, reporter)
+}
+
+/// Keeps `grpc.health.v1` in step with readiness: the overall service (`""`) and the inference
+/// service report `SERVING` exactly when `/v2/health/ready` would answer 200.
+pub async fn track_health(state: AppState, health: tonic_health::server::HealthReporter) {
+    let service =
+        <GrpcInferenceServiceServer<InferenceService> as tonic::server::NamedService>::NAME;
+    let mut last = None;
+    loop {
+        let ready = !state.is_shutting_down() && state.models.is_ready();
+        if last != Some(ready) {
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health.set_service_status(service, status).await;
+            last = Some(ready);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn headers<T>(request: &Request<T>) -> HeaderMap {
+    request.metadata().clone().into_headers()
+}
+
+/// The request's deadline: the gRPC deadline (`grpc-timeout`), else `x-ferry-timeout-ms`
+/// metadata, else the server's `request_timeout_ms`.
+fn deadline(state: &AppState, headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
+    if let Some(t) = headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+    {
+        return Ok(Some(t));
+    }
+    Ok(request_timeout(headers)?.or(state.request_timeout))
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn version_arg(version: &str) -> Option<&str> {
+    (!version.is_empty()).then_some(version)
+}
+
+fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!(
+        "{rpc} is not implemented by ferry; it serves ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, ModelStatistics, RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload"
+    ))
+}
+
+impl InferenceService {
+    /// Runs one RPC in a span with the request id, counting its outcome in
+    /// `ferry_grpc_responses_total`.
+    async fn observed<T>(
+        &self,
+        rpc: &'static str,
+        request_id: String,
+        work: impl Future<Output = Answer<T>>,
+    ) -> Answer<T> {
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            protocol = "grpc",
+            rpc,
+            model = tracing::field::Empty,
+            version = tracing::field::Empty,
+        );
+        let result = work.instrument(span).await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.state
+            .metrics
+            .grpc_responses
+            .with_label_values(&[rpc, &format!("{code:?}")])
+            .inc();
+        result.map(|mut r| {
+            if let Ok(v) = request_id.parse() {
+                r.metadata_mut().insert(REQUEST_ID, v);
+            }
+            r
+        })
+    }
+
+    async fn infer_model(
+        &self,
+        request: ModelInferRequest,
+        headers: &HeaderMap,
+        slot: &mut Option<Arc<LoadedModel>>,
+    ) -> Result<ModelInferResponse, ApiError> {
+        let state = &self.state;
+        let model = state
+            .models
+            .lookup(&request.model_name, version_arg(&request.model_version))?;
+        *slot = Some(model.clone());
+        let inputs = codec::decode_inputs(&request)?;
+        let inputs = model.signature().validate_inputs(inputs)?;
+        let names: Vec<String> = model
+            .signature()
+            .outputs
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let selected = codec::select_outputs(&request, &names)?;
+        let timeout = deadline(state, headers)?;
+        let outputs = model.queue.submit_with_timeout(inputs, timeout).await?;
+        Ok(codec::encode_response(
+            &model.name,
+            model.version,
+            &request,
+            &outputs,
+            &selected,
+        ))
+    }
+
+    async fn infer_endpoint(
+        &self,
+        endpoint: &str,
+        request: ModelInferRequest,
+        headers: &HeaderMap,
+        request_id: String,
+    ) -> Result<ModelInferResponse, ApiError> {
+        let started = Instant::now();
+        let rows = codec::endpoint_rows(&request)?;
+        let options = PredictOptions {
+            timeout: deadline(&self.state, headers)?,
+            forced_variant: codec::string_param(&request.parameters, "variant")?,
+            request_id,
+        };
+        let p = self
+            .state
+            .pipeline
+            .predict(endpoint, rows, &options)
+            .await?;
+        if let Some((_, model, version)) = p.common() {
+            self.state
+                .metrics
+                .request_duration
+                .with_label_values(&[model, &version.to_string()])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        codec::encode_endpoint(&request, &p)
+    }
+
+    fn check_api_key(&self, headers: &HeaderMap) -> Result<(), Status> {
+        self.state.api_keys.authorize(headers).map_err(Status::from)
+    }
+}
+
+fn request_id_of(headers: &HeaderMap) -> String {
+    crate::http::request_id(headers)
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Answer<ServerLiveResponse> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Answer<ServerReadyResponse> {
+        let ready = !self.state.is_shutting_down() && self.state.models.is_ready();
+        Ok(Response::new(ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Answer<ModelReadyResponse> {
+        let r = request.into_inner();
+        if let Some(endpoint) = r.name.strip_prefix(ENDPOINT_PREFIX) {
+            if !self.state.pipeline.has_endpoint(endpoint) {
+                return Err(ApiError::UnknownEndpoint(format!(
+                    "unknown endpoint `{endpoint}`; configured endpoints are named under `endpoints:` in the config"
+                ))
+                .into());
+            }
+            return Ok(Response::new(ModelReadyResponse {
+                ready: self.state.models.is_ready(),
+            }));
+        }
+        // Like Triton: a known model that is not ready answers `ready: false`, an unknown one
+        // is NOT_FOUND.
+        match self.state.models.lookup(&r.name, version_arg(&r.version)) {
+            Ok(_) => Ok(Response::new(ModelReadyResponse { ready: true })),
+            Err(e) => {
+                let e = ApiError::from(e);
+                if e.grpc_code() == tonic::Code::Unavailable {
+                    Ok(Response::new(ModelReadyResponse { ready: false }))
+                } else {
+                    Err(e.into())
+                }
+            }
+        }
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Answer<ServerMetadataResponse> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "ferry".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec![
+                "model_repository".into(),
+                "statistics".into(),
+                "binary_tensor_data".into(),
+            ],
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Answer<ModelMetadataResponse> {
+        let r = request.into_inner();
+        if let Some(endpoint) = r.name.strip_prefix(ENDPOINT_PREFIX) {
+            if !self.state.pipeline.has_endpoint(endpoint) {
+                return Err(
+                    ApiError::UnknownEndpoint(format!("unknown endpoint `{endpoint}`")).into(),
+                );
+            }
+            return Ok(Response::new(ModelMetadataResponse {
+                name: r.name.clone(),
+                versions: Vec::new(),
+                platform: "ferry_endpoint".into(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+            }));
+        }
+        let model = self
+            .state
+            .models
+            .lookup(&r.name, version_arg(&r.version))
+            .map_err(ApiError::from)?;
+        let tensor = |s: &ferry_runtimes::TensorSpec| model_metadata_response::TensorMetadata {
+            name: s.name.clone(),
+            datatype: s.datatype.as_str().into(),
+            shape: s.shape.clone(),
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: model.name.clone(),
+            versions: self
+                .state
+                .models
+                .ready_versions(&model.name)
+                .iter()
+                .map(u64::to_string)
+                .collect(),
+            platform: crate::http::platform(&model).into(),
+            inputs: model.manifest.inputs.iter().map(tensor).collect(),
+            outputs: model.manifest.outputs.iter().map(tensor).collect(),
+        }))
+    }
+
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
+        let headers = headers(&request);
+        let id = request_id_of(&headers);
+        self.observed("ModelInfer", id.clone(), async {
+            self.check_api_key(&headers)?;
+            // One in-flight limit for both protocols.
+            let Ok(_permit) = self.state.inflight.clone().try_acquire_owned() else {
+                return Err(ApiError::Overloaded(
+                    "the server is at its limit of concurrent inference requests (`max_concurrent_requests`)".into(),
+                )
+                .into());
+            };
+            let request = request.into_inner();
+            if let Some(endpoint) = request.model_name.strip_prefix(ENDPOINT_PREFIX) {
+                let endpoint = endpoint.to_string();
+                return match self.infer_endpoint(&endpoint, request, &headers, id.clone()).await {
+                    Ok(r) => Ok(Response::new(r)),
+                    Err(e) => {
+                        let label = if self.state.pipeline.has_endpoint(&endpoint) {
+                            format!("endpoint:{endpoint}")
+                        } else {
+                            format!("endpoint:{UNKNOWN_MODEL}")
+                        };
+                        self.state
+                            .metrics
+                            .request_errors
+                            .with_label_values(&[&label, e.error_type()])
+                            .inc();
+                        Err(e.into())
+                    }
+                };
+            }
+            let started = Instant::now();
+            let mut slot = None;
+            let result = self.infer_model(request, &headers, &mut slot).await;
+            let (name, version) = match &slot {
+                Some(m) => (m.name.as_str(), m.version.to_string()),
+                None => (UNKNOWN_MODEL, String::new()),
+            };
+            let metrics = &self.state.metrics;
+            if slot.is_some() {
+                let span = tracing::Span::current();
+                span.record("model", name);
+                span.record("version", version.as_str());
+                metrics
+                    .requests
+                    .with_label_values(&["grpc", name, &version])
+                    .inc();
+            }
+            match result {
+                Ok(r) => {
+                    metrics
+                        .request_duration
+                        .with_label_values(&[name, &version])
+                        .observe(started.elapsed().as_secs_f64());
+                    Ok(Response::new(r))
+                }
+                Err(e) => {
+                    metrics
+                        .request_errors
+                        .with_label_values(&[name, e.error_type()])
+                        .inc();
+                    Err(e.into())
+                }
+            }
+        })
+        .await
+    }
+
+    type ModelStreamInferStream = tokio_stream::Empty<Result<ModelStreamInferResponse, Status>>;
+
+    async fn model_stream_infer(
+        &self,
+        _: Request<tonic::Streaming<ModelInferRequest>>,
+    ) -> Answer<Self::ModelStreamInferStream> {
+        Err(unimplemented("ModelStreamInfer (decoupled streaming)"))
+    }
+
+    async fn model_config(&self, _: Request<ModelConfigRequest>) -> Answer<ModelConfigResponse> {
+        Err(unimplemented(
+            "ModelConfig (ferry's model description is ModelMetadata and the manifest)",
+        ))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Answer<ModelStatisticsResponse> {
+        let r = request.into_inner();
+        let name = (!r.name.is_empty()).then_some(r.name.as_str());
+        let all = stats::model_stats(
+            &self.state.models,
+            &self.state.metrics,
+            name,
+            version_arg(&r.version),
+        )
+        .map_err(ApiError::from)?;
+        Ok(Response::new(ModelStatisticsResponse {
+            model_stats: all.into_iter().map(codec::stats_message).collect(),
+        }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> Answer<RepositoryIndexResponse> {
+        let ready_only = request.get_ref().ready;
+        let models = self
+            .state
+            .models
+            .index()
+            .into_iter()
+            .filter(|e| !ready_only || e.state == "READY")
+            .map(|e| repository_index_response::ModelIndex {
+                name: e.name,
+                version: e.version.unwrap_or_default(),
+                state: e.state.into(),
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<RepositoryModelLoadRequest>,
+    ) -> Answer<RepositoryModelLoadResponse> {
+        let headers = headers(&request);
+        self.state
+            .admin_token
+            .authorize(&headers)
+            .map_err(Status::from)?;
+        let name = &request.get_ref().model_name;
+        self.state
+            .models
+            .control_load(name)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<RepositoryModelUnloadRequest>,
+    ) -> Answer<RepositoryModelUnloadResponse> {
+        let headers = headers(&request);
+        self.state
+            .admin_token
+            .authorize(&headers)
+            .map_err(Status::from)?;
+        let name = &request.get_ref().model_name;
+        self.state
+            .models
+            .control_unload(name)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        _: Request<SystemSharedMemoryStatusRequest>,
+    ) -> Answer<SystemSharedMemoryStatusResponse> {
+        Err(unimplemented("SystemSharedMemoryStatus"))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        _: Request<SystemSharedMemoryRegisterRequest>,
+    ) -> Answer<SystemSharedMemoryRegisterResponse> {
+        Err(unimplemented("SystemSharedMemoryRegister"))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        _: Request<SystemSharedMemoryUnregisterRequest>,
+    ) -> Answer<SystemSharedMemoryUnregisterResponse> {
+        Err(unimplemented("SystemSharedMemoryUnregister"))
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<CudaSharedMemoryStatusRequest>,
+    ) -> Answer<CudaSharedMemoryStatusResponse> {
+        Err(unimplemented("CudaSharedMemoryStatus"))
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<CudaSharedMemoryRegisterRequest>,
+    ) -> Answer<CudaSharedMemoryRegisterResponse> {
+        Err(unimplemented("CudaSharedMemoryRegister"))
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<CudaSharedMemoryUnregisterRequest>,
+    ) -> Answer<CudaSharedMemoryUnregisterResponse> {
+        Err(unimplemented("CudaSharedMemoryUnregister"))
+    }
+
+    async fn trace_setting(&self, _: Request<TraceSettingRequest>) -> Answer<TraceSettingResponse> {
+        Err(unimplemented("TraceSetting"))
+    }
+
+    async fn log_settings(&self, _: Request<LogSettingsRequest>) -> Answer<LogSettingsResponse> {
+        Err(unimplemented("LogSettings (set FERRY_LOG at start)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_spec_writes_them() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(parse_grpc_timeout("123456789m"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+    }
+}
