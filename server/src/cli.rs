@@ -296,6 +296,11 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
 
+    /// Largest gRPC request message in bytes (overrides `grpc_max_message_bytes`; default: the
+    /// body limit).
+    #[arg(long, env = "FERRY_GRPC_MAX_MESSAGE_BYTES")]
+    pub grpc_max_message_bytes: Option<usize>,
+
     /// Requests that may wait per model version before new ones get 429 Too Many Requests.
     /// Larger absorbs bursts; smaller bounds latency under overload (overrides `queue_capacity`).
     #[arg(long, env = "FERRY_QUEUE_CAPACITY")]

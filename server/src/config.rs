@@ -57,6 +57,10 @@ pub struct ServerConfig {
     /// Largest request body accepted; larger ones get 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Largest gRPC request message accepted (default: `max_body_bytes`); larger ones get
+    /// RESOURCE_EXHAUSTED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_max_message_bytes: Option<usize>,
     /// Requests that may wait per model version; beyond it requests get 429.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
@@ -311,6 +315,7 @@ impl ServerConfig {
             onnx_engine: OnnxEngine::Auto,
             onnxruntime_lib: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            grpc_max_message_bytes: None,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             instances: 1,
             intra_op_threads: 0,
@@ -479,6 +484,13 @@ impl ServerConfig {
             return err(format!(
                 "`max_body_bytes` must be at least 1024, got {}",
                 self.max_body_bytes
+            ));
+        }
+        if let Some(n) = self.grpc_max_message_bytes
+            && n < 1024
+        {
+            return err(format!(
+                "`grpc_max_message_bytes` must be at least 1024, got {n}"
             ));
         }
         Ok(())

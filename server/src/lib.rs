@@ -97,6 +97,9 @@ pub async fn build_state_with(
         pipeline: served.pipeline,
         metrics,
         max_body_bytes: config.max_body_bytes,
+        grpc_max_message_bytes: config
+            .grpc_max_message_bytes
+            .unwrap_or(config.max_body_bytes),
         shutting_down: Arc::new(AtomicBool::new(false)),
         admin_token,
         inflight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),

@@ -389,6 +389,9 @@ fn apply_overrides(config: &mut ServerConfig, args: &ServeArgs) {
     if let Some(n) = args.max_body_bytes {
         config.max_body_bytes = n;
     }
+    if let Some(n) = args.grpc_max_message_bytes {
+        config.grpc_max_message_bytes = Some(n);
+    }
     if let Some(n) = args.queue_capacity {
         config.queue_capacity = n;
     }

@@ -210,12 +210,38 @@ def test_load_unload_need_the_admin_token(server, client):
 
 
 def test_deadline_is_honoured(server, client, fixtures):
+    """Requests that wait past their deadline get DEADLINE_EXCEEDED: the gRPC deadline as the
+    client sees it, and the server's own answer for a deadline in `x-ferry-timeout-ms`
+    metadata (which the server applies exactly like the gRPC deadline)."""
+    import concurrent.futures
     case = fixtures.case("mlp")
-    # A deadline long passed by the time the request could run.
-    with pytest.raises(InferenceServerException) as e:
-        client.infer("mlp", grpc_inputs(case), client_timeout=0.000001)
-    assert "DEADLINE_EXCEEDED" in e.value.status()
-    # The server is unharmed and later requests within their deadline succeed.
+    row = ref_array(case["inputs"][0])[:1]
+    big = np.repeat(row, 20000, axis=0)
+
+    def heavy():
+        inp = grpcclient.InferInput(case["inputs"][0]["name"], list(big.shape),
+                                    case["inputs"][0]["datatype"])
+        inp.set_data_from_numpy(big)
+        c = grpcclient.InferenceServerClient(url=server.grpc_addr)
+        try:
+            c.infer("mlp", [inp], client_timeout=120)
+        finally:
+            c.close()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        busy = [pool.submit(heavy) for _ in range(8)]
+        time.sleep(0.3)
+        msg = expect_error(lambda: client.infer("mlp", grpc_inputs(case),
+                                                headers={"x-ferry-timeout-ms": "1"},
+                                                client_timeout=60),
+                           "DEADLINE_EXCEEDED", "retry")
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("mlp", grpc_inputs(case), client_timeout=0.05)
+        assert "DEADLINE_EXCEEDED" in e.value.status()
+        for f in busy:
+            f.result()
+    assert "retry" in msg
+    # The server is unharmed and requests within their deadline succeed.
     client.infer("mlp", grpc_inputs(case), client_timeout=30)
 
 
@@ -392,3 +418,22 @@ def test_shutdown_turns_grpc_health_off_and_keeps_serving_during_the_drain_delay
         assert srv.proc.wait(timeout=30) == 0
     finally:
         srv.kill()
+
+
+def test_oversized_messages_are_resource_exhausted(ferry, fixtures):
+    srv = ferry.new("grpc-small", ["churn@champion"], onnx_engine="ort",
+                    grpc_max_message_bytes=4096)
+    srv.start()
+    try:
+        srv.wait_ready()
+        c = grpcclient.InferenceServerClient(url=srv.grpc_addr)
+        big = grpcclient.InferInput("X", [100, 30], "FP32")
+        big.set_data_from_numpy(np.zeros((100, 30), np.float32))
+        expect_error(lambda: c.infer("churn", [big]), "RESOURCE_EXHAUSTED",
+                     "4096 bytes", "grpc_max_message_bytes")
+        small = grpcclient.InferInput("X", [1, 30], "FP32")
+        small.set_data_from_numpy(np.zeros((1, 30), np.float32))
+        c.infer("churn", [small])
+        c.close()
+    finally:
+        srv.stop()

@@ -41,13 +41,13 @@ pub struct InferenceService {
     state: AppState,
 }
 
-/// The gRPC router: the inference service (requests up to `max_body_bytes`), health and
+/// The gRPC router: the inference service (requests up to `grpc_max_message_bytes`), health and
 /// reflection; the reporter is for [`track_health`].
 pub fn routes(state: AppState) -> (axum::Router, tonic_health::server::HealthReporter) {
     let inference = GrpcInferenceServiceServer::new(InferenceService {
         state: state.clone(),
     })
-    .max_decoding_message_size(state.max_body_bytes)
+    .max_decoding_message_size(state.grpc_max_message_bytes)
     .max_encoding_message_size(usize::MAX);
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = |b: tonic_reflection::server::Builder<'static>| {
@@ -64,8 +64,52 @@ pub fn routes(state: AppState) -> (axum::Router, tonic_health::server::HealthRep
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)
-        .into_axum_router();
+        .into_axum_router()
+        .layer(axum::middleware::map_response_with_state(
+            state.grpc_max_message_bytes,
+            oversized_is_resource_exhausted,
+        ));
     (router, reporter)
+}
+
+/// tonic refuses a message over the size limit with OUT_OF_RANGE before any handler runs;
+/// gRPC's convention (and Triton's answer) is RESOURCE_EXHAUSTED, with a message that says
+/// what to change.
+async fn oversized_is_resource_exhausted(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    let h = response.headers_mut();
+    let oversized = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message").is_some_and(|m| {
+            // grpc-message is percent-encoded (tonic encodes spaces too).
+            String::from_utf8_lossy(m.as_bytes())
+                .replace("%20", " ")
+                .contains("message length too large")
+        });
+    if oversized {
+        let message = format!(
+            "the request message is larger than the limit of {limit} bytes; send fewer rows per request or raise `grpc_max_message_bytes`"
+        );
+        h.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&percent_encode(&message)) {
+            h.insert("grpc-message", v);
+        }
+    }
+    response
+}
+
+/// gRPC's `grpc-message` encoding: printable ASCII except `%` as is, the rest `%XX`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Keeps `grpc.health.v1` in step with readiness: the overall service (`""`) and the inference
@@ -94,17 +138,18 @@ fn headers<T>(request: &Request<T>) -> HeaderMap {
     request.metadata().clone().into_headers()
 }
 
-/// The request's deadline: the gRPC deadline (`grpc-timeout`), else `x-ferry-timeout-ms`
-/// metadata, else the server's `request_timeout_ms`.
+/// The request's deadline: the earlier of the gRPC deadline (`grpc-timeout`) and
+/// `x-ferry-timeout-ms` metadata; without either, the server's `request_timeout_ms`.
 fn deadline(state: &AppState, headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
-    if let Some(t) = headers
+    let grpc = headers
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-    {
-        return Ok(Some(t));
-    }
-    Ok(request_timeout(headers)?.or(state.request_timeout))
+        .and_then(parse_grpc_timeout);
+    let ferry = request_timeout(headers)?;
+    Ok(match (grpc, ferry) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b).or(state.request_timeout),
+    })
 }
 
 /// `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).

@@ -41,6 +41,8 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
+    /// Largest gRPC request message.
+    pub grpc_max_message_bytes: usize,
     /// Set when shutdown begins: readiness turns false so load balancers stop sending.
     pub shutting_down: Arc<AtomicBool>,
     /// Enables the model control API when set.
