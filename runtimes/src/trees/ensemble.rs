@@ -26,8 +26,10 @@ pub(crate) enum Test {
     /// Left when `x < threshold`.
     Less(f32),
     /// Left when `x <= threshold` (ONNX-ML `BRANCH_LEQ`); flattened to `x < next_up(t)`.
+    #[cfg_attr(not(feature = "tract"), allow(dead_code))] // built by the ONNX-ML reader only
     LessEq(f32),
     /// Left when `x == threshold` (ONNX-ML `BRANCH_EQ`).
+    #[cfg_attr(not(feature = "tract"), allow(dead_code))] // built by the ONNX-ML reader only
     Equal(f32),
     /// Left when the category `trunc(x)` is set in the bitset (32 categories per word);
     /// NaN and negative values go right.
@@ -59,12 +61,14 @@ pub(crate) enum Objective {
     /// `predictions` = exp(margin).
     Exp,
     /// The margins as they are, any number of columns: the caller finishes them (ONNX-ML
-    /// graphs, whose post transforms live in [`super::onnx`]).
+    /// graphs, whose post transforms live in `super::onnx`).
+    #[cfg_attr(not(feature = "tract"), allow(dead_code))] // built by the ONNX-ML reader only
     Raw,
 }
 
 /// How the trees' leaves combine into a column's margin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "tract"), allow(dead_code))] // built by the ONNX-ML reader only
 pub(crate) enum Aggregate {
     Sum,
     /// Summed in f32, tree by tree, as onnxruntime does: a forest's vote that lands on a
@@ -331,6 +335,7 @@ impl Ensemble {
 
     /// Combines leaves by `aggregate` instead of summing them; the base margins are then added
     /// to the aggregate.
+    #[cfg_attr(not(feature = "tract"), allow(dead_code))] // built by the ONNX-ML reader only
     pub fn set_aggregate(&mut self, aggregate: Aggregate) {
         self.aggregate = aggregate;
     }
