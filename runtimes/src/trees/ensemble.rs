@@ -9,6 +9,10 @@
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum RawNode {
     Leaf(f32),
+    /// One value per output group: the tree adds to every column in one walk (ONNX-ML forests,
+    /// whose leaves hold every class's share). A tree's leaves are all of one kind.
+    #[cfg_attr(not(feature = "tract"), allow(dead_code))] // built by the ONNX-ML reader only
+    Leaves(Vec<f32>),
     Split {
         feature: u32,
         test: Test,
@@ -43,7 +47,8 @@ pub(crate) const ZERO_THRESHOLD: f32 = 1e-35;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct RawTree {
     pub nodes: Vec<RawNode>,
-    /// The output column (class) whose margin this tree adds to.
+    /// The output column (class) whose margin this tree adds to; ignored when its leaves are
+    /// [`RawNode::Leaves`].
     pub group: usize,
 }
 
@@ -148,6 +153,9 @@ pub(crate) struct Ensemble {
     groups: Vec<u32>,
     specials: Vec<Special>,
     bitsets: Vec<u32>,
+    /// The values of [`RawNode::Leaves`] leaves, `n_groups` each; such a leaf's `value` holds
+    /// the start index in its bits.
+    leaf_vectors: Vec<f32>,
     objective: Objective,
     aggregate: Aggregate,
     feature_names: Option<Vec<String>>,
@@ -193,6 +201,7 @@ impl Ensemble {
             groups: Vec::with_capacity(raw.trees.len()),
             specials: Vec::new(),
             bitsets: Vec::new(),
+            leaf_vectors: Vec::new(),
             objective: raw.objective,
             aggregate: Aggregate::Sum,
             feature_names: raw.feature_names,
@@ -200,7 +209,7 @@ impl Ensemble {
         for (t, tree) in raw.trees.iter().enumerate() {
             e.push_tree(tree).map_err(|m| format!("tree {t}: {m}"))?;
         }
-        if e.nodes.len() > (u32::MAX >> 1) as usize {
+        if e.nodes.len() > (u32::MAX >> 1) as usize || e.leaf_vectors.len() > u32::MAX as usize {
             return Err("the model has too many nodes".into());
         }
         Ok(e)
@@ -213,7 +222,8 @@ impl Ensemble {
         if tree.nodes.is_empty() {
             return Err("the tree has no nodes".into());
         }
-        if tree.group >= self.n_groups {
+        let vector = tree.nodes.iter().any(|n| matches!(n, RawNode::Leaves(_)));
+        if !vector && tree.group >= self.n_groups {
             return Err(format!(
                 "the tree adds to output {} of {}",
                 tree.group, self.n_groups
@@ -233,11 +243,30 @@ impl Ensemble {
                 .get(src)
                 .ok_or_else(|| format!("a child index {src} is out of range"))?;
             let flat = match node {
+                RawNode::Leaf(_) if vector => {
+                    return Err(format!("leaf {src}: one value among per-output leaves"));
+                }
                 RawNode::Leaf(value) => Node {
                     value: *value,
                     feature: LEAF,
                     left: 0,
                 },
+                RawNode::Leaves(values) => {
+                    if values.len() != self.n_groups {
+                        return Err(format!(
+                            "leaf {src} has {} values for {} outputs",
+                            values.len(),
+                            self.n_groups
+                        ));
+                    }
+                    let start = self.leaf_vectors.len() as u32;
+                    self.leaf_vectors.extend_from_slice(values);
+                    Node {
+                        value: f32::from_bits(start),
+                        feature: LEAF,
+                        left: 0,
+                    }
+                }
                 RawNode::Split {
                     feature,
                     test,
@@ -312,7 +341,11 @@ impl Ensemble {
             self.nodes[dst] = flat;
         }
         self.roots.push(base as u32);
-        self.groups.push(tree.group as u32);
+        self.groups.push(if vector {
+            ALL_GROUPS
+        } else {
+            tree.group as u32
+        });
         Ok(())
     }
 
@@ -400,6 +433,7 @@ impl Ensemble {
         let nf = self.n_features;
         let ng = self.n_groups;
         for (&root, &group) in self.roots.iter().zip(&self.groups) {
+            let vector = group == ALL_GROUPS;
             let group = group as usize;
             let mut row_groups = rows.chunks_exact(nf * LANES);
             let mut margin_groups = margins.chunks_exact_mut(ng * LANES);
@@ -418,8 +452,15 @@ impl Ensemble {
                         break;
                     }
                 }
-                for (k, ix) in at.iter().enumerate() {
-                    combine::<AGG>(&mut margin[k * ng + group], self.nodes[*ix].value);
+                if vector {
+                    for (k, ix) in at.iter().enumerate() {
+                        let row = &mut margin[k * ng..(k + 1) * ng];
+                        self.add_leaves::<AGG>(row, self.nodes[*ix].value);
+                    }
+                } else {
+                    for (k, ix) in at.iter().enumerate() {
+                        combine::<AGG>(&mut margin[k * ng + group], self.nodes[*ix].value);
+                    }
                 }
             }
             for (row, margin) in row_groups
@@ -427,8 +468,23 @@ impl Ensemble {
                 .chunks_exact(nf)
                 .zip(margin_groups.into_remainder().chunks_exact_mut(ng))
             {
-                combine::<AGG>(&mut margin[group], self.leaf(root, row));
+                let leaf = self.leaf(root, row);
+                if vector {
+                    self.add_leaves::<AGG>(margin, leaf);
+                } else {
+                    combine::<AGG>(&mut margin[group], leaf);
+                }
             }
+        }
+    }
+
+    /// Adds a [`RawNode::Leaves`] leaf, whose `value` holds its start in `leaf_vectors`.
+    #[inline]
+    fn add_leaves<const AGG: u8>(&self, margins: &mut [f64], value: f32) {
+        let start = value.to_bits() as usize;
+        let values = &self.leaf_vectors[start..start + margins.len()];
+        for (m, &v) in margins.iter_mut().zip(values) {
+            combine::<AGG>(m, v);
         }
     }
 
@@ -519,6 +575,9 @@ impl Ensemble {
     }
 }
 
+/// `groups` entry of a tree whose leaves hold a value for every output.
+const ALL_GROUPS: u32 = u32::MAX;
+
 const SUM: u8 = 0;
 const SUM32: u8 = 1;
 const MIN: u8 = 2;
@@ -557,10 +616,11 @@ pub(crate) fn category_in(bits: &[u32], x: f32) -> bool {
 pub(crate) mod tests {
     use super::*;
 
-    /// The plain recursive evaluator the flattened scorer is checked against.
-    pub(crate) fn reference_leaf(tree: &RawTree, node: usize, row: &[f32]) -> f32 {
+    /// The plain recursive evaluator the flattened scorer is checked against: the leaf `row`
+    /// reaches.
+    pub(crate) fn reference_leaf<'t>(tree: &'t RawTree, node: usize, row: &[f32]) -> &'t RawNode {
         match &tree.nodes[node] {
-            RawNode::Leaf(v) => *v,
+            leaf @ (RawNode::Leaf(_) | RawNode::Leaves(_)) => leaf,
             RawNode::Split {
                 feature,
                 test,
@@ -616,11 +676,22 @@ pub(crate) mod tests {
     fn random_tree(rng: &mut Rng, n_features: u32, n_groups: usize, depth: u32) -> RawTree {
         // Nodes are created in a shuffled order (children before or after parents) so the
         // flattening cannot rely on the file's order.
-        fn grow(rng: &mut Rng, nf: u32, depth: u32, nodes: &mut Vec<Option<RawNode>>) -> usize {
+        fn grow(
+            rng: &mut Rng,
+            nf: u32,
+            depth: u32,
+            vector: Option<usize>,
+            nodes: &mut Vec<Option<RawNode>>,
+        ) -> usize {
             let me = nodes.len();
             nodes.push(None);
             let node = if depth == 0 || rng.chance(0.2) {
-                RawNode::Leaf((rng.unit() - 0.5) * 4.0)
+                match vector {
+                    Some(ng) => {
+                        RawNode::Leaves((0..ng).map(|_| (rng.unit() - 0.5) * 4.0).collect())
+                    }
+                    None => RawNode::Leaf((rng.unit() - 0.5) * 4.0),
+                }
             } else {
                 // Thresholds on a coarse grid so rows hit them exactly now and then; infinite
                 // ones for the `<=` that has no `<` form.
@@ -639,11 +710,11 @@ pub(crate) mod tests {
                 let zero_is_missing = rng.chance(0.2);
                 let feature = rng.below(u64::from(nf)) as u32;
                 let (left, right) = if rng.chance(0.5) {
-                    let l = grow(rng, nf, depth - 1, nodes);
-                    (l, grow(rng, nf, depth - 1, nodes))
+                    let l = grow(rng, nf, depth - 1, vector, nodes);
+                    (l, grow(rng, nf, depth - 1, vector, nodes))
                 } else {
-                    let r = grow(rng, nf, depth - 1, nodes);
-                    (grow(rng, nf, depth - 1, nodes), r)
+                    let r = grow(rng, nf, depth - 1, vector, nodes);
+                    (grow(rng, nf, depth - 1, vector, nodes), r)
                 };
                 RawNode::Split {
                     feature,
@@ -658,7 +729,8 @@ pub(crate) mod tests {
             me
         }
         let mut nodes = Vec::new();
-        grow(rng, n_features, depth, &mut nodes);
+        let vector = (n_groups > 1 && rng.chance(0.3)).then_some(n_groups);
+        grow(rng, n_features, depth, vector, &mut nodes);
         RawTree {
             nodes: nodes.into_iter().map(Option::unwrap).collect(),
             group: rng.below(n_groups as u64) as usize,
@@ -727,14 +799,20 @@ pub(crate) mod tests {
                     Aggregate::Max => vec![f64::NEG_INFINITY; ng],
                 };
                 for tree in &trees {
-                    let leaf = f64::from(reference_leaf(tree, 0, row));
-                    let m = &mut expected[tree.group];
-                    *m = match aggregate {
-                        Aggregate::Sum => *m + leaf,
-                        Aggregate::Sum32 => f64::from(*m as f32 + leaf as f32),
-                        Aggregate::Min => m.min(leaf),
-                        Aggregate::Max => m.max(leaf),
+                    let leaves: Vec<(usize, f64)> = match reference_leaf(tree, 0, row) {
+                        RawNode::Leaf(v) => vec![(tree.group, f64::from(*v))],
+                        RawNode::Leaves(v) => v.iter().map(|&x| f64::from(x)).enumerate().collect(),
+                        RawNode::Split { .. } => unreachable!("the reference stops at leaves"),
                     };
+                    for (group, leaf) in leaves {
+                        let m = &mut expected[group];
+                        *m = match aggregate {
+                            Aggregate::Sum => *m + leaf,
+                            Aggregate::Sum32 => f64::from(*m as f32 + leaf as f32),
+                            Aggregate::Min => m.min(leaf),
+                            Aggregate::Max => m.max(leaf),
+                        };
+                    }
                 }
                 if matches!(aggregate, Aggregate::Min | Aggregate::Max) {
                     for (m, b) in expected.iter_mut().zip(&base) {
@@ -778,6 +856,14 @@ pub(crate) mod tests {
         let feature = build(vec![split(1, 2, 9), RawNode::Leaf(1.0), RawNode::Leaf(2.0)]);
         assert!(feature.contains("feature 9"), "{feature}");
         assert!(build(vec![]).contains("no nodes"));
+        let mixed = build(vec![
+            split(1, 2, 0),
+            RawNode::Leaf(1.0),
+            RawNode::Leaves(vec![2.0]),
+        ]);
+        assert!(mixed.contains("one value among"), "{mixed}");
+        let wide = build(vec![RawNode::Leaves(vec![1.0, 2.0])]);
+        assert!(wide.contains("2 values for 1 outputs"), "{wide}");
     }
 
     #[test]

@@ -390,6 +390,25 @@ fn build(node: &NodeProto, n_features: usize) -> Result<(Ensemble, OnnxTrees), S
     let mut raw_trees = Vec::new();
     for tree in &trees {
         let groups: BTreeSet<usize> = tree.leaves.iter().flatten().map(|&(c, _)| c).collect();
+        if groups.len() > 1 {
+            // A forest's leaves hold every class's share: one walk adds them all.
+            let nodes = tree
+                .nodes
+                .iter()
+                .map(|n| match n {
+                    Shape::Split(s) => s.clone(),
+                    Shape::Leaf(l) => {
+                        let mut values = vec![0.0f32; width];
+                        for &(c, w) in &tree.leaves[*l] {
+                            values[c] += w;
+                        }
+                        RawNode::Leaves(values)
+                    }
+                })
+                .collect();
+            raw_trees.push(RawTree { nodes, group: 0 });
+            continue;
+        }
         for &group in &groups {
             let nodes = tree
                 .nodes
