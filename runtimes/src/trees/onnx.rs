@@ -136,6 +136,9 @@ pub(crate) fn read(
                 }
                 tree = Some(node);
                 let regressor = op == "TreeEnsembleRegressor";
+                if node.output.len() > if regressor { 1 } else { 2 } {
+                    return Err(refuse("more outputs than the operator has"));
+                }
                 for (i, out) in node.output.iter().enumerate() {
                     let v = if regressor || i == 1 {
                         Value::Scores(Vec::new())
