@@ -279,7 +279,7 @@ fn trees_serves_the_tree_graphs_and_refuses_the_others() {
             Err(err) => {
                 assert!(
                     matches!(&err, RuntimeError::ModelFile { .. })
-                        && err.to_string().contains("tree ensemble"),
+                        && err.to_string().contains("tree-ensemble ONNX-ML"),
                     "{model}: {err}"
                 );
                 let auto = load_onnx(&path, &sig, &options(OnnxEngine::Auto))

@@ -83,7 +83,7 @@ TREE_MODELS = [n for n in ZOO if n.split("_")[0] in
 # (model, engine) -> a word the UNAVAILABLE reason must contain.
 REFUSED = {
     ("pipe_onehot_strings", "tract"): "BYTES",
-    **{(n, "trees"): "ONNX-ML tree ensemble" for n in ZOO if n not in TREE_MODELS},
+    **{(n, "trees"): "tree-ensemble ONNX-ML" for n in ZOO if n not in TREE_MODELS},
 }
 
 

@@ -103,7 +103,7 @@ enum Finish {
 
 /// How errors name ONNX files that are not tree graphs the engine takes.
 #[cfg(feature = "tract")]
-const ONNX_FORMAT: &str = "ONNX-ML tree ensemble";
+const ONNX_FORMAT: &str = "tree-ensemble ONNX-ML";
 
 impl TreesRuntime {
     pub fn load(
