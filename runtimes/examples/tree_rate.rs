@@ -1,5 +1,6 @@
 //! Engine-alone scoring rate of a tree model: the `trees` engine on the library's own file
-//! against ONNX Runtime on the same model converted to ONNX, on the same rows, in one process.
+//! against ONNX Runtime on the same model converted to ONNX, on the same rows, in one process;
+//! with the `tract` feature also the `trees` engine on that ONNX file (`engine=trees_onnx`).
 //! Driven by `loadtests/trees_bench.py`, which trains and converts the models.
 //!
 //! Usage: tree_rate --trees FILE --format xgboost|lightgbm --onnx FILE --ort-lib PATH
@@ -80,7 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             intra_op_threads: t,
             ..LoadOptions::default()
         };
-        let engines = [
+        let mut engines = vec![
             (
                 "trees",
                 load_trees(Path::new(&trees_path), format, &tree_signature, &options)?,
@@ -92,6 +93,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 onnx_signature.inputs[0].name.clone(),
             ),
         ];
+        let on_trees = LoadOptions {
+            onnx_engine: OnnxEngine::Trees,
+            ..options.clone()
+        };
+        match load_onnx(Path::new(&need("--onnx")), &onnx_signature, &on_trees) {
+            Ok(runtime) => {
+                engines.push(("trees_onnx", runtime, onnx_signature.inputs[0].name.clone()))
+            }
+            Err(e) => eprintln!("trees_onnx skipped: {e}"),
+        }
         for (name, runtime, input) in engines {
             let inputs = [Tensor::new(
                 input,

@@ -56,6 +56,11 @@ pub enum RuntimeError {
     allow(dead_code)
 )]
 impl RuntimeError {
+    // The trees engine reports load errors as `ModelFile`.
+    #[cfg_attr(
+        not(any(feature = "ort", feature = "tract", feature = "candle")),
+        allow(dead_code)
+    )]
     pub(crate) fn load(engine: Engine, error: impl std::fmt::Display) -> RuntimeError {
         RuntimeError::Load {
             engine,

@@ -7,11 +7,14 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnnxEngine {
-    /// ONNX Runtime when its library loaded, else tract.
+    /// The trees engine for tree-ensemble graphs it takes; for the rest ONNX Runtime when its
+    /// library loaded, else tract.
     #[default]
     Auto,
     Ort,
     Tract,
+    /// The trees engine; a graph that is not a tree ensemble it takes is refused.
+    Trees,
 }
 
 /// How to load one model version.
@@ -49,7 +52,17 @@ pub fn load_onnx(
     match options.onnx_engine {
         OnnxEngine::Ort => load_ort(path, signature, options),
         OnnxEngine::Tract => load_tract(path, signature, options),
+        OnnxEngine::Trees => load_onnx_trees(path, signature, options),
         OnnxEngine::Auto => {
+            #[cfg(all(feature = "trees", feature = "tract"))]
+            match load_onnx_trees(path, signature, options) {
+                Ok(runtime) => return Ok(runtime),
+                Err(reason) => tracing::debug!(
+                    path = %path.display(),
+                    reason = %reason,
+                    "Not serving this ONNX model on the trees engine."
+                ),
+            }
             #[cfg(feature = "ort")]
             if crate::ort::is_available() {
                 return load_ort(path, signature, options);
@@ -67,6 +80,27 @@ pub fn load_onnx(
                 other => other,
             })
         }
+    }
+}
+
+fn load_onnx_trees(
+    path: &Path,
+    signature: &Signature,
+    options: &LoadOptions,
+) -> Result<Arc<dyn Runtime>, RuntimeError> {
+    #[cfg(all(feature = "trees", feature = "tract"))]
+    {
+        Ok(Arc::new(crate::trees::TreesRuntime::load_onnx(
+            path, signature, options,
+        )?))
+    }
+    #[cfg(not(all(feature = "trees", feature = "tract")))]
+    {
+        let _ = (path, signature, options);
+        Err(RuntimeError::NotCompiled {
+            engine: "trees (ONNX graphs)",
+            feature: "trees` and `tract",
+        })
     }
 }
 

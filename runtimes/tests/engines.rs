@@ -260,3 +260,58 @@ fn ort_init_with_a_missing_library_is_an_error_not_a_panic() {
         .unwrap();
     assert!(status.success());
 }
+
+/// The tree-ensemble fixtures (skl2onnx's RandomForest `churn`) run on the trees engine, under
+/// `auto` too, and answer what onnxruntime does; other graphs are refused when it is forced
+/// and left to ONNX Runtime / tract under `auto`.
+#[test]
+fn trees_serves_the_tree_graphs_and_refuses_the_others() {
+    init_ort();
+    let reference = reference();
+    let mut served = Vec::new();
+    for case in reference["cases"].as_array().unwrap() {
+        let model = case["model"].as_str().unwrap();
+        let version = case["version"].as_u64().unwrap();
+        let path = fixtures().join(format!("registry/{model}/{version}/model.onnx"));
+        let sig = signature(model, version);
+        let runtime = match load_onnx(&path, &sig, &options(OnnxEngine::Trees)) {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                assert!(
+                    matches!(&err, RuntimeError::ModelFile { .. })
+                        && err.to_string().contains("tree-ensemble ONNX-ML"),
+                    "{model}: {err}"
+                );
+                let auto = load_onnx(&path, &sig, &options(OnnxEngine::Auto))
+                    .unwrap_or_else(|e| panic!("auto loads {model}: {e}"));
+                assert_ne!(auto.engine().as_str(), "trees", "{model}");
+                continue;
+            }
+        };
+        assert_eq!(runtime.engine().as_str(), "trees");
+        let auto = load_onnx(&path, &sig, &options(OnnxEngine::Auto)).unwrap();
+        assert_eq!(auto.engine().as_str(), "trees", "{model} under auto");
+        let inputs: Vec<Tensor> = case["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(tensor)
+            .collect();
+        let inputs = runtime.signature().validate_inputs(inputs).unwrap();
+        let outputs = runtime.run(&inputs).unwrap();
+        for want in case["outputs"].as_array().unwrap() {
+            let want = tensor(want);
+            let got = outputs.iter().find(|t| t.name == want.name).unwrap();
+            assert_eq!(got.datatype(), want.datatype(), "{model}/{}", want.name);
+            assert_eq!(got.shape, want.shape, "{model}/{}", want.name);
+            assert_close(
+                &format!("trees {model}/{}", want.name),
+                &as_f64(&got.data),
+                &as_f64(&want.data),
+            );
+        }
+        served.push(model.to_string());
+    }
+    assert!(served.iter().any(|m| m == "churn"), "{served:?}");
+    assert!(!served.iter().any(|m| m == "mlp"), "{served:?}");
+}

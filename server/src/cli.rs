@@ -250,6 +250,8 @@ pub enum EngineArg {
     Auto,
     Ort,
     Tract,
+    /// The native tree engine (ONNX-ML tree ensemble graphs only).
+    Trees,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

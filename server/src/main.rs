@@ -420,6 +420,7 @@ fn apply_shared_overrides(
             EngineArg::Auto => OnnxEngine::Auto,
             EngineArg::Ort => OnnxEngine::Ort,
             EngineArg::Tract => OnnxEngine::Tract,
+            EngineArg::Trees => OnnxEngine::Trees,
         };
     }
     if let Some(path) = ort_lib {

@@ -46,7 +46,8 @@ from make_fixtures import spec, write_version
 
 SEED = 7
 ATOL, RTOL = 1e-5, 1e-4
-ENGINES = ["ort", "tract"]
+# `trees`: the native engine forced on every model; it takes the tree-ensemble graphs.
+ENGINES = ["ort", "tract", "trees"]
 N_FEATURES = 6
 SKL_OPSET = {"": 17, "ai.onnx.ml": 3}
 # onnxmltools 1.16 converts up to opset 15.
@@ -74,9 +75,15 @@ ZOO = [
 # Test rows with NaN (missing values): JSON cannot carry them, so only binary requests send them.
 NAN_INPUTS = {"hgb_binary", "hgb_multiclass", "hgb_regressor", "pipe_imputer"}
 
+# Models whose graph is one tree ensemble plus renames, casts and elementwise tails: the trees
+# engine serves them, and `auto` picks it for them.
+TREE_MODELS = [n for n in ZOO if n.split("_")[0] in
+               ("gb", "rf", "et", "dt", "hgb", "lgbm", "xgb", "trees")]
+
 # (model, engine) -> a word the UNAVAILABLE reason must contain.
 REFUSED = {
     ("pipe_onehot_strings", "tract"): "BYTES",
+    **{(n, "trees"): "tree-ensemble ONNX-ML" for n in ZOO if n not in TREE_MODELS},
 }
 
 
@@ -467,7 +474,8 @@ def test_zoo_covers_the_onnx_ml_operators(zoo):
 def test_auto_without_onnxruntime_is_ready_and_serves_the_zoo_on_tract(zoo, tmp_path_factory,
                                                                         ferry):
     """What a new user gets: `onnx_engine: auto` (the default) with no ONNX Runtime library.
-    Every model tract can serve loads on it, so the server becomes ready."""
+    Tree-ensemble graphs load on the trees engine, every other model tract can serve on tract,
+    so the server becomes ready."""
     served = [n for n in ZOO if (n, "tract") not in REFUSED]
     config = {"registry": {"uri": zoo.registry}, "models": [f"{n}@1" for n in served]}
     srv = FerryServer(tmp_path_factory.mktemp("ferry-zoo-auto"), config, "zoo-auto-no-ort")
@@ -478,7 +486,8 @@ def test_auto_without_onnxruntime_is_ready_and_serves_the_zoo_on_tract(zoo, tmp_
         srv.wait_ready(timeout=LOAD_TIMEOUT * 2)
         for name in ("gb_binary", "hgb_binary", "pipe_imputer", "xgb_binary"):
             meta = srv.triton.get_model_metadata(name)
-            assert meta["parameters"]["engine"] == "tract", meta
+            want = "trees" if name in TREE_MODELS else "tract"
+            assert meta["parameters"]["engine"] == want, meta
             result = srv.triton.infer(name, _triton_inputs(zoo.inputs[name]))
             for out_name, want in zoo.expected[name].items():
                 _assert_matches(name, out_name, result.as_numpy(out_name), want)

@@ -4,7 +4,9 @@ own `predict` / `predict_proba` answer on the same rows.
 
 Models are trained here with fixed seeds on random data with ~10% missing values and published
 with `ferry models push` from a directory holding only the model file (the manifest is filled
-from it). Probabilities within 1e-5 absolute; regression outputs within 1e-5 relative; labels
+from it). scikit-learn tree ensembles exported by skl2onnx (`zipmap=False`) are served from their
+ONNX files under `onnx_engine: auto`, which must pick the trees engine for them with and without
+ONNX Runtime loaded, and answer what Python onnxruntime answers. Probabilities within 1e-5 absolute; regression outputs within 1e-5 relative; labels
 equal. Refusals (a corrupted file, an unsupported objective, a linear_tree model) must fail the
 load with a reason naming the file and the cause, while the previous version keeps serving.
 """
@@ -18,11 +20,18 @@ import warnings
 
 import lightgbm
 import numpy as np
+import onnxruntime
 import pytest
 import requests
 import tritonclient.http as httpclient
 import xgboost
 import yaml
+from skl2onnx import to_onnx
+from sklearn.ensemble import (ExtraTreesClassifier, GradientBoostingClassifier,
+                              GradientBoostingRegressor, HistGradientBoostingClassifier,
+                              HistGradientBoostingRegressor, RandomForestClassifier,
+                              RandomForestRegressor)
+from sklearn.linear_model import LogisticRegression
 
 from conftest import FerryServer, ferry_bin
 
@@ -330,3 +339,140 @@ def test_refusals_name_the_cause_and_the_old_version_keeps_serving(zoo, tmp_path
         srv.kill()
         raise
     srv.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# scikit-learn tree ensembles exported to ONNX, served on the trees engine by `auto`
+
+ONNX_ROWS = 2_000
+# name -> (estimator, target, NaN in the rows). Only HistGradientBoosting is given missing values:
+# it is the estimator whose export carries their direction (nodes_missing_value_tracks_true).
+SKL = {
+    "onnx-rf-binary": (lambda: RandomForestClassifier(n_estimators=40, max_depth=8,
+                                                      random_state=0), "binary", False),
+    "onnx-rf-multi": (lambda: RandomForestClassifier(n_estimators=20, max_depth=8,
+                                                     random_state=0), "multi", False),
+    "onnx-et-binary": (lambda: ExtraTreesClassifier(n_estimators=40, max_depth=8,
+                                                    random_state=0), "binary", False),
+    "onnx-et-multi": (lambda: ExtraTreesClassifier(n_estimators=20, max_depth=8,
+                                                   random_state=0), "multi", False),
+    "onnx-gb-binary": (lambda: GradientBoostingClassifier(n_estimators=30, random_state=0),
+                       "binary", False),
+    "onnx-gb-exponential": (lambda: GradientBoostingClassifier(
+        n_estimators=30, loss="exponential", random_state=0), "binary", False),
+    "onnx-gb-multi": (lambda: GradientBoostingClassifier(n_estimators=20, random_state=0),
+                      "multi", False),
+    "onnx-hgb-binary": (lambda: HistGradientBoostingClassifier(max_iter=30, random_state=0),
+                        "binary", True),
+    "onnx-hgb-multi": (lambda: HistGradientBoostingClassifier(max_iter=20, random_state=0),
+                       "multi", True),
+    "onnx-rf-regressor": (lambda: RandomForestRegressor(n_estimators=20, max_depth=8,
+                                                        random_state=0), "real", False),
+    "onnx-gb-regressor": (lambda: GradientBoostingRegressor(n_estimators=30, random_state=0),
+                          "real", False),
+    "onnx-hgb-regressor": (lambda: HistGradientBoostingRegressor(max_iter=30, random_state=0),
+                           "real", True),
+}
+# Not tree graphs: `auto` serves them as before (tract without ONNX Runtime, ort with it).
+OTHER = {
+    "onnx-logreg": (lambda: LogisticRegression(max_iter=500), "binary", False, False),
+    # ZipMap outputs (a sequence of maps): only ONNX Runtime serves them.
+    "onnx-rf-zipmap": (lambda: RandomForestClassifier(n_estimators=5, random_state=0), "binary",
+                       False, True),
+}
+
+
+@pytest.fixture(scope="module")
+def skl_zoo(tmp_path_factory):
+    work = tmp_path_factory.mktemp("skl-trees")
+    registry = str(work / "registry")
+    os.makedirs(registry)
+    X_train = rows(11, 3000)
+    ys = targets(X_train, 13)
+    cases = {}
+    entries = {n: (make, target, nan, False) for n, (make, target, nan) in SKL.items()}
+    entries.update(OTHER)
+    for name, (make, target, nan, zipmap) in entries.items():
+        X_fit = X_train if nan else np.nan_to_num(X_train)
+        estimator = make()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            estimator.fit(X_fit, ys[target])
+            options = {"zipmap": zipmap} if hasattr(estimator, "predict_proba") else None
+            onx = to_onnx(estimator, X_fit[:1], options=options,
+                          target_opset={"": 17, "ai.onnx.ml": 3})
+        model = onx.SerializeToString()
+        X = rows(14, ONNX_ROWS) if nan else np.nan_to_num(rows(14, ONNX_ROWS))
+        sess = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        expected = dict(zip(names, sess.run(names, {"X": X})))
+        # A ZipMap output (a sequence of maps) has no tensor type to declare: list the label.
+        outputs = [{"name": o.name, "datatype": "INT64" if o.type == "tensor(int64)" else "FP32",
+                    "shape": [-1] + list(expected[o.name].shape[1:])}
+                   for o in sess.get_outputs() if o.type.startswith("tensor(")]
+        write_version(registry, name, 1, {"model.onnx": model},
+                      {"format": "onnx", "artifact": "model.onnx",
+                       "inputs": [{"name": "X", "datatype": "FP32", "shape": [-1, N_FEATURES]}],
+                       "outputs": outputs})
+        tracks = {i for n in onx.graph.node for a in n.attribute
+                  if a.name == "nodes_missing_value_tracks_true" for i in a.ints}
+        cases[name] = {"X": X, "expected": {k: v for k, v in expected.items()
+                                            if isinstance(v, np.ndarray)},
+                       "ops": {n.op_type for n in onx.graph.node}, "tracks": tracks}
+    assert "ZipMap" in cases["onnx-rf-zipmap"]["ops"]
+    # NaN rows take the direction HistGradientBoosting learnt for them, both ways.
+    assert cases["onnx-hgb-binary"]["tracks"] == {0, 1}, cases["onnx-hgb-binary"]["tracks"]
+    return {"registry": registry, "cases": cases}
+
+
+def skl_server(skl_zoo, tmp_path_factory, with_ort):
+    names = list(SKL) + (["onnx-rf-zipmap"] if with_ort else ["onnx-logreg"])
+    config = {"registry": {"uri": skl_zoo["registry"]}, "models": [f"{n}@1" for n in names]}
+    env = None if with_ort else {"FERRY_ORT_LIB": "/nonexistent/libonnxruntime.so"}
+    tag = "with-ort" if with_ort else "no-ort"
+    srv = FerryServer(tmp_path_factory.mktemp(f"ferry-skl-{tag}"), config, f"skl-{tag}", env=env)
+    srv.start()
+    try:
+        srv.wait_ready()
+    except BaseException:
+        srv.kill()
+        raise
+    return srv
+
+
+@pytest.fixture(scope="module", params=["no-ort", "with-ort"])
+def auto_server(request, skl_zoo, tmp_path_factory):
+    srv = skl_server(skl_zoo, tmp_path_factory, request.param == "with-ort")
+    srv.with_ort = request.param == "with-ort"
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("model", list(SKL))
+def test_sklearn_onnx_trees_run_on_trees_and_equal_onnxruntime(auto_server, skl_zoo, model):
+    meta = auto_server.get(f"/v2/models/{model}").json()
+    assert meta["parameters"]["engine"] == "trees", meta
+    assert meta["platform"] == "onnx_trees", meta
+    case = skl_zoo["cases"][model]
+    got = infer(auto_server, model, case["X"], list(case["expected"]))
+    for name, want in case["expected"].items():
+        have = got[name]
+        assert have.shape == want.shape, f"{model} {name}: {have.shape} vs {want.shape}"
+        if want.dtype == np.int64:
+            bad = np.flatnonzero(have != want)
+            assert bad.size == 0, f"{model}: labels differ at rows {bad[:10]}"
+        elif name == "probabilities":
+            err = np.abs(have.astype(np.float64) - want)
+            assert err.max() <= ATOL, f"{model}: max |diff| {err.max()}"
+        else:
+            np.testing.assert_allclose(have, want, rtol=RTOL, atol=ATOL, err_msg=model)
+
+
+def test_other_onnx_graphs_fall_back_to_what_auto_picked_before(auto_server, skl_zoo):
+    if auto_server.with_ort:
+        model, engine = "onnx-rf-zipmap", "ort"
+    else:
+        model, engine = "onnx-logreg", "tract"
+    meta = auto_server.get(f"/v2/models/{model}").json()
+    assert meta["parameters"]["engine"] == engine, meta
+    assert meta["platform"] == "onnx_onnxv1", meta

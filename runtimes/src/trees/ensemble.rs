@@ -1,13 +1,18 @@
 //! The format-neutral tree ensemble: what the XGBoost and LightGBM readers produce
 //! ([`RawTree`]), its flattened form ([`Ensemble`]) and the scorer.
 //!
-//! Every split is normalised to one comparison, `x < threshold` (f32), so the scorer has one
-//! hot path whatever library wrote the model; the readers translate their own rules into it.
+//! Splits are normalised to `x < threshold` (f32) wherever that is exact, so the scorer has one
+//! hot path whatever library wrote the model; the readers translate their own rules into it,
+//! and the rare tests that have no exact `<` form (equality, `<= +inf`) take a slower path.
 
 /// One node of a tree as a reader builds it, children by index into the same tree.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum RawNode {
     Leaf(f32),
+    /// One value per output group: the tree adds to every column in one walk (ONNX-ML forests,
+    /// whose leaves hold every class's share). A tree's leaves are all of one kind.
+    #[cfg_attr(not(feature = "tract"), allow(dead_code))] // built by the ONNX-ML reader only
+    Leaves(Vec<f32>),
     Split {
         feature: u32,
         test: Test,
@@ -24,6 +29,12 @@ pub(crate) enum RawNode {
 pub(crate) enum Test {
     /// Left when `x < threshold`.
     Less(f32),
+    /// Left when `x <= threshold` (ONNX-ML `BRANCH_LEQ`); flattened to `x < next_up(t)`.
+    #[cfg_attr(not(feature = "tract"), allow(dead_code))] // built by the ONNX-ML reader only
+    LessEq(f32),
+    /// Left when `x == threshold` (ONNX-ML `BRANCH_EQ`).
+    #[cfg_attr(not(feature = "tract"), allow(dead_code))] // built by the ONNX-ML reader only
+    Equal(f32),
     /// Left when the category `trunc(x)` is set in the bitset (32 categories per word);
     /// NaN and negative values go right.
     InSet(Vec<u32>),
@@ -36,7 +47,8 @@ pub(crate) const ZERO_THRESHOLD: f32 = 1e-35;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct RawTree {
     pub nodes: Vec<RawNode>,
-    /// The output column (class) whose margin this tree adds to.
+    /// The output column (class) whose margin this tree adds to; ignored when its leaves are
+    /// [`RawNode::Leaves`].
     pub group: usize,
 }
 
@@ -53,6 +65,22 @@ pub(crate) enum Objective {
     Logistic,
     /// `predictions` = exp(margin).
     Exp,
+    /// The margins as they are, any number of columns: the caller finishes them (ONNX-ML
+    /// graphs, whose post transforms live in `super::onnx`).
+    #[cfg_attr(not(feature = "tract"), allow(dead_code))] // built by the ONNX-ML reader only
+    Raw,
+}
+
+/// How the trees' leaves combine into a column's margin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "tract"), allow(dead_code))] // built by the ONNX-ML reader only
+pub(crate) enum Aggregate {
+    Sum,
+    /// Summed in f32, tree by tree, as onnxruntime does: a forest's vote that lands on a
+    /// threshold (k/n = 0.5) then falls on the same side as there.
+    Sum32,
+    Min,
+    Max,
 }
 
 impl Objective {
@@ -94,8 +122,24 @@ struct Node {
 
 #[derive(Debug, Clone)]
 enum Special {
-    ZeroMissing { threshold: f32 },
-    Categories { start: u32, len: u32 },
+    /// A comparison the fast path cannot do: missing values (NaN, and near-zero values when
+    /// `zero_missing`) take the default direction, others go left when `op` holds.
+    Compare {
+        op: Compare,
+        threshold: f32,
+        zero_missing: bool,
+    },
+    Categories {
+        start: u32,
+        len: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Compare {
+    Less,
+    LessEq,
+    Equal,
 }
 
 /// A model ready to score: all trees' nodes in one array, each tree's nodes contiguous.
@@ -109,7 +153,11 @@ pub(crate) struct Ensemble {
     groups: Vec<u32>,
     specials: Vec<Special>,
     bitsets: Vec<u32>,
+    /// The values of [`RawNode::Leaves`] leaves, `n_groups` each; such a leaf's `value` holds
+    /// the start index in its bits.
+    leaf_vectors: Vec<f32>,
     objective: Objective,
+    aggregate: Aggregate,
     feature_names: Option<Vec<String>>,
 }
 
@@ -138,7 +186,7 @@ impl Ensemble {
         if raw.objective == Objective::Softmax && raw.n_groups < 2 {
             return Err("a multiclass model needs at least 2 classes".into());
         }
-        if raw.objective != Objective::Softmax && raw.n_groups != 1 {
+        if !matches!(raw.objective, Objective::Softmax | Objective::Raw) && raw.n_groups != 1 {
             return Err(format!(
                 "{} trees per iteration for a single-output objective",
                 raw.n_groups
@@ -153,13 +201,15 @@ impl Ensemble {
             groups: Vec::with_capacity(raw.trees.len()),
             specials: Vec::new(),
             bitsets: Vec::new(),
+            leaf_vectors: Vec::new(),
             objective: raw.objective,
+            aggregate: Aggregate::Sum,
             feature_names: raw.feature_names,
         };
         for (t, tree) in raw.trees.iter().enumerate() {
             e.push_tree(tree).map_err(|m| format!("tree {t}: {m}"))?;
         }
-        if e.nodes.len() > (u32::MAX >> 1) as usize {
+        if e.nodes.len() > (u32::MAX >> 1) as usize || e.leaf_vectors.len() > u32::MAX as usize {
             return Err("the model has too many nodes".into());
         }
         Ok(e)
@@ -172,7 +222,8 @@ impl Ensemble {
         if tree.nodes.is_empty() {
             return Err("the tree has no nodes".into());
         }
-        if tree.group >= self.n_groups {
+        let vector = tree.nodes.iter().any(|n| matches!(n, RawNode::Leaves(_)));
+        if !vector && tree.group >= self.n_groups {
             return Err(format!(
                 "the tree adds to output {} of {}",
                 tree.group, self.n_groups
@@ -192,11 +243,30 @@ impl Ensemble {
                 .get(src)
                 .ok_or_else(|| format!("a child index {src} is out of range"))?;
             let flat = match node {
+                RawNode::Leaf(_) if vector => {
+                    return Err(format!("leaf {src}: one value among per-output leaves"));
+                }
                 RawNode::Leaf(value) => Node {
                     value: *value,
                     feature: LEAF,
                     left: 0,
                 },
+                RawNode::Leaves(values) => {
+                    if values.len() != self.n_groups {
+                        return Err(format!(
+                            "leaf {src} has {} values for {} outputs",
+                            values.len(),
+                            self.n_groups
+                        ));
+                    }
+                    let start = self.leaf_vectors.len() as u32;
+                    self.leaf_vectors.extend_from_slice(values);
+                    Node {
+                        value: f32::from_bits(start),
+                        feature: LEAF,
+                        left: 0,
+                    }
+                }
                 RawNode::Split {
                     feature,
                     test,
@@ -230,11 +300,26 @@ impl Ensemble {
                     if *default_left {
                         flags |= DEFAULT_LEFT;
                     }
+                    // `x <= t` is `x < next_up(t)` for every t but +inf, whose next_up is itself.
+                    let fast = match test {
+                        Test::Less(t) => Some(*t),
+                        Test::LessEq(t) if *t != f32::INFINITY => Some(t.next_up()),
+                        _ => None,
+                    };
                     let value = match test {
-                        Test::Less(t) if !zero_is_missing => *t,
-                        Test::Less(t) => {
+                        _ if fast.is_some() && !zero_is_missing => fast.unwrap_or_default(),
+                        Test::Less(t) | Test::LessEq(t) | Test::Equal(t) => {
                             flags |= SPECIAL;
-                            self.push_special(Special::ZeroMissing { threshold: *t })
+                            let (op, threshold) = match (test, fast) {
+                                (_, Some(f)) => (Compare::Less, f),
+                                (Test::Equal(_), _) => (Compare::Equal, *t),
+                                _ => (Compare::LessEq, *t),
+                            };
+                            self.push_special(Special::Compare {
+                                op,
+                                threshold,
+                                zero_missing: *zero_is_missing,
+                            })
                         }
                         Test::InSet(bits) => {
                             flags |= SPECIAL;
@@ -256,7 +341,11 @@ impl Ensemble {
             self.nodes[dst] = flat;
         }
         self.roots.push(base as u32);
-        self.groups.push(tree.group as u32);
+        self.groups.push(if vector {
+            ALL_GROUPS
+        } else {
+            tree.group as u32
+        });
         Ok(())
     }
 
@@ -277,6 +366,13 @@ impl Ensemble {
         self.objective
     }
 
+    /// Combines leaves by `aggregate` instead of summing them; the base margins are then added
+    /// to the aggregate.
+    #[cfg_attr(not(feature = "tract"), allow(dead_code))] // built by the ONNX-ML reader only
+    pub fn set_aggregate(&mut self, aggregate: Aggregate) {
+        self.aggregate = aggregate;
+    }
+
     /// Classes of a classifier (2 for binary models), 1 for regressors.
     pub fn n_classes(&self) -> usize {
         match self.objective {
@@ -293,14 +389,36 @@ impl Ensemble {
     pub fn margins(&self, rows: &[f32]) -> Vec<f64> {
         let n_rows = rows.len() / self.n_features;
         let mut out = Vec::with_capacity(n_rows * self.n_groups);
-        for _ in 0..n_rows {
-            out.extend_from_slice(&self.base_margin);
+        let start = match self.aggregate {
+            Aggregate::Sum | Aggregate::Sum32 => None,
+            Aggregate::Min => Some(f64::INFINITY),
+            Aggregate::Max => Some(f64::NEG_INFINITY),
+        };
+        match start {
+            None => {
+                for _ in 0..n_rows {
+                    out.extend_from_slice(&self.base_margin);
+                }
+            }
+            Some(v) => out.resize(n_rows * self.n_groups, v),
         }
         for (block, margins) in rows
             .chunks(ROW_BLOCK * self.n_features)
             .zip(out.chunks_mut(ROW_BLOCK * self.n_groups))
         {
-            self.score_block(block, margins);
+            match self.aggregate {
+                Aggregate::Sum => self.score_block::<SUM>(block, margins),
+                Aggregate::Sum32 => self.score_block::<SUM32>(block, margins),
+                Aggregate::Min => self.score_block::<MIN>(block, margins),
+                Aggregate::Max => self.score_block::<MAX>(block, margins),
+            }
+        }
+        if start.is_some() {
+            for row in out.chunks_exact_mut(self.n_groups) {
+                for (m, b) in row.iter_mut().zip(&self.base_margin) {
+                    *m += b;
+                }
+            }
         }
         out
     }
@@ -308,11 +426,14 @@ impl Ensemble {
     // Trees in the outer loop: one tree's nodes stay in cache while a block of rows walks it.
     // Rows walk a tree in groups of LANES, one level per step, so the CPU overlaps the
     // independent node loads of different rows instead of waiting on one row's chain.
-    fn score_block(&self, rows: &[f32], margins: &mut [f64]) {
+    // AGG is a const parameter so the sum, the one every format but ONNX-ML uses, compiles to
+    // the plain add.
+    fn score_block<const AGG: u8>(&self, rows: &[f32], margins: &mut [f64]) {
         const LANES: usize = 8;
         let nf = self.n_features;
         let ng = self.n_groups;
         for (&root, &group) in self.roots.iter().zip(&self.groups) {
+            let vector = group == ALL_GROUPS;
             let group = group as usize;
             let mut row_groups = rows.chunks_exact(nf * LANES);
             let mut margin_groups = margins.chunks_exact_mut(ng * LANES);
@@ -331,8 +452,15 @@ impl Ensemble {
                         break;
                     }
                 }
-                for (k, ix) in at.iter().enumerate() {
-                    margin[k * ng + group] += f64::from(self.nodes[*ix].value);
+                if vector {
+                    for (k, ix) in at.iter().enumerate() {
+                        let row = &mut margin[k * ng..(k + 1) * ng];
+                        self.add_leaves::<AGG>(row, self.nodes[*ix].value);
+                    }
+                } else {
+                    for (k, ix) in at.iter().enumerate() {
+                        combine::<AGG>(&mut margin[k * ng + group], self.nodes[*ix].value);
+                    }
                 }
             }
             for (row, margin) in row_groups
@@ -340,8 +468,23 @@ impl Ensemble {
                 .chunks_exact(nf)
                 .zip(margin_groups.into_remainder().chunks_exact_mut(ng))
             {
-                margin[group] += f64::from(self.leaf(root, row));
+                let leaf = self.leaf(root, row);
+                if vector {
+                    self.add_leaves::<AGG>(margin, leaf);
+                } else {
+                    combine::<AGG>(&mut margin[group], leaf);
+                }
             }
+        }
+    }
+
+    /// Adds a [`RawNode::Leaves`] leaf, whose `value` holds its start in `leaf_vectors`.
+    #[inline]
+    fn add_leaves<const AGG: u8>(&self, margins: &mut [f64], value: f32) {
+        let start = value.to_bits() as usize;
+        let values = &self.leaf_vectors[start..start + margins.len()];
+        for (m, &v) in margins.iter_mut().zip(values) {
+            combine::<AGG>(m, v);
         }
     }
 
@@ -371,11 +514,19 @@ impl Ensemble {
     fn special_goes_left(&self, node: Node, row: &[f32]) -> bool {
         let x = row[(node.feature & FEATURE_MASK) as usize];
         match self.specials[node.value.to_bits() as usize] {
-            Special::ZeroMissing { threshold } => {
-                if x.is_nan() || (-ZERO_THRESHOLD..=ZERO_THRESHOLD).contains(&x) {
+            Special::Compare {
+                op,
+                threshold,
+                zero_missing,
+            } => {
+                if x.is_nan() || (zero_missing && (-ZERO_THRESHOLD..=ZERO_THRESHOLD).contains(&x)) {
                     node.feature & DEFAULT_LEFT != 0
                 } else {
-                    x < threshold
+                    match op {
+                        Compare::Less => x < threshold,
+                        Compare::LessEq => x <= threshold,
+                        Compare::Equal => x == threshold,
+                    }
                 }
             }
             Special::Categories { start, len } => {
@@ -415,10 +566,31 @@ impl Ensemble {
                 }
                 (Some(labels), probs)
             }
-            Objective::Identity => (None, margins.iter().map(|&m| m as f32).collect()),
+            Objective::Identity | Objective::Raw => {
+                (None, margins.iter().map(|&m| m as f32).collect())
+            }
             Objective::Logistic => (None, margins.iter().map(|&m| sigmoid(m) as f32).collect()),
             Objective::Exp => (None, margins.iter().map(|&m| m.exp() as f32).collect()),
         }
+    }
+}
+
+/// `groups` entry of a tree whose leaves hold a value for every output.
+const ALL_GROUPS: u32 = u32::MAX;
+
+const SUM: u8 = 0;
+const SUM32: u8 = 1;
+const MIN: u8 = 2;
+const MAX: u8 = 3;
+
+#[inline(always)]
+fn combine<const AGG: u8>(margin: &mut f64, leaf: f32) {
+    let leaf = f64::from(leaf);
+    match AGG {
+        SUM => *margin += leaf,
+        SUM32 => *margin = f64::from(*margin as f32 + leaf as f32),
+        MIN => *margin = margin.min(leaf),
+        _ => *margin = margin.max(leaf),
     }
 }
 
@@ -444,10 +616,11 @@ pub(crate) fn category_in(bits: &[u32], x: f32) -> bool {
 pub(crate) mod tests {
     use super::*;
 
-    /// The plain recursive evaluator the flattened scorer is checked against.
-    pub(crate) fn reference_leaf(tree: &RawTree, node: usize, row: &[f32]) -> f32 {
+    /// The plain recursive evaluator the flattened scorer is checked against: the leaf `row`
+    /// reaches.
+    pub(crate) fn reference_leaf<'t>(tree: &'t RawTree, node: usize, row: &[f32]) -> &'t RawNode {
         match &tree.nodes[node] {
-            RawNode::Leaf(v) => *v,
+            leaf @ (RawNode::Leaf(_) | RawNode::Leaves(_)) => leaf,
             RawNode::Split {
                 feature,
                 test,
@@ -459,9 +632,17 @@ pub(crate) mod tests {
                 let x = row[*feature as usize];
                 let go_left = match test {
                     Test::InSet(bits) => category_in(bits, x),
-                    Test::Less(t) => {
+                    Test::Less(t) | Test::LessEq(t) | Test::Equal(t) => {
                         let missing = x.is_nan() || (*zero_is_missing && x.abs() <= ZERO_THRESHOLD);
-                        if missing { *default_left } else { x < *t }
+                        if missing {
+                            *default_left
+                        } else {
+                            match test {
+                                Test::Less(_) => x < *t,
+                                Test::LessEq(_) => x <= *t,
+                                _ => x == *t,
+                            }
+                        }
                     }
                 };
                 reference_leaf(tree, if go_left { *left } else { *right }, row)
@@ -495,27 +676,45 @@ pub(crate) mod tests {
     fn random_tree(rng: &mut Rng, n_features: u32, n_groups: usize, depth: u32) -> RawTree {
         // Nodes are created in a shuffled order (children before or after parents) so the
         // flattening cannot rely on the file's order.
-        fn grow(rng: &mut Rng, nf: u32, depth: u32, nodes: &mut Vec<Option<RawNode>>) -> usize {
+        fn grow(
+            rng: &mut Rng,
+            nf: u32,
+            depth: u32,
+            vector: Option<usize>,
+            nodes: &mut Vec<Option<RawNode>>,
+        ) -> usize {
             let me = nodes.len();
             nodes.push(None);
             let node = if depth == 0 || rng.chance(0.2) {
-                RawNode::Leaf((rng.unit() - 0.5) * 4.0)
+                match vector {
+                    Some(ng) => {
+                        RawNode::Leaves((0..ng).map(|_| (rng.unit() - 0.5) * 4.0).collect())
+                    }
+                    None => RawNode::Leaf((rng.unit() - 0.5) * 4.0),
+                }
             } else {
-                let test = if rng.chance(0.15) {
-                    Test::InSet((0..1 + rng.below(3)).map(|_| rng.next() as u32).collect())
-                } else {
-                    // Thresholds on a coarse grid so rows hit them exactly now and then.
-                    Test::Less((rng.below(9) as f32 - 4.0) * 0.5)
+                // Thresholds on a coarse grid so rows hit them exactly now and then; infinite
+                // ones for the `<=` that has no `<` form.
+                let t = match rng.below(12) {
+                    0 => f32::INFINITY,
+                    1 => f32::NEG_INFINITY,
+                    _ => (rng.below(9) as f32 - 4.0) * 0.5,
+                };
+                let test = match rng.below(20) {
+                    0..3 => Test::InSet((0..1 + rng.below(3)).map(|_| rng.next() as u32).collect()),
+                    3..6 => Test::LessEq(t),
+                    6..8 => Test::Equal(t),
+                    _ => Test::Less(t),
                 };
                 let default_left = rng.chance(0.5);
                 let zero_is_missing = rng.chance(0.2);
                 let feature = rng.below(u64::from(nf)) as u32;
                 let (left, right) = if rng.chance(0.5) {
-                    let l = grow(rng, nf, depth - 1, nodes);
-                    (l, grow(rng, nf, depth - 1, nodes))
+                    let l = grow(rng, nf, depth - 1, vector, nodes);
+                    (l, grow(rng, nf, depth - 1, vector, nodes))
                 } else {
-                    let r = grow(rng, nf, depth - 1, nodes);
-                    (grow(rng, nf, depth - 1, nodes), r)
+                    let r = grow(rng, nf, depth - 1, vector, nodes);
+                    (grow(rng, nf, depth - 1, vector, nodes), r)
                 };
                 RawNode::Split {
                     feature,
@@ -530,7 +729,8 @@ pub(crate) mod tests {
             me
         }
         let mut nodes = Vec::new();
-        grow(rng, n_features, depth, &mut nodes);
+        let vector = (n_groups > 1 && rng.chance(0.3)).then_some(n_groups);
+        grow(rng, n_features, depth, vector, &mut nodes);
         RawTree {
             nodes: nodes.into_iter().map(Option::unwrap).collect(),
             group: rng.below(n_groups as u64) as usize,
@@ -578,7 +778,14 @@ pub(crate) mod tests {
                 },
                 feature_names: None,
             };
-            let ensemble = Ensemble::build(raw).expect("random trees are valid");
+            let mut ensemble = Ensemble::build(raw).expect("random trees are valid");
+            let aggregate = match rng.below(5) {
+                0 => Aggregate::Min,
+                1 => Aggregate::Max,
+                2 => Aggregate::Sum32,
+                _ => Aggregate::Sum,
+            };
+            ensemble.set_aggregate(aggregate);
             // More rows than one block, and a ragged last block.
             let n_rows = 1 + rng.below(3 * ROW_BLOCK as u64) as usize;
             let rows: Vec<f32> = (0..n_rows * nf as usize)
@@ -586,9 +793,31 @@ pub(crate) mod tests {
                 .collect();
             let margins = ensemble.margins(&rows);
             for (r, row) in rows.chunks(nf as usize).enumerate() {
-                let mut expected = base.clone();
+                let mut expected = match aggregate {
+                    Aggregate::Sum | Aggregate::Sum32 => base.clone(),
+                    Aggregate::Min => vec![f64::INFINITY; ng],
+                    Aggregate::Max => vec![f64::NEG_INFINITY; ng],
+                };
                 for tree in &trees {
-                    expected[tree.group] += f64::from(reference_leaf(tree, 0, row));
+                    let leaves: Vec<(usize, f64)> = match reference_leaf(tree, 0, row) {
+                        RawNode::Leaf(v) => vec![(tree.group, f64::from(*v))],
+                        RawNode::Leaves(v) => v.iter().map(|&x| f64::from(x)).enumerate().collect(),
+                        RawNode::Split { .. } => unreachable!("the reference stops at leaves"),
+                    };
+                    for (group, leaf) in leaves {
+                        let m = &mut expected[group];
+                        *m = match aggregate {
+                            Aggregate::Sum => *m + leaf,
+                            Aggregate::Sum32 => f64::from(*m as f32 + leaf as f32),
+                            Aggregate::Min => m.min(leaf),
+                            Aggregate::Max => m.max(leaf),
+                        };
+                    }
+                }
+                if matches!(aggregate, Aggregate::Min | Aggregate::Max) {
+                    for (m, b) in expected.iter_mut().zip(&base) {
+                        *m += b;
+                    }
                 }
                 let got = &margins[r * ng..(r + 1) * ng];
                 assert_eq!(got, &expected[..], "case {case}, row {r}: {row:?}");
@@ -627,6 +856,14 @@ pub(crate) mod tests {
         let feature = build(vec![split(1, 2, 9), RawNode::Leaf(1.0), RawNode::Leaf(2.0)]);
         assert!(feature.contains("feature 9"), "{feature}");
         assert!(build(vec![]).contains("no nodes"));
+        let mixed = build(vec![
+            split(1, 2, 0),
+            RawNode::Leaf(1.0),
+            RawNode::Leaves(vec![2.0]),
+        ]);
+        assert!(mixed.contains("one value among"), "{mixed}");
+        let wide = build(vec![RawNode::Leaves(vec![1.0, 2.0])]);
+        assert!(wide.contains("2 values for 1 outputs"), "{wide}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The `trees` engine: XGBoost (JSON, UBJSON) and LightGBM (text) tree ensembles read from the
-//! libraries' own files and scored in pure Rust.
+//! libraries' own files, and ONNX-ML tree ensemble graphs (with the `tract` feature, whose ONNX
+//! protobuf types it reads), scored in pure Rust.
 //!
 //! Readers turn a file into format-neutral trees; [`ensemble::Ensemble`] flattens them into one
 //! node array and scores blocks of rows with the trees in the outer loop. Large batches are
@@ -7,6 +8,8 @@
 
 mod ensemble;
 mod lightgbm;
+#[cfg(feature = "tract")]
+mod onnx;
 mod ubjson;
 mod xgboost;
 
@@ -85,7 +88,22 @@ pub struct TreesRuntime {
     ensemble: Ensemble,
     signature: Signature,
     threads: usize,
+    #[cfg_attr(not(feature = "tract"), allow(dead_code))]
+    finish: Finish,
 }
+
+/// How margins become outputs.
+enum Finish {
+    /// The ensemble's objective (XGBoost, LightGBM files).
+    Objective,
+    /// The ONNX graph's tree node and the steps after it.
+    #[cfg(feature = "tract")]
+    Onnx(onnx::OnnxTrees),
+}
+
+/// How errors name ONNX files that are not tree graphs the engine takes.
+#[cfg(feature = "tract")]
+const ONNX_FORMAT: &str = "tree-ensemble ONNX-ML";
 
 impl TreesRuntime {
     pub fn load(
@@ -107,6 +125,49 @@ impl TreesRuntime {
             ensemble,
             signature: signature.clone(),
             threads: options.intra_op_threads.max(1),
+            finish: Finish::Objective,
+        })
+    }
+
+    /// Loads an ONNX model whose graph is one tree ensemble plus simple nodes (see
+    /// [`onnx`]); any other graph is refused with a [`RuntimeError::ModelFile`] saying why.
+    #[cfg(feature = "tract")]
+    pub fn load_onnx(
+        path: &Path,
+        signature: &Signature,
+        options: &LoadOptions,
+    ) -> Result<TreesRuntime, RuntimeError> {
+        let err = |message: String| RuntimeError::ModelFile {
+            engine: ENGINE,
+            path: path.display().to_string(),
+            format: ONNX_FORMAT,
+            message,
+        };
+        use tract_onnx::prelude::Framework;
+        let proto = tract_onnx::onnx()
+            .proto_model_for_path(path)
+            .map_err(|e| err(format!("{e:#}")))?;
+        let declared_width = match &signature.inputs[..] {
+            [input] => input
+                .shape
+                .get(1)
+                .and_then(|&w| usize::try_from(w).ok())
+                .filter(|&w| w > 0),
+            _ => None,
+        };
+        let (ensemble, graph) = onnx::read(&proto, declared_width).map_err(err)?;
+        check_onnx_signature(&ensemble, &graph, signature)?;
+        tracing::debug!(
+            path = %path.display(),
+            trees = ensemble.n_trees(),
+            features = ensemble.n_features(),
+            "ONNX tree ensemble loaded on the trees engine."
+        );
+        Ok(TreesRuntime {
+            ensemble,
+            signature: signature.clone(),
+            threads: options.intra_op_threads.max(1),
+            finish: Finish::Onnx(graph),
         })
     }
 
@@ -178,6 +239,58 @@ fn check_signature(info: &TreeModelInfo, signature: &Signature) -> Result<(), Ru
     Ok(())
 }
 
+/// The manifest declares the graph's own input and any of its outputs, with their types.
+#[cfg(feature = "tract")]
+fn check_onnx_signature(
+    ensemble: &Ensemble,
+    graph: &onnx::OnnxTrees,
+    signature: &Signature,
+) -> Result<(), RuntimeError> {
+    let mismatch = |message: String| RuntimeError::SignatureMismatch {
+        engine: ENGINE,
+        message,
+    };
+    let nf = ensemble.n_features();
+    let inputs = [(graph.input.clone(), Some(DataType::Fp32), Some(2))];
+    let outputs: Vec<_> = graph
+        .outputs
+        .iter()
+        .map(|o| match o.source {
+            onnx::Source::Label => (o.name.clone(), Some(DataType::Int64), Some(1)),
+            onnx::Source::Scores => (o.name.clone(), Some(DataType::Fp32), Some(2)),
+        })
+        .collect();
+    check_engine_signature(ENGINE, signature, &inputs, &outputs)?;
+    for input in &signature.inputs {
+        if let Some(&w) = input.shape.get(1)
+            && w >= 0
+            && w != nf as i64
+        {
+            return Err(mismatch(format!(
+                "input `{}` has shape {:?} but the model has {nf} features: use [-1, {nf}]",
+                input.name, input.shape
+            )));
+        }
+    }
+    for spec in &signature.outputs {
+        let scores = graph
+            .outputs
+            .iter()
+            .any(|o| o.name == spec.name && o.source == onnx::Source::Scores);
+        if scores
+            && let Some(&w) = spec.shape.get(1)
+            && w >= 0
+            && w != graph.width as i64
+        {
+            return Err(mismatch(format!(
+                "output `{}` has shape {:?} but the model gives {} columns",
+                spec.name, spec.shape, graph.width
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Runtime for TreesRuntime {
     fn engine(&self) -> Engine {
         ENGINE
@@ -210,6 +323,10 @@ impl Runtime for TreesRuntime {
         }
         let n_rows = input.shape[0];
         let margins = self.margins(rows);
+        #[cfg(feature = "tract")]
+        if let Finish::Onnx(graph) = &self.finish {
+            return onnx_outputs(graph, &self.signature, &margins, n_rows);
+        }
         let (labels, columns) = self.ensemble.finish(&margins);
         let width = if labels.is_some() {
             self.ensemble.n_classes()
@@ -241,4 +358,36 @@ impl Runtime for TreesRuntime {
             })
             .collect()
     }
+}
+
+#[cfg(feature = "tract")]
+fn onnx_outputs(
+    graph: &onnx::OnnxTrees,
+    signature: &Signature,
+    margins: &[f64],
+    n_rows: usize,
+) -> Result<Vec<Tensor>, RuntimeError> {
+    let (labels, scores) = graph.finish(margins);
+    signature
+        .outputs
+        .iter()
+        .map(|spec| {
+            let out = graph
+                .outputs
+                .iter()
+                .find(|o| o.name == spec.name)
+                .ok_or_else(|| {
+                    RuntimeError::inference(ENGINE, format!("no output `{}`", spec.name))
+                })?;
+            let (shape, data) = match out.source {
+                onnx::Source::Label => (vec![n_rows], TensorData::Int64(labels.clone())),
+                onnx::Source::Scores => (
+                    vec![n_rows, graph.width],
+                    TensorData::Fp32(onnx::apply_steps(&out.steps, &scores, graph.width)),
+                ),
+            };
+            Tensor::new(spec.name.clone(), shape, data)
+                .map_err(|e| RuntimeError::inference(ENGINE, e))
+        })
+        .collect()
 }

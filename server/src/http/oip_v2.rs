@@ -75,6 +75,12 @@ pub async fn server_metadata(State(state): State<AppState>) -> Json<serde_json::
 
 pub(crate) fn platform(model: &LoadedModel) -> &'static str {
     match model.manifest.format {
+        // Tree-ensemble graphs that `auto` (or `onnx_engine: trees`) put on the trees engine.
+        ferry_registry::ModelFormat::Onnx
+            if model.runtime.engine() == ferry_runtimes::Engine::Trees =>
+        {
+            "onnx_trees"
+        }
         ferry_registry::ModelFormat::Onnx => "onnx_onnxv1",
         ferry_registry::ModelFormat::Safetensors => "safetensors_candle",
         ferry_registry::ModelFormat::Xgboost => "xgboost_trees",
