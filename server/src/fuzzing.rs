@@ -52,6 +52,26 @@ pub fn endpoint_request(data: &[u8]) {
     check(endpoints::decode_request(data).map(|_| ()));
 }
 
+/// The gRPC `ModelInferRequest` decoder: the bytes are the protobuf message as a client would
+/// send it. Tensors are decoded for a model (typed contents or raw contents), echoed back as
+/// outputs, and read as business endpoint rows.
+pub fn grpc_request(data: &[u8]) {
+    use prost::Message;
+    let Ok(request) = crate::grpc::proto::ModelInferRequest::decode(data) else {
+        return;
+    };
+    check((|| {
+        let tensors = crate::grpc::codec::decode_inputs(&request)?;
+        let names: Vec<String> = tensors.iter().map(|t| t.name.clone()).collect();
+        if let Ok(selected) = crate::grpc::codec::select_outputs(&request, &names) {
+            let response =
+                crate::grpc::codec::encode_response("fuzz", 1, &request, &tensors, &selected);
+            assert_eq!(response.outputs.len(), selected.len());
+        }
+        crate::grpc::codec::endpoint_rows(&request).map(|_| ())
+    })());
+}
+
 /// The tree model readers of the `trees` engine: the first byte picks the format (even:
 /// XGBoost JSON/UBJSON, odd: LightGBM text), the rest is the file. A model that reads is also
 /// scored on a row of NaN and a row of zeros.

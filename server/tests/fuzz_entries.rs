@@ -1,7 +1,7 @@
 //! The fuzz targets' entry points over their seed corpus and hand-made hostile inputs: the
 //! same code `cargo fuzz` drives (fuzz/), run in every `cargo test` so it cannot rot.
 
-use ferry_server::fuzzing::{endpoint_request, oip_request};
+use ferry_server::fuzzing::{endpoint_request, grpc_request, oip_request};
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -65,6 +65,51 @@ fn endpoint_seeds_and_mutations_never_panic() {
     endpoint_request(&[0xff, 0xfe, 0x00]);
     endpoint_request(br#"{"instances": [1, "a", null, []]}"#);
     endpoint_request(&[b'['; 100_000]);
+}
+
+#[test]
+fn grpc_seeds_and_mutations_never_panic() {
+    use ferry_server::grpc::proto::{ModelInferRequest, model_infer_request::InferInputTensor};
+    use prost::Message;
+    let seeds = seeds("grpc_request");
+    assert!(seeds.len() >= 4);
+    for seed in &seeds {
+        ModelInferRequest::decode(seed.as_slice()).expect("a seed is a valid message");
+        grpc_request(seed);
+        for cut in 0..seed.len() {
+            grpc_request(&seed[..cut]);
+        }
+        for i in 0..seed.len() {
+            let mut m = seed.clone();
+            m[i] ^= 0xff;
+            grpc_request(&m);
+            m[i] = 0x7f;
+            grpc_request(&m);
+        }
+    }
+    // Shapes that claim more than they hold: huge rows of nothing, overflowing counts.
+    for shape in [
+        vec![i64::MAX, 0],
+        vec![1 << 62, 4],
+        vec![-1, 2],
+        vec![],
+        vec![0, 0, 0],
+    ] {
+        for datatype in ["FP32", "BYTES", "INT8", "BOOL"] {
+            let request = ModelInferRequest {
+                model_name: "endpoint/x".into(),
+                inputs: vec![InferInputTensor {
+                    name: "a".into(),
+                    datatype: datatype.into(),
+                    shape: shape.clone(),
+                    ..Default::default()
+                }],
+                raw_input_contents: vec![vec![1, 0, 0, 0, 7]],
+                ..Default::default()
+            };
+            grpc_request(&request.encode_to_vec());
+        }
+    }
 }
 
 #[cfg(feature = "trees")]

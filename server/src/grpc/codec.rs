@@ -266,6 +266,12 @@ pub fn endpoint_rows(request: &ModelInferRequest) -> Result<Vec<Map<String, Valu
                 t.name, t.shape, first.name
             )));
         }
+        if t.data.is_empty() && rows > 0 {
+            return Err(ApiError::BadRequest(format!(
+                "input `{}` has shape {:?}, which holds no values for its {rows} rows",
+                t.name, t.shape
+            )));
+        }
         let values = element_values(t)?;
         let per_row = values.len().checked_div(rows).unwrap_or(0);
         let inner = &t.shape[1..];

@@ -6,7 +6,8 @@
 //! business endpoints (`endpoint/<name>` as the model name) to the same pipeline, and errors
 //! become statuses through `ApiError::grpc_code`.
 
-mod codec;
+#[doc(hidden)]
+pub mod codec;
 
 #[allow(clippy::all, clippy::pedantic, rustdoc::all, missing_docs)]
 pub mod proto {
