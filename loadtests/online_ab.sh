@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two ferry binaries (e.g. the previous commit's release build and this one's) in the same run,
 # alternating, two rounds: OIP v2 churn infer (1 row) and the embedded demo's `risk` endpoint
-# (1 row, in-process features) at c=1 and c=64 (wrk -t1, loopback), server CPU per request
+# (1 row and 64 rows, in-process features) at c=1 and c=64 (wrk -t1, loopback), server CPU per request
 # from /proc/<pid>/stat. Prints a Markdown table; quote ratios (the machine is shared).
 #
 # Usage: bash loadtests/online_ab.sh OLD_FERRY NEW_FERRY [SECONDS_PER_RUN]   (needs wrk)
@@ -17,6 +17,8 @@ LUA=loadtests/wrk_report.lua
 ORT=$(python3 scripts/find-ort-lib.py)
 python3 -c "import json,random; random.seed(1); print(json.dumps({'inputs':[{'name':'X','shape':[1,30],'datatype':'FP32','data':[round(random.uniform(-2,2),4) for _ in range(30)]}]}))" > "$WORK"/churn.json
 echo '{"instances": [{"user_id": "u3", "amount": 12.5}]}' > "$WORK"/risk.json
+# 64 rows: a request large enough for the column path (COLUMNS_MIN_ROWS).
+python3 -c "import json; print(json.dumps({'instances': [{'user_id': f'u{i % 25 + 1}', 'amount': 10.0 + i} for i in range(64)]}))" > "$WORK"/risk64.json
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 for round in 1 2; do
 for label in old new; do
@@ -25,7 +27,7 @@ for label in old new; do
   FERRY_LOG=warn "$BIN" serve --listen "127.0.0.1:$PORT" --onnx-engine ort --ort-lib "$ORT" >"$WORK/$label.log" 2>&1 &
   PID=$!
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null && break; sleep 0.1; done
-  for target in "churn:/v2/models/churn/infer" "risk:/v1/endpoints/risk/predict"; do
+  for target in "churn:/v2/models/churn/infer" "risk:/v1/endpoints/risk/predict" "risk64:/v1/endpoints/risk/predict"; do
     name=${target%%:*}; path=${target#*:}
     for c in 1 64; do
       before=$(cpu "$PID")

@@ -92,7 +92,7 @@ pub async fn build_state_with(
     }
     .build()
     .await?;
-    Ok(AppState {
+    Ok(AppState::new(http::AppStateInner {
         models: served.models,
         pipeline: served.pipeline,
         metrics,
@@ -105,7 +105,7 @@ pub async fn build_state_with(
         inflight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
         api_keys,
         request_timeout: config.request_timeout(),
-    })
+    }))
 }
 
 /// Serves `config` on `listener` until `shutdown` resolves, then drains (see `DrainConfig`):

@@ -34,8 +34,33 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub const TIMEOUT_HEADER: &str = "x-ferry-timeout-ms";
 const MAX_TIMEOUT_MS: u64 = 600_000;
 
+/// The server's shared state. Every middleware layer and handler clones it per request, so it
+/// is one `Arc` (one reference count to touch) rather than a struct of many.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl AppState {
+    pub fn new(inner: AppStateInner) -> AppState {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+/// Changing a field (tests, start-up) copies the state when it is shared.
+impl std::ops::DerefMut for AppState {
+    fn deref_mut(&mut self) -> &mut AppStateInner {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+#[derive(Clone)]
+pub struct AppStateInner {
     pub models: Arc<ModelManager>,
     /// resolve variant → features → model, for business endpoints.
     pub pipeline: Arc<Pipeline>,
@@ -55,7 +80,7 @@ pub struct AppState {
     pub request_timeout: Option<std::time::Duration>,
 }
 
-impl AppState {
+impl AppStateInner {
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
     }
