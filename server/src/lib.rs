@@ -22,6 +22,7 @@ pub mod registry_cli;
 pub mod reload;
 pub mod telemetry;
 
+use axum::serve::ListenerExt;
 use config::ServerConfig;
 use http::AppState;
 use std::future::{Future, IntoFuture};
@@ -181,6 +182,11 @@ pub async fn serve_with(
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     // The gRPC listener stops accepting when HTTP does.
     let (grpc_stop_tx, mut grpc_stop_rx) = tokio::sync::watch::channel(false);
+    // Small responses go out at once: with Nagle's algorithm on, a response written in several
+    // pieces (HTTP/2 headers, data and trailers frames) waits for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
         shutting_down.store(true, Ordering::Relaxed);
@@ -201,6 +207,9 @@ pub async fn serve_with(
     let grpc_server = async move {
         match (grpc_listener, grpc_router) {
             (Some(l), Some(router)) => {
+                let l = l.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 axum::serve(l, router)
                     .with_graceful_shutdown(async move {
                         let _ = grpc_stop_rx.wait_for(|stop| *stop).await;
