@@ -155,15 +155,23 @@ pub async fn serve_with(
         .grpc_addr(listener.local_addr()?)
         .map_err(|e| ServeError::Config(e.to_string()))?
     {
-        Some(addr) => {
-            let l = TcpListener::bind(addr).await.map_err(|e| {
-                ServeError::Config(format!(
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(address = %l.local_addr()?, "gRPC listening.");
+                Some(l)
+            }
+            // The implicit default (HTTP port + 1) may be taken by something else: HTTP still
+            // serves, and the log says how to choose. An address the config asked for fails.
+            Err(e) if config.grpc_listen.is_none() => {
+                tracing::warn!(address = %addr, error = %e, "Could not listen for gRPC on the default address (the HTTP port + 1); serving HTTP only. Set `grpc_listen` (FERRY_GRPC_LISTEN, --grpc-listen) to a free address, or `off`.");
+                None
+            }
+            Err(e) => {
+                return Err(ServeError::Config(format!(
                     "could not listen for gRPC on {addr}: {e}; set `grpc_listen` (FERRY_GRPC_LISTEN, --grpc-listen) to a free address, or `off`"
-                ))
-            })?;
-            tracing::info!(address = %l.local_addr()?, "gRPC listening.");
-            Some(l)
-        }
+                )));
+            }
+        },
         None => None,
     };
     let grpc_router = grpc_listener.as_ref().map(|_| {

@@ -423,3 +423,44 @@ def test_oversized_messages_are_resource_exhausted(ferry, fixtures):
         c.close()
     finally:
         srv.stop()
+
+
+def test_a_taken_default_grpc_port_leaves_http_serving_but_a_taken_explicit_one_stops(
+        ferry, tmp_path):
+    import json
+    import socket
+    cfg = ferry.config(["churn@champion"], onnx_engine="ort")
+    blocker = None
+    for _ in range(50):  # a held port whose predecessor is free for the HTTP listener
+        b = socket.socket()
+        b.bind(("127.0.0.1", 0))
+        taken = b.getsockname()[1]
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", taken - 1))
+        except OSError:
+            b.close()
+            continue
+        blocker = b
+        break
+    assert blocker is not None, "no free pair of ports found"
+    with blocker:
+        blocker.listen()
+        srv = FerryServer(tmp_path, cfg, "grpc-taken")
+        srv.port, srv.addr = taken - 1, f"127.0.0.1:{taken - 1}"
+        srv.url = f"http://{srv.addr}"
+        srv.grpc_addr = None  # the default: HTTP port + 1, which `blocker` holds
+        srv.start()
+        try:
+            srv.wait_ready()
+            assert "serving HTTP only" in srv.log()
+        finally:
+            srv.stop()
+
+        path = tmp_path / "explicit.yaml"
+        path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items()))
+        r = subprocess.run([ferry_bin(), "serve", "--config", str(path), "--listen",
+                            f"127.0.0.1:{free_port()}", "--grpc-listen", f"127.0.0.1:{taken}"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0
+        assert "could not listen for gRPC" in r.stderr and "grpc_listen" in r.stderr, r.stderr
