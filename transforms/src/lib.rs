@@ -119,6 +119,12 @@ pub trait Transform: Send + Sync + 'static {
     fn keeps_json_types(&self) -> bool {
         false
     }
+    /// Whether the column form needs a JSON-exact frame (it reads rows as JSON, as a script
+    /// does); a chain with such a step after one that does not keep JSON types takes the row
+    /// path from the start.
+    fn needs_json_types(&self) -> bool {
+        false
+    }
 }
 
 /// Who is to blame for a failed step; decides the HTTP status class.
@@ -263,9 +269,28 @@ impl Chain {
         Ok(())
     }
 
-    /// Whether every step has a column form.
+    /// Whether the chain can run on columns: every step has a column form, and no step that
+    /// reads rows as JSON (a script) comes after one that keeps only numbers.
     pub fn has_column_form(&self) -> bool {
-        self.steps.iter().all(|s| s.transform.has_column_form())
+        let mut exact = true;
+        for s in self.steps.iter() {
+            let t = &s.transform;
+            if !t.has_column_form() || (t.needs_json_types() && !exact) {
+                return false;
+            }
+            exact &= t.keeps_json_types();
+        }
+        true
+    }
+
+    /// Whether every step's column form keeps JSON types (see [`Transform::keeps_json_types`]).
+    pub fn keeps_json_types(&self) -> bool {
+        self.steps.iter().all(|s| s.transform.keeps_json_types())
+    }
+
+    /// Whether a step reads rows as JSON (see [`Transform::needs_json_types`]).
+    pub fn needs_json_types(&self) -> bool {
+        self.steps.iter().any(|s| s.transform.needs_json_types())
     }
 
     /// [`Chain::apply`] over columns: every step's column form in order. `NeedsRows` as soon
