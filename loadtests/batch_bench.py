@@ -23,6 +23,8 @@ Then, interleaved over ROUNDS rounds (medians reported), each as its own process
   ferry      `ferry batch` (wall clock of the process: start, model load, reading, the endpoint
              pipeline, writing Parquet with id + label + probabilities + variant + model +
              version + scored_at), ONNX Runtime engine, default --chunk-rows/--inflight;
+  ferry+script risk only: the same endpoint with a Rhai business rule after the model
+             (reads the probabilities and the request's amount, writes a decision);
   ferry+tf   risk only: the same endpoint with built-in transforms (fill_missing, clip,
              standardize, log1p before the model; threshold, calibrate, select after).
 Python peers report their own time from reading to written (interpreter start and imports
@@ -151,6 +153,10 @@ def ferry_config(path):
                      {"calibrate": {"field": "probabilities", "index": 1,
                                     "table": [[0, 0], [0.5, 0.4], [1, 1]], "output": "score"}},
                      {"select": ["decision", "score"]}]},
+                {"name": "risk_script", "variants": [{"name": "main", "model": "risk@1"}],
+                 "postprocess": [{"script": {"source": (
+                     "fn transform(row, input) { row.decision = if row.probabilities[1] > 0.8 "
+                     "{ \"review\" } else { \"approve\" }; row.amount = input.amount; row }")}}]},
             ],
         }, f)
 
@@ -392,6 +398,9 @@ def main():
                                                  out("risk-ferry")), out("risk-ferry")),
             "risk/ferry+tf": ("risk", ferry_command(binary, cfg, "risk_tf", inputs["risk"],
                                                     out("risk-ferry-tf")), out("risk-ferry-tf")),
+            "risk/ferry+script": ("risk", ferry_command(binary, cfg, "risk_script",
+                                                        inputs["risk"], out("risk-ferry-script")),
+                                  out("risk-ferry-script")),
         }
         # Another ferry binary (e.g. the previous commit's) beside this one, in the same rounds.
         baseline = os.environ.get("FERRY_BASELINE_BIN")
@@ -401,6 +410,10 @@ def main():
                     model, ferry_command(baseline, cfg, model, inputs[model],
                                          out(f"{model}-ferry-baseline")),
                     out(f"{model}-ferry-baseline"))
+            runs["risk/ferry+script-baseline"] = (
+                "risk", ferry_command(baseline, cfg, "risk_script", inputs["risk"],
+                                      out("risk-ferry-script-baseline")),
+                out("risk-ferry-script-baseline"))
         results = collections.defaultdict(list)
         for rnd in range(args.rounds):
             for name, (_, cmd, clear) in runs.items():
@@ -414,6 +427,8 @@ def main():
         diff_risk = check_same(out("risk-ferry"), out("risk-pyarrow"), "risk")
         tf = read_dir(out("risk-ferry-tf"))
         assert tf.num_rows == rows and set(tf.column_names) >= {"decision", "score"}, tf.schema
+        scripted = read_dir(out("risk-ferry-script"))
+        assert scripted.num_rows == rows and {"decision", "amount"} <= set(scripted.column_names)
 
         print(f"load average after the rounds: {os.getloadavg()[0]:.1f}")
         med = {n: tuple(statistics.median(r[i] for r in rs) for i in range(4))
@@ -439,7 +454,8 @@ def main():
                   f"alone {100 * c[1]:.0f}% (target ≥ 40%); risk ferry ÷ pyarrow {c[2]:.2f}x, "
                   f"with transforms (the script without) {c[3]:.2f}x")
         print(f"risk: ferry+tf ÷ ferry {med['risk/ferry'][0] / med['risk/ferry+tf'][0]:.2f}x (the "
-              "model is a 3-input logistic regression: ORT alone is no ceiling there)")
+              "model is a 3-input logistic regression: ORT alone is no ceiling there); "
+              f"ferry+script ÷ ferry {med['risk/ferry'][0] / med['risk/ferry+script'][0]:.2f}x")
         print(f"outputs: labels equal to the pyarrow script's; probabilities within "
               f"{diff_churn:.1e} (churn), {diff_risk:.1e} (risk)")
 
