@@ -72,8 +72,6 @@ impl Endpoint {
             && self.capture.is_none()
             && self.pre.has_column_form()
             && self.post.has_column_form()
-            // A post script reads the request rows as JSON: the pre steps must keep types.
-            && (!self.post.needs_json_types() || self.pre.keeps_json_types())
     }
 }
 

@@ -310,6 +310,7 @@ async fn column_and_row_paths_agree_with_transforms_and_features() {
             ))
         };
         let batch = RecordBatch::try_from_iter([("user_id", users), ("amount", amount)]).unwrap();
+        let rows = ferry_pipeline::arrow_rows::batch_to_rows(&batch).unwrap();
         // Forcing the (only) variant keeps `predict` on the row path, the reference.
         let row_path = PredictOptions {
             forced_variant: Some("main".into()),

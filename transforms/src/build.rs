@@ -245,10 +245,6 @@ impl Transform for Plugin {
         self.inner.keeps_json_types()
     }
 
-    fn needs_json_types(&self) -> bool {
-        self.inner.needs_json_types()
-    }
-
     fn apply_frame(
         &self,
         frame: &mut Frame,

@@ -119,12 +119,6 @@ pub trait Transform: Send + Sync + 'static {
     fn keeps_json_types(&self) -> bool {
         false
     }
-    /// Whether the column form needs a JSON-exact frame (it reads rows as JSON, as a script
-    /// does); a chain with such a step after one that does not keep JSON types takes the row
-    /// path from the start.
-    fn needs_json_types(&self) -> bool {
-        false
-    }
 }
 
 /// Who is to blame for a failed step; decides the HTTP status class.
@@ -269,28 +263,9 @@ impl Chain {
         Ok(())
     }
 
-    /// Whether the chain can run on columns: every step has a column form, and no step that
-    /// reads rows as JSON (a script) comes after one that keeps only numbers.
+    /// Whether every step has a column form.
     pub fn has_column_form(&self) -> bool {
-        let mut exact = true;
-        for s in self.steps.iter() {
-            let t = &s.transform;
-            if !t.has_column_form() || (t.needs_json_types() && !exact) {
-                return false;
-            }
-            exact &= t.keeps_json_types();
-        }
-        true
-    }
-
-    /// Whether every step's column form keeps JSON types (see [`Transform::keeps_json_types`]).
-    pub fn keeps_json_types(&self) -> bool {
-        self.steps.iter().all(|s| s.transform.keeps_json_types())
-    }
-
-    /// Whether a step reads rows as JSON (see [`Transform::needs_json_types`]).
-    pub fn needs_json_types(&self) -> bool {
-        self.steps.iter().any(|s| s.transform.needs_json_types())
+        self.steps.iter().all(|s| s.transform.has_column_form())
     }
 
     /// [`Chain::apply`] over columns: every step's column form in order. `NeedsRows` as soon

@@ -304,10 +304,6 @@ impl Transform for Script {
         true
     }
 
-    fn needs_json_types(&self) -> bool {
-        true
-    }
-
     /// A script keeps its per-row semantics: the frame's rows become the JSON rows the row
     /// form would get, the script runs on each, and its rows go back into typed columns where
     /// that is exact (`arrow_rows::rows_to_batch` with every column kept apart by integer and
