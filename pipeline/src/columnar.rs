@@ -11,7 +11,7 @@ use super::{
     Core, Deadline, Endpoint, Pipeline, PredictError, check_outputs, in_request, joined_input,
     rows, submit,
 };
-use arrow_array::builder::{Float64Builder, Int64Builder};
+use arrow_array::builder::Float64Builder;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
     Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
@@ -388,45 +388,23 @@ fn transform_error(endpoint: &str, variant: &str, error: TransformError) -> Pred
     }
 }
 
-/// The looked-up features as `view.feature` columns typed as the row path's JSON holds them
-/// (int64 for integer features, float64 for float ones; null where missing without a
-/// default), so steps that read them as rows (scripts) see the same values. False for
-/// boolean or text features, or a feature mixing integers and floats: the row path takes them.
+/// The looked-up features as `view.feature` columns (float64, null where missing without a
+/// default), as the row path names them into its rows. False for non-numeric feature values:
+/// their JSON form matters to the steps, so the row path takes them.
 fn name_feature_columns(plan: &JoinPlan, table: &FeatureTable, frame: &mut Frame) -> bool {
     for (k, name) in plan.names.iter().enumerate() {
-        let present = || {
-            table
-                .cells
-                .iter()
-                .filter_map(|cells| cells[k].value.as_ref())
-        };
-        let column: ArrayRef = if present().all(|v| matches!(v, FeatureValue::Int(_)))
-            && present().next().is_some()
-        {
-            let mut values = Int64Builder::with_capacity(table.cells.len());
-            for cells in &table.cells {
-                match cells[k].value {
-                    Some(FeatureValue::Int(i)) => values.append_value(i),
-                    _ => values.append_null(),
-                }
+        let mut values = Float64Builder::with_capacity(table.cells.len());
+        for cells in &table.cells {
+            match cells[k].value {
+                None => values.append_null(),
+                // JSON has no NaN: the row path holds null there.
+                Some(FeatureValue::Float(x)) if !x.is_finite() => values.append_null(),
+                Some(FeatureValue::Float(x)) => values.append_value(x),
+                Some(FeatureValue::Int(i)) => values.append_value(i as f64),
+                Some(FeatureValue::Bool(_) | FeatureValue::Str(_)) => return false,
             }
-            Arc::new(values.finish())
-        } else {
-            let mut values = Float64Builder::with_capacity(table.cells.len());
-            for cells in &table.cells {
-                match cells[k].value {
-                    None => values.append_null(),
-                    // JSON has no NaN: the row path holds null there.
-                    Some(FeatureValue::Float(x)) if !x.is_finite() => values.append_null(),
-                    Some(FeatureValue::Float(x)) => values.append_value(x),
-                    Some(FeatureValue::Int(_) | FeatureValue::Bool(_) | FeatureValue::Str(_)) => {
-                        return false;
-                    }
-                }
-            }
-            Arc::new(values.finish())
-        };
-        frame.set(name, column);
+        }
+        frame.set(name, Arc::new(values.finish()));
     }
     true
 }

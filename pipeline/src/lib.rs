@@ -8,8 +8,7 @@
 //! sampled copy of requests on a bounded queue served by a background task, so their latency
 //! and failures never reach the caller; prediction capture records a sample of requests.
 
-/// Arrow batches as JSON rows and back (lives with the transforms, whose script steps use it).
-pub use ferry_transforms::arrow_rows;
+pub mod arrow_rows;
 pub mod assign;
 pub mod capture;
 pub mod columnar;

@@ -264,31 +264,12 @@ async fn column_and_row_paths_agree_with_transforms_and_features() {
         {"select": ["decision", "score", "label"]}
     ]))
     .unwrap();
-    // Scripts run per row on both paths: they read an integer feature, a request field that
-    // is an integer or a fraction, and the model's outputs, and write back fields of each kind.
-    // A script after a built-in step (whose column form keeps numbers, not JSON types) and a
-    // script that returns what has no exact column (an object) take the row path.
     let mut scripted = endpoint("risk_script", "risk@1");
-    scripted.preprocess = serde_json::from_value(json!([
-        {"script": {"source": "fn transform(row) { row.visits_next = row[\"user_stats.visits_7d\"] + 1; row }"}}
-    ]))
-    .unwrap();
     scripted.postprocess = serde_json::from_value(json!([
-        {"script": {"source": "fn transform(row, input) { row.amount_seen = input.amount; row.visits_next = input.visits_next; row.p = row.probabilities[1]; row }"}}
+        {"script": {"source": "fn transform(row, input) { row }"}}
     ]))
     .unwrap();
-    let mut after_fill = endpoint("risk_script_after_fill", "risk@1");
-    after_fill.preprocess = serde_json::from_value(json!([
-        {"fill_missing": {"amount": 0}},
-        {"script": {"source": "fn transform(row) { row }"}}
-    ]))
-    .unwrap();
-    let mut nested = endpoint("risk_script_nested", "risk@1");
-    nested.postprocess = serde_json::from_value(json!([
-        {"script": {"source": "fn transform(row, input) { row.k = #{a: 1}; row }"}}
-    ]))
-    .unwrap();
-    let (pipeline, _models, _dir) = pipeline(vec![tf, scripted, after_fill, nested], |_| {}).await;
+    let (pipeline, _models, _dir) = pipeline(vec![tf, scripted], |_| {}).await;
     let mut rng = fastrand::Rng::with_seed(21);
     for round in 0..10 {
         let n = rng.usize(1..120);
@@ -311,53 +292,32 @@ async fn column_and_row_paths_agree_with_transforms_and_features() {
         };
         let batch = RecordBatch::try_from_iter([("user_id", users), ("amount", amount)]).unwrap();
         let rows = ferry_pipeline::arrow_rows::batch_to_rows(&batch).unwrap();
-        // Forcing the (only) variant keeps `predict` on the row path, the reference.
-        let row_path = PredictOptions {
-            forced_variant: Some("main".into()),
-            ..PredictOptions::default()
-        };
-        // The script endpoint has no fill step: its rows all carry an amount.
-        let complete = RecordBatch::try_from_iter([
-            ("user_id", batch.column(0).clone()),
-            (
-                "amount",
-                match batch.column(1).as_any().downcast_ref::<Float64Array>() {
-                    Some(a) => Arc::new(Float64Array::from_iter_values(
-                        a.iter().map(|x| x.unwrap_or(7.0)),
-                    )) as ArrayRef,
-                    None => batch.column(1).clone(),
-                },
-            ),
-        ])
-        .unwrap();
-        for (name, batch) in [("risk_tf", &batch), ("risk_script", &complete)] {
-            let rows = ferry_pipeline::arrow_rows::batch_to_rows(batch).unwrap();
-            let by_rows = pipeline.predict(name, rows, &row_path).await.unwrap();
-            let groups = pipeline
-                .predict_columns(name, batch)
+        let by_rows = pipeline
+            .predict("risk_tf", rows, &PredictOptions::default())
+            .await
+            .unwrap();
+        let groups = pipeline
+            .predict_columns("risk_tf", &batch)
+            .await
+            .unwrap()
+            .expect("built-in steps over numeric columns go column-wise");
+        let mut predictions = vec![Value::Null; n];
+        for g in &groups {
+            let answer = g.post.as_ref().expect("the postprocess answers as columns");
+            let objects =
+                ferry_pipeline::arrow_rows::batch_to_rows(&answer.to_batch().unwrap()).unwrap();
+            for (&row, p) in g.rows.iter().zip(objects) {
+                predictions[row] = Value::Object(p);
+            }
+        }
+        assert_eq!(predictions, by_rows.predictions, "round {round}");
+        // A step without a column form (a script) leaves the batch to the row path.
+        assert!(
+            pipeline
+                .predict_columns("risk_script", &batch)
                 .await
                 .unwrap()
-                .expect("built-in steps and scripts over these columns go column-wise");
-            let mut predictions = vec![Value::Null; n];
-            for g in &groups {
-                let answer = g.post.as_ref().expect("the postprocess answers as columns");
-                let objects =
-                    ferry_pipeline::arrow_rows::batch_to_rows(&answer.to_batch().unwrap()).unwrap();
-                for (&row, p) in g.rows.iter().zip(objects) {
-                    predictions[row] = Value::Object(p);
-                }
-            }
-            assert_eq!(predictions, by_rows.predictions, "{name}, round {round}");
-        }
-        for name in ["risk_script_after_fill", "risk_script_nested"] {
-            assert!(
-                pipeline
-                    .predict_columns(name, &complete)
-                    .await
-                    .unwrap()
-                    .is_none(),
-                "{name} must take the row path"
-            );
-        }
+                .is_none()
+        );
     }
 }

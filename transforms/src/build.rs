@@ -241,10 +241,6 @@ impl Transform for Plugin {
         self.inner.has_column_form()
     }
 
-    fn keeps_json_types(&self) -> bool {
-        self.inner.keeps_json_types()
-    }
-
     fn apply_frame(
         &self,
         frame: &mut Frame,

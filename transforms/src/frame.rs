@@ -23,10 +23,6 @@ use serde_json::Value;
 pub struct Frame {
     rows: usize,
     columns: Vec<(String, ArrayRef)>,
-    /// Set once a step's column form gave a value the right number but not the JSON type its
-    /// row form gives (a filled `0` becomes `0.0` in a float column): steps that read rows
-    /// as JSON (scripts) then take the row path.
-    json_types_lost: bool,
 }
 
 impl Frame {
@@ -35,7 +31,6 @@ impl Frame {
         Frame {
             rows,
             columns: Vec::new(),
-            json_types_lost: false,
         }
     }
 
@@ -49,19 +44,7 @@ impl Frame {
                 .zip(batch.columns())
                 .map(|(f, c)| (f.name().clone(), c.clone()))
                 .collect(),
-            json_types_lost: false,
         }
-    }
-
-    /// Whether every value still renders as the JSON the row path holds (see
-    /// [`crate::Transform::keeps_json_types`]).
-    pub fn keeps_json_types(&self) -> bool {
-        !self.json_types_lost
-    }
-
-    /// Marks the frame as no longer JSON-exact.
-    pub fn lose_json_types(&mut self) {
-        self.json_types_lost = true;
     }
 
     /// The frame as a record batch (every column nullable).

@@ -15,7 +15,6 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-pub mod arrow_rows;
 mod build;
 mod frame;
 mod post;
@@ -111,13 +110,6 @@ pub trait Transform: Send + Sync + 'static {
         _ctx: &FrameContext<'_>,
     ) -> Result<Applied, TransformError> {
         Ok(Applied::NeedsRows)
-    }
-    /// Whether the column form leaves every value with the JSON type the row form gives it,
-    /// not only the same number. Built-in steps promise numbers (an integer fill in a float
-    /// column is `0.0`, the row form's `0`), which is all the model reads; a step after them
-    /// that reads rows as JSON (a script) takes the row path.
-    fn keeps_json_types(&self) -> bool {
-        false
     }
 }
 
@@ -283,9 +275,6 @@ impl Chain {
             })?;
             if applied == Applied::NeedsRows {
                 return Ok(Applied::NeedsRows);
-            }
-            if !step.transform.keeps_json_types() {
-                frame.lose_json_types();
             }
         }
         Ok(Applied::Done)

@@ -9,7 +9,7 @@ use rhai::{AST, Array, CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Scope
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
-use crate::{Applied, Context, Frame, FrameContext, Row, Stage, Transform, TransformError};
+use crate::{Context, Row, Stage, Transform, TransformError};
 
 /// JSON nesting deeper than this is refused on the way in and out of a script. serde_json
 /// stops parsing at 128, so real requests never reach it; it keeps a script-built deep
@@ -294,69 +294,6 @@ impl Transform for Script {
             self.run_row(i, row, ctx)?;
         }
         Ok(())
-    }
-
-    fn has_column_form(&self) -> bool {
-        true
-    }
-
-    fn keeps_json_types(&self) -> bool {
-        true
-    }
-
-    /// A script keeps its per-row semantics: the frame's rows become the JSON rows the row
-    /// form would get, the script runs on each, and its rows go back into typed columns where
-    /// that is exact (`arrow_rows::rows_to_batch` with every column kept apart by integer and
-    /// fraction). Anything else — a frame a built-in step made JSON-inexact before it, a value
-    /// with no exact column, a row the script fails on (so its error names the request's
-    /// row) — goes to the row path.
-    fn apply_frame(
-        &self,
-        frame: &mut Frame,
-        ctx: &FrameContext<'_>,
-    ) -> Result<Applied, TransformError> {
-        if !frame.keeps_json_types() || ctx.inputs.is_some_and(|f| !f.keeps_json_types()) {
-            return Ok(Applied::NeedsRows);
-        }
-        let to_rows = |f: &Frame| {
-            f.to_batch()
-                .ok()
-                .and_then(|b| crate::arrow_rows::batch_to_rows(&b).ok())
-        };
-        let Some(mut rows) = to_rows(frame) else {
-            return Ok(Applied::NeedsRows);
-        };
-        let inputs = match ctx.inputs {
-            Some(f) => match to_rows(f) {
-                Some(r) => Some(r),
-                None => return Ok(Applied::NeedsRows),
-            },
-            None => None,
-        };
-        let row_ctx = match &inputs {
-            Some(r) => Context::post(r),
-            None => Context::pre(),
-        };
-        for (i, row) in rows.iter_mut().enumerate() {
-            if self.run_row(i, row, &row_ctx).is_err() {
-                return Ok(Applied::NeedsRows);
-            }
-        }
-        let mut names: Vec<&str> = Vec::new();
-        for row in &rows {
-            for k in row.keys() {
-                if !names.contains(&k.as_str()) {
-                    names.push(k);
-                }
-            }
-        }
-        match crate::arrow_rows::rows_to_batch(&rows, &names) {
-            Some(batch) if batch.num_rows() == frame.num_rows() => {
-                *frame = Frame::from_batch(&batch);
-                Ok(Applied::Done)
-            }
-            _ => Ok(Applied::NeedsRows),
-        }
     }
 }
 
