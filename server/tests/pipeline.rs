@@ -292,10 +292,13 @@ async fn column_and_row_paths_agree_with_transforms_and_features() {
         };
         let batch = RecordBatch::try_from_iter([("user_id", users), ("amount", amount)]).unwrap();
         let rows = ferry_pipeline::arrow_rows::batch_to_rows(&batch).unwrap();
-        let by_rows = pipeline
-            .predict("risk_tf", rows, &PredictOptions::default())
-            .await
-            .unwrap();
+        // Forcing the (only) variant keeps `predict` on the row path, the reference: without
+        // it, JSON rows that map onto columns would take the column path too.
+        let row_path = PredictOptions {
+            forced_variant: Some("main".into()),
+            ..PredictOptions::default()
+        };
+        let by_rows = pipeline.predict("risk_tf", rows, &row_path).await.unwrap();
         let groups = pipeline
             .predict_columns("risk_tf", &batch)
             .await
