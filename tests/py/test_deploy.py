@@ -96,6 +96,16 @@ def test_dockerfile():
     req = open(os.path.join(ROOT, "tests", "py", "requirements.txt")).read()
     pinned = re.search(r"onnxruntime==([\d.]+)", req).group(1)
     assert f"onnxruntime=={pinned}" in text, "Dockerfile and tests use the same ORT wheel"
+    # The image starts on its own: the default command names no file the image lacks.
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
+    copied = re.findall(r"^COPY .* (\S+)$", text, re.M)
+    for arg in cmd:
+        if arg.startswith("/"):
+            assert any(arg.startswith(c) for c in copied), f"CMD reads {arg}, not in the image"
+    # The non-root user's home does not exist: the cache dir must come from XDG_CACHE_HOME
+    # and be a directory the image creates and hands to that user.
+    cache = re.search(r"XDG_CACHE_HOME=(\S+)", text).group(1)
+    assert f"{cache}/ferry" in text and re.search(rf"chown ferry:ferry {cache}/ferry", text)
 
 
 def test_dashboard_queries_only_exported_metrics():
