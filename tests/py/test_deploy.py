@@ -172,3 +172,45 @@ def test_batch_job_renders_with_kubectl():
     assert r.returncode == 0, r.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(r.stdout)]
     assert sorted(kinds) == ["ConfigMap", "Job", "ServiceAccount"]
+
+
+def rendered(kustomize_dir):
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is required (scripts/setup-test-deps.sh installs it)"
+    r = subprocess.run([kubectl, "kustomize", os.path.join(DEPLOY, kustomize_dir)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+@pytest.mark.parametrize("kustomize_dir", ["k8s", "batch"])
+def test_every_file_a_pods_config_names_is_mounted(kustomize_dir):
+    """The config file in the container args, and the files that config names (feature repo),
+    are keys of a ConfigMap (or Secret) mounted at that path: a pod never starts without them."""
+    docs = rendered(kustomize_dir)
+    configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "Job")]
+    assert pods
+    for spec in pods:
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in spec["containers"]:
+            mounted = {}
+            for m in c.get("volumeMounts", []):
+                source = volumes[m["name"]].get("configMap")
+                if source is None:
+                    continue
+                data = configmaps[source["name"]]["data"]
+                if "subPath" in m:
+                    mounted[m["mountPath"]] = data[m["subPath"]]
+                else:
+                    for key, text in data.items():
+                        mounted[os.path.join(m["mountPath"], key)] = text
+            args = " ".join(c.get("args", []))
+            config_path = re.search(r"--config[= ](\S+)", args).group(1)
+            assert config_path in mounted, f"{config_path} is not mounted: {sorted(mounted)}"
+            config = yaml.safe_load(mounted[config_path])
+            repo = (config.get("features") or {}).get("repo")
+            if repo:
+                assert repo in mounted, f"features.repo {repo} is not mounted: {sorted(mounted)}"
+                views = yaml.safe_load(mounted[repo])["views"]
+                assert views and all(v["source"]["path"] for v in views)
