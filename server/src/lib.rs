@@ -190,11 +190,7 @@ pub async fn serve_with(
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     // The gRPC listener stops accepting when HTTP does.
     let (grpc_stop_tx, mut grpc_stop_rx) = tokio::sync::watch::channel(false);
-    // Small responses go out at once: with Nagle's algorithm on, a response written in several
-    // pieces (HTTP/2 headers, data and trailers frames) waits for the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let listener = listener.tap_io(no_delay);
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
         shutting_down.store(true, Ordering::Relaxed);
@@ -215,9 +211,7 @@ pub async fn serve_with(
     let grpc_server = async move {
         match (grpc_listener, grpc_router) {
             (Some(l), Some(router)) => {
-                let l = l.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
+                let l = l.tap_io(no_delay);
                 axum::serve(l, router)
                     .with_graceful_shutdown(async move {
                         let _ = grpc_stop_rx.wait_for(|stop| *stop).await;
@@ -247,6 +241,12 @@ pub async fn serve_with(
     // Captured predictions still buffered are written before the process exits.
     pipeline.shutdown().await;
     Ok(())
+}
+
+/// Small responses go out at once: with Nagle's algorithm on, a response written in several
+/// pieces (HTTP/2 headers, data and trailers frames) waits for the client's delayed ACK.
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
 }
 
 /// While draining, every response tells the client to close its connection: keep-alive

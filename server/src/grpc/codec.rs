@@ -10,6 +10,7 @@ use crate::http::error::ApiError;
 use crate::http::oip::{append_binary, decode_binary};
 use crate::telemetry::stats;
 use ferry_pipeline::Predictions;
+use ferry_pipeline::arrow_rows::float;
 use ferry_runtimes::{DataType, Tensor, TensorData, element_count};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -324,13 +325,6 @@ fn element_values(t: &Tensor) -> Result<Vec<Value>, ApiError> {
             })
             .collect::<Result<_, _>>()?,
     })
-}
-
-/// A float as JSON; NaN and infinities are null, as a JSON request could only send them.
-fn float(x: f64) -> Value {
-    serde_json::Number::from_f64(x)
-        .map(Value::Number)
-        .unwrap_or(Value::Null)
 }
 
 /// An endpoint's answer as tensors: one output per prediction field (a prediction that is not

@@ -22,7 +22,6 @@ pub const ENDPOINT_PREFIX: &str = "endpoint/";
 
 use crate::http::error::ApiError;
 use crate::http::{AppState, REQUEST_ID, request_timeout};
-use crate::telemetry::metrics::UNKNOWN_MODEL;
 use crate::telemetry::stats;
 use axum::http::HeaderMap;
 use ferry_models::LoadedModel;
@@ -78,9 +77,9 @@ pub fn routes(state: AppState) -> (axum::Router, tonic_health::server::HealthRep
 /// what to change.
 async fn oversized_is_resource_exhausted(
     axum::extract::State(limit): axum::extract::State<usize>,
-    mut response: axum::response::Response,
+    response: axum::response::Response,
 ) -> axum::response::Response {
-    let h = response.headers_mut();
+    let h = response.headers();
     let oversized = h.get("grpc-status").is_some_and(|v| v == "11")
         && h.get("grpc-message").is_some_and(|m| {
             // grpc-message is percent-encoded (tonic encodes spaces too).
@@ -88,29 +87,13 @@ async fn oversized_is_resource_exhausted(
                 .replace("%20", " ")
                 .contains("message length too large")
         });
-    if oversized {
-        let message = format!(
-            "the request message is larger than the limit of {limit} bytes; send fewer rows per request or raise `grpc_max_message_bytes`"
-        );
-        h.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
-        if let Ok(v) = axum::http::HeaderValue::from_str(&percent_encode(&message)) {
-            h.insert("grpc-message", v);
-        }
+    if !oversized {
+        return response;
     }
-    response
-}
-
-/// gRPC's `grpc-message` encoding: printable ASCII except `%` as is, the rest `%XX`.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    Status::resource_exhausted(format!(
+        "the request message is larger than the limit of {limit} bytes; send fewer rows per request or raise `grpc_max_message_bytes`"
+    ))
+    .into_http()
 }
 
 /// Keeps `grpc.health.v1` in step with readiness: the overall service (`""`) and the inference
@@ -401,11 +384,10 @@ impl GrpcInferenceService for InferenceService {
                 return match self.infer_endpoint(&endpoint, request, &headers, id.clone()).await {
                     Ok(r) => Ok(Response::new(r)),
                     Err(e) => {
-                        let label = if self.state.pipeline.has_endpoint(&endpoint) {
-                            format!("endpoint:{endpoint}")
-                        } else {
-                            format!("endpoint:{UNKNOWN_MODEL}")
-                        };
+                        let label = format!(
+                            "endpoint:{}",
+                            crate::http::endpoints::endpoint_label(&self.state, &endpoint)
+                        );
                         self.state
                             .metrics
                             .request_errors
@@ -415,39 +397,12 @@ impl GrpcInferenceService for InferenceService {
                     }
                 };
             }
-            let started = Instant::now();
-            let mut slot = None;
-            let result = self.infer_model(request, &headers, &mut slot).await;
-            let (name, version) = match &slot {
-                Some(m) => (m.name.as_str(), m.version.to_string()),
-                None => (UNKNOWN_MODEL, String::new()),
-            };
-            let metrics = &self.state.metrics;
-            if slot.is_some() {
-                let span = tracing::Span::current();
-                span.record("model", name);
-                span.record("version", version.as_str());
-                metrics
-                    .requests
-                    .with_label_values(&["grpc", name, &version])
-                    .inc();
-            }
-            match result {
-                Ok(r) => {
-                    metrics
-                        .request_duration
-                        .with_label_values(&[name, &version])
-                        .observe(started.elapsed().as_secs_f64());
-                    Ok(Response::new(r))
-                }
-                Err(e) => {
-                    metrics
-                        .request_errors
-                        .with_label_values(&[name, e.error_type()])
-                        .inc();
-                    Err(e.into())
-                }
-            }
+            crate::http::with_model_metrics(&self.state, "grpc", async |slot| {
+                self.infer_model(request, &headers, slot).await
+            })
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
         })
         .await
     }

@@ -129,7 +129,7 @@ pub async fn predict(
 }
 
 /// The endpoint name if it exists (bounded label values), else `_unknown`.
-fn endpoint_label<'a>(state: &AppState, endpoint: &'a str) -> &'a str {
+pub(crate) fn endpoint_label<'a>(state: &AppState, endpoint: &'a str) -> &'a str {
     if state.pipeline.has_endpoint(endpoint) {
         endpoint
     } else {

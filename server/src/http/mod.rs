@@ -7,7 +7,7 @@ pub mod endpoints;
 pub mod error;
 pub mod oip;
 mod oip_v2;
-pub(crate) use oip_v2::platform;
+pub(crate) use oip_v2::{platform, with_model_metrics};
 mod openapi;
 pub mod v1;
 

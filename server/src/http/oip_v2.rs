@@ -156,10 +156,14 @@ pub async fn repository_index(State(state): State<AppState>) -> Json<serde_json:
 }
 
 /// Runs a handler body that infers on one model, recording request metrics with the model's
-/// labels (or `_unknown` when the model did not resolve).
-async fn with_metrics<F>(state: &AppState, protocol: &str, work: F) -> Response
+/// labels (or `_unknown` when the model did not resolve). HTTP and gRPC share it.
+pub(crate) async fn with_model_metrics<T, F>(
+    state: &AppState,
+    protocol: &str,
+    work: F,
+) -> Result<T, ApiError>
 where
-    F: AsyncFnOnce(&mut Option<Arc<LoadedModel>>) -> Result<Response, ApiError>,
+    F: AsyncFnOnce(&mut Option<Arc<LoadedModel>>) -> Result<T, ApiError>,
 {
     let started = Instant::now();
     let mut model = None;
@@ -178,24 +182,29 @@ where
             .with_label_values(&[protocol, name, &version])
             .inc();
     }
-    match result {
-        Ok(response) => {
-            state
-                .metrics
-                .request_duration
-                .with_label_values(&[name, &version])
-                .observe(started.elapsed().as_secs_f64());
-            response
-        }
-        Err(e) => {
-            state
-                .metrics
-                .request_errors
-                .with_label_values(&[name, e.error_type()])
-                .inc();
-            e.into_response()
-        }
+    match &result {
+        Ok(_) => state
+            .metrics
+            .request_duration
+            .with_label_values(&[name, &version])
+            .observe(started.elapsed().as_secs_f64()),
+        Err(e) => state
+            .metrics
+            .request_errors
+            .with_label_values(&[name, e.error_type()])
+            .inc(),
     }
+    result
+}
+
+/// [`with_model_metrics`] for HTTP handlers: an error becomes its response.
+async fn with_metrics<F>(state: &AppState, protocol: &str, work: F) -> Response
+where
+    F: AsyncFnOnce(&mut Option<Arc<LoadedModel>>) -> Result<Response, ApiError>,
+{
+    with_model_metrics(state, protocol, work)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Runs `inputs` on `model` with the request's own deadline when it sent one.
