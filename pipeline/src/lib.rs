@@ -596,6 +596,11 @@ impl Pipeline {
         self.snapshot().contains_key(name)
     }
 
+    /// Ok when `name` is a configured endpoint; the error names the ones there are.
+    pub fn check_endpoint(&self, name: &str) -> Result<(), PredictError> {
+        self.endpoint(name).map(|_| ())
+    }
+
     fn endpoint(&self, name: &str) -> Result<Arc<Endpoint>, PredictError> {
         let endpoints = self.snapshot();
         endpoints

@@ -332,6 +332,8 @@ def test_endpoints_over_grpc(demo_env_server):
     assert [v.decode() for v in result.as_numpy("variant").tolist()] == \
         http.json()["variants"]
     expect_error(lambda: c.infer("endpoint/nope", [a, b]), "NOT_FOUND", "nope")
+    expect_error(lambda: c.get_model_metadata("endpoint/nope"), "NOT_FOUND", "nope", "risk")
+    assert c.is_model_ready("endpoint/risk")
     short = grpcclient.InferInput("amount", [2], "FP64")
     short.set_data_from_numpy(amounts[:2])
     expect_error(lambda: c.infer("endpoint/risk", [a, short]), "INVALID_ARGUMENT",

@@ -282,12 +282,10 @@ impl GrpcInferenceService for InferenceService {
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Answer<ModelReadyResponse> {
         let r = request.into_inner();
         if let Some(endpoint) = r.name.strip_prefix(ENDPOINT_PREFIX) {
-            if !self.state.pipeline.has_endpoint(endpoint) {
-                return Err(ApiError::UnknownEndpoint(format!(
-                    "unknown endpoint `{endpoint}`; configured endpoints are named under `endpoints:` in the config"
-                ))
-                .into());
-            }
+            self.state
+                .pipeline
+                .check_endpoint(endpoint)
+                .map_err(ApiError::from)?;
             return Ok(Response::new(ModelReadyResponse {
                 ready: self.state.models.is_ready(),
             }));
@@ -328,11 +326,10 @@ impl GrpcInferenceService for InferenceService {
     ) -> Answer<ModelMetadataResponse> {
         let r = request.into_inner();
         if let Some(endpoint) = r.name.strip_prefix(ENDPOINT_PREFIX) {
-            if !self.state.pipeline.has_endpoint(endpoint) {
-                return Err(
-                    ApiError::UnknownEndpoint(format!("unknown endpoint `{endpoint}`")).into(),
-                );
-            }
+            self.state
+                .pipeline
+                .check_endpoint(endpoint)
+                .map_err(ApiError::from)?;
             return Ok(Response::new(ModelMetadataResponse {
                 name: r.name.clone(),
                 versions: Vec::new(),
