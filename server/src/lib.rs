@@ -80,6 +80,12 @@ pub async fn build_state_with(
 ) -> Result<AppState, ServeError> {
     let admin_token = http::control::AdminToken::from_config(config)?;
     let api_keys = http::auth::ApiKeys::from_config(config)?;
+    if !api_keys.is_enabled() {
+        // Said once at start-up so an open server is a choice someone can see in its log.
+        tracing::warn!(
+            "Inference routes are open: no API keys (set FERRY_API_KEYS or `api_keys_file` to require one)."
+        );
+    }
     let metrics = Metrics::new();
     let served = ferry_pipeline::Setup {
         registry: config.registry.options(),
@@ -104,6 +110,7 @@ pub async fn build_state_with(
         shutting_down: Arc::new(AtomicBool::new(false)),
         admin_token,
         inflight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
+        max_concurrent_requests: config.max_concurrent_requests,
         api_keys,
         request_timeout: config.request_timeout(),
     }))

@@ -294,6 +294,15 @@ async fn batch(args: BatchArgs) -> anyhow::Result<i32> {
         "batch: {} of {} scored rows went column-wise (no JSON rows: the endpoint has no transforms, shadows or capture, and the input columns map onto the model's inputs or features join)",
         s.rows_columnar, s.rows_scored
     );
+    if s.rows_failed_before > 0 {
+        println!(
+            "batch: {} rows were rejected in units an earlier run committed (skipped now); their error files stand",
+            s.rows_failed_before
+        );
+    }
+    for file in &s.error_files {
+        println!("batch: rejected rows: {file}");
+    }
     tracing::info!(summary = %serde_json::to_string(&s).unwrap_or_default(), "Batch finished.");
     Ok(s.exit_code())
 }

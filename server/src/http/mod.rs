@@ -74,6 +74,8 @@ pub struct AppStateInner {
     pub admin_token: control::AdminToken,
     /// Inference requests being handled; when none is free, new ones get 429 at once.
     pub inflight: Arc<tokio::sync::Semaphore>,
+    /// The semaphore's size, `max_concurrent_requests`.
+    pub max_concurrent_requests: usize,
     /// Required on inference routes when set.
     pub api_keys: auth::ApiKeys,
     /// `request_timeout_ms`: the deadline of a request that sends no `x-ferry-timeout-ms`.
@@ -158,6 +160,10 @@ async fn limit_inflight(State(state): State<AppState>, request: Request, next: N
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let limit = state.max_concurrent_requests;
+    let in_flight = limit.saturating_sub(state.inflight.available_permits());
+    state.metrics.inflight.set(in_flight as i64);
+    state.metrics.inflight_limit.set(limit as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

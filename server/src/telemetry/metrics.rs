@@ -7,7 +7,9 @@
 use ferry_models::ModelMetrics;
 use ferry_models::metrics::LATENCY_BUCKETS;
 use ferry_pipeline::PipelineMetrics;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Label value for requests whose model name did not resolve (keeps cardinality bounded).
 pub const UNKNOWN_MODEL: &str = "_unknown";
@@ -40,6 +42,11 @@ pub struct MetricFamilies {
     pub grpc_responses: IntCounterVec,
     /// Endpoint, feature, shadow and capture families (`ferry-pipeline` defines them).
     pub pipeline: PipelineMetrics,
+    /// Inference requests (HTTP and gRPC) being served now, set at each scrape. It moves with
+    /// load where CPU does not (compute threads are fixed), so the HPA scales on it.
+    pub inflight: IntGauge,
+    /// `max_concurrent_requests`: beyond it requests are shed with 429.
+    pub inflight_limit: IntGauge,
 }
 
 impl Metrics {
@@ -64,6 +71,22 @@ impl Metrics {
                 .expect("metric names are unique. This is a bug.");
             h
         };
+        let gauge = |name: &str, help: &str| {
+            let g =
+                IntGauge::new(name, help).expect("metric definitions are valid. This is a bug.");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric names are unique. This is a bug.");
+            g
+        };
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        // process_start_time_seconds, ... as every Prometheus client exports them (Linux).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric names are unique. This is a bug.");
         let models = ModelMetrics::new();
         models
             .register(&registry)
@@ -100,6 +123,14 @@ impl Metrics {
                 "ferry_grpc_responses_total",
                 "gRPC inference-service answers by RPC and status code.",
                 &["rpc", "code"],
+            ),
+            inflight: gauge(
+                "ferry_inflight_requests",
+                "Inference requests (HTTP and gRPC) in flight at scrape time.",
+            ),
+            inflight_limit: gauge(
+                "ferry_inflight_requests_limit",
+                "max_concurrent_requests: in-flight inference requests beyond it are shed (429).",
             ),
             registry,
         }))
