@@ -280,6 +280,22 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_REGISTRY")]
     pub registry: Option<String>,
 
+    /// Serve a plain model directory instead of a registry: the one `*.onnx` (signature read
+    /// from the graph), `model.json`/`model.ubj` (XGBoost) or `model.txt` (LightGBM) in DIR or
+    /// one level down, with or without a model.yaml — KServe's `/mnt/models`. Served as
+    /// `--model-name`@1; excludes --registry and --models.
+    #[arg(long, env = "FERRY_MODEL_DIR", conflicts_with_all = ["registry", "models"])]
+    pub model_dir: Option<PathBuf>,
+
+    /// The name a --model-dir model is served under (KServe passes the InferenceService name).
+    #[arg(
+        long,
+        env = "FERRY_MODEL_NAME",
+        default_value = "model",
+        requires = "model_dir"
+    )]
+    pub model_name: String,
+
     /// Models to serve, comma-separated `name@alias` / `name@version` (overrides `models`).
     #[arg(long, env = "FERRY_MODELS", value_delimiter = ',')]
     pub models: Option<Vec<String>>,

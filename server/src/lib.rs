@@ -18,6 +18,7 @@ pub mod demo;
 pub mod fuzzing;
 pub mod grpc;
 pub mod http;
+pub mod model_dir;
 pub mod registry_cli;
 pub mod reload;
 pub mod telemetry;

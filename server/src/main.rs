@@ -346,8 +346,17 @@ impl Progress for Bar {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // The demo registry must outlive the server: keep its directory guard here.
+    // So is the --model-dir registry's.
+    let model_dir = match &args.model_dir {
+        Some(dir) => Some(ferry_server::model_dir::registry_from_model_dir(
+            dir,
+            &args.model_name,
+        )?),
+        None => None,
+    };
     let (mut config, _demo_dir) = match &args.config {
         Some(path) => (ServerConfig::load(path)?, None),
+        None if model_dir.is_some() => (ServerConfig::for_registry(""), None),
         None if args.registry.is_none() && args.models.is_none() => {
             let dir = ferry_server::demo::extract().context("Could not write the demo registry")?;
             let uri = dir.path().to_string_lossy().into_owned();
@@ -362,6 +371,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     apply_overrides(&mut config, &args);
+    if let Some(m) = &model_dir {
+        config.registry.uri = m.dir.path().to_string_lossy().into_owned();
+        config.models = vec![ModelEntry::Ref(m.model_ref.clone())];
+        if !config.endpoints.is_empty() {
+            // They would name models this one-model registry does not hold.
+            tracing::warn!(
+                endpoints = config.endpoints.len(),
+                "--model-dir serves one model; the config's endpoints are ignored."
+            );
+            config.endpoints.clear();
+        }
+    }
     config.validate()?;
     tracing::info!(config = %config.redacted_json(), "Effective configuration.");
     let listener = tokio::net::TcpListener::bind(config.listen)
