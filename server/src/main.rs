@@ -8,8 +8,8 @@ use ferry_features::online::{MemoryStore, OnlineStore, RedisStore, RowKey};
 use ferry_registry::S3Options;
 use ferry_runtimes::OnnxEngine;
 use ferry_server::cli::{
-    BatchArgs, BatchFormat, Cli, Command, EngineArg, FeaturesArgs, FeaturesCommand, LogFormat,
-    ServeArgs,
+    BatchArgs, BatchFormat, Cli, Command, ConfigArgs, ConfigCommand, EngineArg, FeaturesArgs,
+    FeaturesCommand, LogFormat, ServeArgs,
 };
 use ferry_server::config::{FeaturesConfig, ModelEntry, ServerConfig};
 use std::io::IsTerminal;
@@ -48,6 +48,24 @@ fn main() -> anyhow::Result<()> {
                 .context("Could not start the async runtime")?;
             let code = runtime.block_on(batch(args))?;
             std::process::exit(code);
+        }
+        Command::Config(ConfigArgs {
+            command: ConfigCommand::Check { file },
+        }) => {
+            // Exactly `serve --config FILE --check`, so the FERRY_* variables of serve's flags
+            // apply as they would when serving.
+            let mut argv = vec!["ferry".into(), "serve".into(), "--config".into()];
+            argv.push(file.into_os_string());
+            argv.push("--check".into());
+            let Command::Serve(args) = Cli::parse_from(argv).command else {
+                unreachable!("`serve` parses as Command::Serve");
+            };
+            ferry_server::telemetry::init_with_default(args.log_format, "warn");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("Could not start the async runtime")?;
+            runtime.block_on(serve(args))
         }
         Command::Features(args) => {
             ferry_server::telemetry::init(ferry_server::cli::LogFormat::Text);
@@ -382,6 +400,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             );
             config.endpoints.clear();
         }
+    }
+    if args.check {
+        config.check()?;
+        println!("{}", serde_json::to_string_pretty(&config.redacted_json())?);
+        eprintln!("The config is valid.");
+        return Ok(());
     }
     config.validate()?;
     tracing::info!(config = %config.redacted_json(), "Effective configuration.");
