@@ -96,6 +96,9 @@ pub struct ServerConfig {
     /// in-flight requests get up to `drain.timeout` to finish.
     #[serde(default)]
     pub drain: DrainConfig,
+    /// One structured line per HTTP request (target `ferry::access`), sampled under load.
+    #[serde(default)]
+    pub access_log: crate::telemetry::access::AccessLogConfig,
 }
 
 /// Graceful shutdown on SIGTERM / Ctrl-C.
@@ -325,6 +328,7 @@ impl ServerConfig {
             admin_token_file: None,
             api_keys_file: None,
             drain: DrainConfig::default(),
+            access_log: Default::default(),
         }
     }
 

@@ -114,6 +114,11 @@ pub async fn build_state_with(
         max_concurrent_requests: config.max_concurrent_requests,
         api_keys,
         request_timeout: config.request_timeout(),
+        access_log: config.access_log.enabled.then(|| {
+            Arc::new(telemetry::access::Sampler::new(
+                config.access_log.max_lines_per_second,
+            ))
+        }),
     }))
 }
 
@@ -199,7 +204,11 @@ pub async fn serve_with(
     // The gRPC listener stops accepting when HTTP does.
     let (grpc_stop_tx, mut grpc_stop_rx) = tokio::sync::watch::channel(false);
     let listener = listener.tap_io(no_delay);
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
         shutdown.await;
         shutting_down.store(true, Ordering::Relaxed);
         if !drain.delay.is_zero() {

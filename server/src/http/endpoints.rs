@@ -79,10 +79,15 @@ pub async fn predict(
         let common = p
             .common()
             .map(|(v, m, n)| (v.to_string(), m.to_string(), n.to_string()));
+        crate::telemetry::access::record_endpoint(
+            &p.endpoint,
+            common.as_ref().map(|c| c.0.as_str()),
+        );
         if let Some((_, model, version)) = &common {
             let span = tracing::Span::current();
             span.record("model", model.as_str());
             span.record("version", version.as_str());
+            crate::telemetry::access::record_model(model, version);
             state
                 .metrics
                 .request_duration

@@ -176,6 +176,7 @@ where
         let span = tracing::Span::current();
         span.record("model", name);
         span.record("version", version.as_str());
+        crate::telemetry::access::record_model(name, &version);
         state
             .metrics
             .requests

@@ -47,6 +47,8 @@ pub struct MetricFamilies {
     pub inflight: IntGauge,
     /// `max_concurrent_requests`: beyond it requests are shed with 429.
     pub inflight_limit: IntGauge,
+    /// Access log lines by outcome: `written`, or `skipped` by the per-second budget.
+    pub access_log_lines: IntCounterVec,
 }
 
 impl Metrics {
@@ -131,6 +133,11 @@ impl Metrics {
             inflight_limit: gauge(
                 "ferry_inflight_requests_limit",
                 "max_concurrent_requests: in-flight inference requests beyond it are shed (429).",
+            ),
+            access_log_lines: counter(
+                "ferry_access_log_lines_total",
+                "Access log lines written, and skipped under load (access_log.max_lines_per_second).",
+                &["outcome"],
             ),
             registry,
         }))

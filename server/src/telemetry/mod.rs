@@ -1,6 +1,7 @@
 //! Logging and metrics. `init` is called by the binary only: the library never installs a
 //! global subscriber, so tests can run servers side by side.
 
+pub mod access;
 pub mod metrics;
 pub mod stats;
 
