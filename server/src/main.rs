@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            ferry_server::telemetry::init(args.log_format);
+            let _telemetry = ferry_server::telemetry::init(args.log_format)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("ferry-io")
@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve(args))
         }
         Command::Features(args) => {
-            ferry_server::telemetry::init(ferry_server::cli::LogFormat::Text);
+            ferry_server::telemetry::init_with_default(ferry_server::cli::LogFormat::Text, "info");
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -226,7 +226,18 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         route = %route,
         model = tracing::field::Empty,
         version = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = "server",
+        http.response.status_code = tracing::field::Empty,
     );
+    let tracing_on = crate::telemetry::otel::enabled();
+    if tracing_on {
+        span.record("otel.name", format!("{} {route}", request.method()));
+        crate::telemetry::otel::continue_trace(&span, request.headers());
+    }
+    let otel_trace_id = tracing_on
+        .then(|| crate::telemetry::otel::trace_id(&span))
+        .flatten();
     // Kept only when the access log is on: the hot path pays nothing for it otherwise.
     let line = state.access_log.as_ref().map(|_| {
         let header = |name: &str| {
@@ -251,13 +262,22 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         Some(_) => {
             access::LABELS
                 .scope(Default::default(), async {
-                    let response = next.run(request).instrument(span).await;
+                    let response = next.run(request).instrument(span.clone()).await;
                     (response, access::LABELS.with(|l| l.take()))
                 })
                 .await
         }
-        None => (next.run(request).instrument(span).await, Default::default()),
+        None => (
+            next.run(request).instrument(span.clone()).await,
+            Default::default(),
+        ),
     };
+    if tracing_on {
+        span.record(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        );
+    }
     state
         .metrics
         .http_responses
@@ -288,7 +308,7 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
                 bytes_in = bytes_in.unwrap_or(0),
                 bytes_out,
                 request_id = %id,
-                trace_id = trace_id.as_deref(),
+                trace_id = otel_trace_id.as_deref().or(trace_id.as_deref()),
                 model = labels.model.as_deref(),
                 version = labels.version.as_deref(),
                 endpoint = labels.endpoint.as_deref(),

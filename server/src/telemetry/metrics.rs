@@ -49,6 +49,9 @@ pub struct MetricFamilies {
     pub inflight_limit: IntGauge,
     /// Access log lines by outcome: `written`, or `skipped` by the per-second budget.
     pub access_log_lines: IntCounterVec,
+    /// OpenTelemetry spans by outcome (`exported`, `dropped` by the full queue, `failed` to
+    /// send), brought up to date at each scrape.
+    pub otel_spans: IntCounterVec,
 }
 
 impl Metrics {
@@ -139,12 +142,28 @@ impl Metrics {
                 "Access log lines written, and skipped under load (access_log.max_lines_per_second).",
                 &["outcome"],
             ),
+            otel_spans: counter(
+                "ferry_otel_spans_total",
+                "OpenTelemetry spans exported, dropped (export queue full) or failed to send.",
+                &["outcome"],
+            ),
             registry,
         }))
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if super::otel::enabled() {
+            use std::sync::atomic::Ordering::Relaxed;
+            for (outcome, total) in [
+                ("exported", &super::otel::EXPORTED),
+                ("dropped", &super::otel::DROPPED),
+                ("failed", &super::otel::FAILED),
+            ] {
+                let c = self.otel_spans.with_label_values(&[outcome]);
+                c.inc_by(total.load(Relaxed).saturating_sub(c.get()));
+            }
+        }
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# failed to encode metrics: {e}\n"))
