@@ -327,12 +327,26 @@ def base_env(**extra):
 
 def test_autoscaling_and_dashboard_metrics_exist_in_metrics(tmp_path):
     """The HPA's Pods metric, the Prometheus adapter's series, the KEDA query and every
-    dashboard query name metrics a running ferry (the demo, after some traffic) really exports
-    under those names, and the process collector's families are there."""
+    dashboard query name metrics a running ferry really exports under those names (the demo
+    models behind an endpoint with a shadow and capture, traces on, after some traffic), and
+    the process collector's families are there."""
+    demo = os.path.join(ROOT, "server", "demo")
+    cfg = {"registry": {"uri": os.path.join(demo, "registry")}, "models": ["churn@champion"],
+           "features": {"repo": os.path.join(demo, "features", "features.yaml")},
+           "endpoints": [{"name": "risk",
+                          "variants": [{"name": "control", "model": "risk@1", "weight": 1}],
+                          "shadow": [{"model": "risk@1", "name": "shadow", "sample": 1.0}],
+                          "capture": {"sample_percent": 100,
+                                      "destination": str(tmp_path / "capture"),
+                                      "format": "jsonl"}}]}
+    (tmp_path / "ferry.yaml").write_text(yaml.safe_dump(cfg))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with Process([ferry_bin(), "serve", "--listen", f"127.0.0.1:{port}", "--grpc-listen", "off"],
-                 base_env(), str(tmp_path / "demo.log")) as p:
+    # Traces on, to a receiver that is not there: the span counters exist and count failures.
+    env = base_env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}")
+    with Process([ferry_bin(), "serve", "--config", str(tmp_path / "ferry.yaml"), "--listen",
+                  f"127.0.0.1:{port}", "--grpc-listen", "off"], env,
+                 str(tmp_path / "demo.log")) as p:
         p.wait_for(url + "/v2/health/ready")
         body = {"inputs": [{"name": "X", "shape": [1, 30], "datatype": "FP32",
                             "data": [0.5] * 30}]}
@@ -342,7 +356,17 @@ def test_autoscaling_and_dashboard_metrics_exist_in_metrics(tmp_path):
                           json={"instances": [{"user_id": "u1", "amount": 3.0},
                                               {"user_id": "nobody", "amount": 1.0}]})
         assert r.status_code == 200, r.text
-        names = exported_metric_names(url)
+        bad = requests.post(url + "/v1/endpoints/risk/predict",
+                            json={"instances": [{"amount": "lots"}]})
+        assert bad.status_code == 400, bad.text
+        deadline = time.monotonic() + 20
+        while True:
+            names = exported_metric_names(url)
+            wanted = {"ferry_shadow_requests_total", "ferry_capture_records_total",
+                      "ferry_otel_spans_total"}
+            if wanted <= names or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     bases = {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
     hpa = yaml.safe_load(open(os.path.join(DEPLOY, "k8s", "hpa.yaml")))
     pods_metrics = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]
@@ -584,3 +608,58 @@ def test_rendered_batch_job_scores_every_row_once(moto_s3, redis_server, tmp_pat
         s3.download_file(out_bucket, key, str(local))
         scored += pq.read_table(local).column("user_id").to_pylist()
     assert sorted(scored) == sorted(ids)
+
+
+CHART = os.path.join(DEPLOY, "helm", "ferry")
+
+
+def helm_template(values):
+    """`helm template` for the subset of Go templates the generated chart uses (Helm is not
+    installable here): `{{ .Values.x }}`, and `{{- [toYaml] .Values.x | nindent N }}`."""
+    def lookup(path):
+        v = {"Values": values}
+        for part in path.strip(".").split("."):
+            v = v[part]
+        return v
+
+    def block(m):
+        value = lookup(m.group(2))
+        text = yaml.safe_dump(value, sort_keys=False) if m.group(1) else value
+        pad = " " * int(m.group(3))
+        return "".join("\n" + pad + line for line in text.rstrip("\n").split("\n"))
+
+    docs = []
+    for name in sorted(os.listdir(os.path.join(CHART, "templates"))):
+        text = open(os.path.join(CHART, "templates", name)).read()
+        text = re.sub(r"\s*\{\{-\s*(toYaml\s+)?(\.Values[\w.]+)\s*\|\s*nindent\s+(\d+)\s*\}\}",
+                      block, text)
+        text = re.sub(r"\{\{\s*(\.Values[\w.]+)\s*\}\}", lambda m: str(lookup(m.group(1))), text)
+        assert "{{" not in text, f"{name}: a template form the test renderer does not know"
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def test_helm_chart_is_generated_from_the_kustomize_base():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gen-helm-chart.py"),
+                        "--check"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def test_helm_chart_renders_the_base_and_takes_values():
+    """With its default values the chart renders exactly the objects of deploy/k8s; values
+    users set (replicas, image, config, autoscaling) land where they belong."""
+    values = yaml.safe_load(open(os.path.join(CHART, "values.yaml")))
+    key = lambda d: (d["kind"], d["metadata"]["name"])
+    assert sorted(helm_template(values), key=key) == sorted(rendered("k8s"), key=key)
+    values["replicaCount"] = 7
+    values["image"]["tag"] = "9.9.9"
+    values["autoscaling"]["maxReplicas"] = 50
+    values["config"] = values["config"].replace("churn@champion", "fraud@champion")
+    docs = {d["kind"]: d for d in helm_template(values)}
+    dep = docs["Deployment"]["spec"]
+    assert dep["replicas"] == 7
+    assert dep["template"]["spec"]["containers"][0]["image"].endswith(":9.9.9")
+    assert docs["HorizontalPodAutoscaler"]["spec"]["maxReplicas"] == 50
+    assert "fraud@champion" in docs["ConfigMap"]["data"]["ferry.yaml"]
+    for d in docs.values():
+        kubernetes_validate.validate(d, "1.33", strict=True)
