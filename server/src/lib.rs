@@ -229,11 +229,14 @@ pub async fn serve_with(
         match (grpc_listener, grpc_router) {
             (Some(l), Some(router)) => {
                 let l = l.tap_io(no_delay);
-                axum::serve(l, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = grpc_stop_rx.wait_for(|stop| *stop).await;
-                    })
-                    .await
+                axum::serve(
+                    l,
+                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
+                    let _ = grpc_stop_rx.wait_for(|stop| *stop).await;
+                })
+                .await
             }
             _ => Ok(()),
         }

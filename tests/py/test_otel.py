@@ -213,3 +213,35 @@ def test_off_without_the_variables(tmp_path):
         metrics = requests.get(f"http://127.0.0.1:{port}/metrics").text
         assert "ferry_otel_spans_total" not in metrics
         assert "Exporting traces" not in open(tmp_path / "ferry.log").read()
+
+
+def test_grpc_inference_requests_are_traced_and_logged(tmp_path, http_receiver):
+    """A gRPC ModelInfer with traceparent metadata continues the caller's trace (server span
+    inference.GRPCInferenceService/ModelInfer, queue and model stages) and writes an access line
+    with the rpc, code, model and trace id."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    port, grpc_port = free_port(), free_port()
+    env = base_env(FERRY_LOG_FORMAT="json", OTEL_EXPORTER_OTLP_ENDPOINT=http_receiver.endpoint)
+    with Process([ferry_bin(), "serve", "--listen", f"127.0.0.1:{port}", "--grpc-listen",
+                  f"127.0.0.1:{grpc_port}"], env, str(tmp_path / "ferry.log")) as p:
+        p.wait_for(f"http://127.0.0.1:{port}/v2/health/ready")
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        x = grpcclient.InferInput("X", [1, 30], "FP32")
+        x.set_data_from_numpy(np.full((1, 30), 0.5, dtype=np.float32))
+        client.infer("churn", [x], headers={"traceparent": TRACEPARENT})
+        spans = http_receiver.wait_for(lambda s: "model" in by_name(s, TRACE_ID))
+        mine = by_name(spans, TRACE_ID)
+        server = mine["inference.GRPCInferenceService/ModelInfer"]
+        assert server["parent"] == PARENT_SPAN
+        assert mine["queue"]["parent"] == server["span_id"]
+        deadline = time.monotonic() + 10
+        lines = []
+        while not lines and time.monotonic() < deadline:
+            with open(tmp_path / "ferry.log") as f:
+                lines = [json.loads(l)["fields"] for l in f
+                         if '"ferry::access"' in l and '"grpc"' in l]
+            time.sleep(0.1)
+        (line,) = lines
+        assert (line["rpc"], line["grpc_code"], line["model"]) == ("ModelInfer", "Ok", "churn")
+        assert line["trace_id"] == TRACE_ID and line["client"].startswith("127.0.0.1:")
