@@ -582,6 +582,110 @@ views:
         }
     }
 
+    const FEAST: &str = r#"
+project: Shop_1
+online_format: feast
+entity_key_serialization_version: 3
+entities:
+  - {name: user, join_key: user_id, dtype: string}
+  - {name: merchant, join_key: merchant_id, dtype: int64}
+views:
+  - name: pair_Stats
+    entities: [user, merchant]
+    features:
+      - {name: tags, dtype: "list<string>"}
+      - {name: blob, dtype: bytes}
+    source: {path: data/pairs/}
+"#;
+
+    #[test]
+    fn feast_format_compound_keys_and_types() {
+        let repo = FeatureRepo::parse(FEAST, Path::new("/r/features.yaml")).unwrap();
+        assert_eq!(repo.online_format, OnlineFormat::Feast);
+        let v = &repo.views[0];
+        assert!(v.is_compound());
+        assert_eq!(v.join_keys(), ["user_id", "merchant_id"]);
+        assert_eq!(
+            v.features[0].dtype,
+            FeatureType::List(crate::value::Scalar::String)
+        );
+        let key = compound_key(&["u\"1", "7"]);
+        assert_eq!(split_key(v, &key).unwrap(), ["u\"1", "7"]);
+        assert!(split_key(v, "u1").is_err());
+        assert!(split_key(v, &compound_key(&["u1"])).is_err());
+    }
+
+    #[test]
+    fn feast_errors_name_the_key() {
+        let cases = [
+            (
+                "entity_key_serialization_version: 3",
+                "entity_key_serialization_version: 2",
+                "`entity_key_serialization_version` is 2",
+            ),
+            (
+                "online_format: feast",
+                "online_format: fest",
+                "`online_format` is \"fest\"",
+            ),
+            // Without the feast format: no version key, no compound keys, no lists or bytes.
+            (
+                "project: Shop_1\nonline_format: feast\n",
+                "project: shop\n",
+                "`entity_key_serialization_version` applies only",
+            ),
+            (
+                "online_format: feast\nentity_key_serialization_version: 3\n",
+                "",
+                "`project`",
+            ),
+            (
+                "project: Shop_1\nonline_format: feast\nentity_key_serialization_version: 3\n",
+                "project: shop\n",
+                "`views[0].name`",
+            ),
+            (
+                "entities: [user, merchant]",
+                "entities: [user, user]",
+                "`views[0].entities` names join key `user_id` twice",
+            ),
+            (
+                "entities: [user, merchant]",
+                "entities: []",
+                "exactly one of `entity`",
+            ),
+        ];
+        for (from, to, needle) in cases {
+            let text = FEAST.replacen(from, to, 1);
+            assert_ne!(text, FEAST, "{from}");
+            let e = FeatureRepo::parse(&text, Path::new("f.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+        }
+        let ferry = FEAST
+            .replace(
+                "project: Shop_1\nonline_format: feast\nentity_key_serialization_version: 3\n",
+                "project: shop\n",
+            )
+            .replace("pair_Stats", "pair_stats");
+        let e = FeatureRepo::parse(&ferry, Path::new("f.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("compound keys (several entities) need `online_format: feast`"),
+            "{e}"
+        );
+        let single = ferry.replace("entities: [user, merchant]", "entity: user");
+        let e = FeatureRepo::parse(&single, Path::new("f.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`views[0].features[0].dtype` list<string> needs `online_format: feast`"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("20ms").unwrap(), Duration::from_millis(20));
