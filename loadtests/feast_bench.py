@@ -6,8 +6,9 @@ in-process: no HTTP) and Feast's feature server (`feast serve`, `POST /get-onlin
 The Feast repo of tests/py/feast_repo.py (view `user_stats`: 14 features of every scalar and
 list type) with 1,000 users is materialized by Feast itself (`feast materialize-incremental`)
 into a private redis-server; every lookup asks for all 14 features of 1 or 10 random users.
-Requests are sequential (one at a time) over one keep-alive connection (http.client, the
-lightest Python client), so the numbers are per-lookup latencies. Quote the ratios: the machine
+Requests are sequential (one at a time) over a keep-alive connection (http.client, the
+lightest Python client), so the numbers are per-lookup latencies; the three clients take turns
+in rounds of 250 lookups. Quote the ratios: the machine
 is shared.
 
     cargo build --release -p ferry-server --bin ferry
@@ -156,7 +157,9 @@ def main():
         feast_port = free_port()
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "feast.cli.cli", "serve", "-h", "127.0.0.1", "-p",
-             str(feast_port), "--no-access-log"], cwd=feast_dir,
+             # Worker recycling off (its default restarts the worker every ~1,000
+             # requests, which would close the connection mid-run).
+             str(feast_port), "--no-access-log", "--max-requests", "0"], cwd=feast_dir,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         procs[-1].own_session = True
         wait_http(feast_port, "/health", procs[-1], "feast serve")
@@ -182,19 +185,24 @@ def main():
                 assert row["values"][2] == sdk["orders"][i]
             ferry_bodies = [{"entities": {"user_id": b}, "features": REFS} for b in batches]
             feast_bodies = [{"entities": {"user_id": b}, "features": feast_refs} for b in batches]
+            # Warm-up, then the three clients in alternating rounds of 250 lookups, so that
+            # load from elsewhere on the shared machine falls on all three alike.
             time_http(ferry_port, "/v1/features", ferry_bodies[:100])
-            ferry_s = time_http(ferry_port, "/v1/features", ferry_bodies)
             time_http(feast_port, "/get-online-features", feast_bodies[:100])
-            serve_s = time_http(feast_port, "/get-online-features", feast_bodies)
             for b in batches[:100]:
                 store.get_online_features(features=feast_refs,
                                           entity_rows=[{"user_id": u} for u in b])
-            sdk_s = []
-            for b in batches:
-                t = time.perf_counter()
-                store.get_online_features(features=feast_refs,
-                                          entity_rows=[{"user_id": u} for u in b]).to_dict()
-                sdk_s.append(time.perf_counter() - t)
+            ferry_s, serve_s, sdk_s = [], [], []
+            for start in range(0, len(batches), 250):
+                end = start + 250
+                ferry_s += time_http(ferry_port, "/v1/features", ferry_bodies[start:end])
+                serve_s += time_http(feast_port, "/get-online-features",
+                                     feast_bodies[start:end])
+                for b in batches[start:end]:
+                    t = time.perf_counter()
+                    store.get_online_features(features=feast_refs, entity_rows=[
+                        {"user_id": u} for u in b]).to_dict()
+                    sdk_s.append(time.perf_counter() - t)
             ferry_p = percentiles(ferry_s)
             for name, samples in (("ferry /v1/features", ferry_s),
                                   ("feast serve /get-online-features", serve_s),
@@ -221,10 +229,12 @@ def main():
         f"`python3 loadtests/feast_bench.py --requests {args.requests}` (feast "
         f"{__import__('feast').__version__}, "
         f"{'release' if '/release/' in args.ferry_bin else 'debug (not for quoting)'} ferry, "
-        "one redis-server, all on the same "
-        "shared 2 cores; sequential lookups of the 14 `user_stats` features, 1,000 users "
-        "materialized by `feast materialize-incremental`; HTTP clients: one keep-alive "
-        "http.client connection). Quote ratios.\n",
+        "one redis-server, all on the same shared 2 cores, load average "
+        f"{os.getloadavg()[0]:.1f} from other work; sequential lookups of the 14 `user_stats` "
+        "features of 1 or 10 random users out of 1,000 materialized by `feast "
+        "materialize-incremental`, the three clients taking turns in rounds of 250; HTTP "
+        "clients: one keep-alive http.client connection per round; `feast serve --max-requests "
+        "0`: no worker recycling). Quote ratios.\n",
         "| entities | client | p50 µs | p99 µs | p50 ÷ ferry | p99 ÷ ferry |",
         "|---|---|---|---|---|---|",
     ]
