@@ -172,13 +172,23 @@ pub fn split_key(view: &View, key: &str) -> Result<Vec<String>, String> {
     if !view.is_compound() {
         return Ok(vec![key.to_string()]);
     }
-    let parts: Vec<String> = serde_json::from_str(key).map_err(|_| {
+    let bad = || {
         format!(
-            "view `{}` is keyed by {:?}; its entity key must give one value per join key",
+            "view `{}` is keyed by {:?}; its entity key must be a JSON array with one value per join key, e.g. [\"u1\", 7]",
             view.name,
             view.join_keys()
         )
-    })?;
+    };
+    // Strings or integers (`ferry features get --key '["u1", 7]'` may write numbers bare).
+    let values: Vec<serde_json::Value> = serde_json::from_str(key).map_err(|_| bad())?;
+    let parts = values
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => Ok(s),
+            serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+            _ => Err(bad()),
+        })
+        .collect::<Result<Vec<String>, String>>()?;
     if parts.len() != view.entities.len() {
         return Err(format!(
             "view `{}` is keyed by {:?}, got {} value(s)",
@@ -611,7 +621,9 @@ views:
         );
         let key = compound_key(&["u\"1", "7"]);
         assert_eq!(split_key(v, &key).unwrap(), ["u\"1", "7"]);
+        assert_eq!(split_key(v, r#"["u1", 7]"#).unwrap(), ["u1", "7"]);
         assert!(split_key(v, "u1").is_err());
+        assert!(split_key(v, r#"["u1", 7.5]"#).is_err());
         assert!(split_key(v, &compound_key(&["u1"])).is_err());
     }
 

@@ -49,6 +49,15 @@ user_stats = FeatureView(
     online=True,
 )
 
+# A second view of the same entity: Feast keeps both views' fields in one hash per user.
+user_profile = FeatureView(
+    name="user_profile",
+    entities=[user],
+    schema=[Field(name="segment", dtype=String), Field(name="tenure", dtype=Int64)],
+    source=FileSource(path=r"{user_profile}", timestamp_field="event_ts"),
+    online=True,
+)
+
 pair_stats = FeatureView(
     name="pair_stats",
     entities=[user, merchant],
@@ -86,6 +95,12 @@ views:
       - {name: flags, dtype: "list<bool>"}
       - {name: blobs, dtype: "list<bytes>"}
     source: {path: data/user_stats.parquet, timestamp: event_ts}
+  - name: user_profile
+    entity: user
+    features:
+      - {name: segment, dtype: string}
+      - {name: tenure, dtype: int64}
+    source: {path: data/user_profile.parquet, timestamp: event_ts}
   - name: pair_stats
     entities: [user, merchant]
     ttl: 30d
@@ -98,6 +113,7 @@ views:
 USER_FEATURES = ["visits_7d", "spend_30d", "orders", "age", "country", "vip", "blob", "scores",
                  "weights", "counts", "small", "tags", "flags", "blobs"]
 PAIR_FEATURES = ["pair_spend", "pair_orders"]
+PROFILE_FEATURES = ["segment", "tenure"]
 
 USER_SCHEMA = pa.schema([
     ("user_id", pa.string()), ("event_ts", pa.timestamp("us", tz="UTC")),
@@ -107,6 +123,10 @@ USER_SCHEMA = pa.schema([
     ("counts", pa.list_(pa.int64())), ("small", pa.list_(pa.int32())),
     ("tags", pa.list_(pa.string())), ("flags", pa.list_(pa.bool_())),
     ("blobs", pa.list_(pa.binary())),
+])
+PROFILE_SCHEMA = pa.schema([
+    ("user_id", pa.string()), ("event_ts", pa.timestamp("us", tz="UTC")),
+    ("segment", pa.string()), ("tenure", pa.int64()),
 ])
 PAIR_SCHEMA = pa.schema([
     ("user_id", pa.string()), ("merchant_id", pa.int64()),
@@ -122,7 +142,7 @@ def write_parquet(path, schema, rows):
     pq.write_table(pa.table(cols, schema=schema), path)
 
 
-def write_repo(root, redis_port, user_rows, pair_rows):
+def write_repo(root, redis_port, user_rows, pair_rows, profile_rows=()):
     """Writes the Feast repo (feature_store.yaml, definitions.py, Parquet data) and ferry's
     features.yaml for the same data into `root`; returns (feast repo dir, ferry repo path)."""
     data = os.path.join(root, "data")
@@ -130,6 +150,8 @@ def write_repo(root, redis_port, user_rows, pair_rows):
     pair_path = os.path.join(data, "pair_stats.parquet")
     write_parquet(user_path, USER_SCHEMA, user_rows)
     write_parquet(pair_path, PAIR_SCHEMA, pair_rows)
+    profile_path = os.path.join(data, "user_profile.parquet")
+    write_parquet(profile_path, PROFILE_SCHEMA, list(profile_rows))
     feast_dir = os.path.join(root, "feast_repo")
     os.makedirs(feast_dir, exist_ok=True)
     with open(os.path.join(feast_dir, "feature_store.yaml"), "w") as f:
@@ -145,7 +167,8 @@ def write_repo(root, redis_port, user_rows, pair_rows):
             entity_key_serialization_version: 3
             """))
     with open(os.path.join(feast_dir, "definitions.py"), "w") as f:
-        f.write(DEFINITIONS.format(user_stats=user_path, pair_stats=pair_path))
+        f.write(DEFINITIONS.format(user_stats=user_path, pair_stats=pair_path,
+                                   user_profile=profile_path))
     ferry_repo = os.path.join(root, "features.yaml")
     with open(ferry_repo, "w") as f:
         f.write(FERRY_REPO)

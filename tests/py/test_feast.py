@@ -63,14 +63,18 @@ def rows(now):
         dict(user_id="u1", merchant_id=-8, event_ts=now - h, pair_spend=0.5, pair_orders=1),
         dict(user_id="u2", merchant_id=7, event_ts=now - h, pair_spend=None, pair_orders=5),
     ]
-    return user, pair
+    profile = [
+        dict(user_id="u1", event_ts=now - 3 * h, segment="gold", tenure=4),
+        dict(user_id="u3", event_ts=now - 3 * h, segment="new", tenure=None),
+    ]
+    return user, pair, profile
 
 
 @pytest.fixture
 def feast_env(tmp_path, redis_server):
     now = now_ms()
-    user, pair = rows(now)
-    feast_dir, ferry_repo = fr.write_repo(str(tmp_path), redis_server.port, user, pair)
+    user, pair, profile = rows(now)
+    feast_dir, ferry_repo = fr.write_repo(str(tmp_path), redis_server.port, user, pair, profile)
     fr.feast_cli(feast_dir, "apply")
     return dict(now=now, feast_dir=feast_dir, ferry_repo=ferry_repo, tmp=tmp_path,
                 redis=redis_server, store=FeatureStore(repo_path=feast_dir))
@@ -123,6 +127,7 @@ def assert_same_as_feast(env, srv, refs, entities):
 
 USER_REFS = [f"user_stats.{f}" for f in fr.USER_FEATURES]
 PAIR_REFS = [f"pair_stats.{f}" for f in fr.PAIR_FEATURES]
+PROFILE_REFS = [f"user_profile.{f}" for f in fr.PROFILE_FEATURES]
 
 
 def load_demo():
@@ -169,6 +174,10 @@ def test_ferry_serves_what_feast_materialized(feast_env):
         assert results[3]["statuses"] == ["missing"] * len(USER_REFS)
         assert results[0]["values"][0] == pytest.approx(0.1, rel=1e-7)  # a float32 value
 
+        # Two views of one entity share Feast's hash: each reads its own fields (u3 has only
+        # a profile, u2 only stats).
+        assert_same_as_feast(env, srv, ["user_stats.orders"] + PROFILE_REFS,
+                             {"user_id": ["u1", "u2", "u3", "nobody"]})
         # Compound key (string + int64): known pairs, an unknown pair, keys given as ints.
         assert_same_as_feast(env, srv, PAIR_REFS,
                              {"user_id": ["u1", "u1", "u2", "u1"], "merchant_id": [7, -8, 7, 9]})
@@ -227,8 +236,10 @@ def test_feast_reads_what_ferry_materialized(feast_env):
     feast_materialize_incremental(env)
     want_users = feast_read(env, USER_REFS, entity_rows)
     want_pairs = feast_read(env, PAIR_REFS, pair_rows)
+    want_profiles = feast_read(env, PROFILE_REFS, entity_rows + [{"user_id": "u3"}])
     feast_hashes = redis_dump(env["redis"])
-    assert len(feast_hashes) == 5  # u1, u2 and three pairs; `old` is expired
+    # u1 (stats and profile in one hash), u2, u3 and three pairs; `old` is expired.
+    assert len(feast_hashes) == 6
     env["redis"].client().flushall()
 
     out = run_ferry("features", "--features", env["ferry_repo"], "--redis", env["redis"].url,
@@ -237,6 +248,8 @@ def test_feast_reads_what_ferry_materialized(feast_env):
     assert redis_dump(env["redis"]) == feast_hashes
     assert feast_read(env, USER_REFS, entity_rows) == want_users
     assert feast_read(env, PAIR_REFS, pair_rows) == want_pairs
+    assert feast_read(env, PROFILE_REFS, entity_rows + [{"user_id": "u3"}]) == want_profiles
+    assert want_profiles["segment"] == ["gold", None, None, None, "new"]
     assert want_users["orders"] == [3, None, None, None]
 
     # Materializing again writes nothing (no newer rows), as Feast skips equal timestamps.
@@ -249,6 +262,9 @@ def test_feast_reads_what_ferry_materialized(feast_env):
     got = run_ferry("features", "--features", env["ferry_repo"], "--redis", env["redis"].url,
                     "get", "--view", "user_stats", "--key", "u1").stdout
     assert '"orders": 3' in got and "73686f70" in got, got  # "shop" ends the key
+    got = run_ferry("features", "--features", env["ferry_repo"], "--redis", env["redis"].url,
+                    "get", "--view", "pair_stats", "--key", '["u1", -8]').stdout
+    assert '"pair_spend": 0.5' in got and '"pair_orders": 1' in got, got
 
 
 def test_older_entity_key_serialization_is_refused(tmp_path):
