@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates server/src/grpc/generated/ from the vendored protos in server/proto/.
+# Regenerates server/src/grpc/generated/ (from server/proto/) and features/src/feast/generated/
+# (Feast's messages, from features/proto/) from the vendored protos.
 # Needs protoc (apt-get install protobuf-compiler); building ferry itself does not.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -140,6 +140,13 @@ impl JoinPlan {
                 .resolve(c)
                 .map_err(|e| plan_err(format!("`columns[{i}]`: {e}")))?;
             let view = &repo.views[r.view];
+            if view.is_compound() {
+                return Err(plan_err(format!(
+                    "`columns[{i}]` {c:?} belongs to view `{}` keyed by several join keys {:?}; a model's features are looked up by one entity (read compound-key views through POST /v1/features)",
+                    view.name,
+                    view.join_keys()
+                )));
+            }
             if view.entity.name != ent.name {
                 return Err(plan_err(format!(
                     "`columns[{i}]` {c:?} belongs to view `{}` keyed by entity `{}`, but the model's entity is `{}`",
@@ -148,7 +155,8 @@ impl JoinPlan {
             }
             if !repo.feature(r).dtype.is_numeric() {
                 return Err(plan_err(format!(
-                    "`columns[{i}]` {c:?} is a string feature; model inputs must be numeric"
+                    "`columns[{i}]` {c:?} is a {} feature; model inputs must be numeric",
+                    repo.feature(r).dtype.as_str()
                 )));
             }
             let k = match plan.refs.iter().position(|x| *x == r) {

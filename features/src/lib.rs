@@ -3,6 +3,7 @@
 //! serving join that turns request rows into model inputs.
 
 mod error;
+pub mod feast;
 pub mod join;
 pub mod materialize;
 pub mod offline;

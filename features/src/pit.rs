@@ -104,6 +104,17 @@ pub async fn export(
         let (repo, entities, options) = (repo.clone(), entities.to_path_buf(), options.clone());
         tokio::task::spawn_blocking(move || {
             let refs = plan(&repo, &entities, &options)?;
+            // The export writes scalar columns keyed by one join key; Feast-only types and
+            // compound keys are served online but not exported (yet).
+            for r in &refs {
+                let view = &repo.views[r.view];
+                if view.is_compound() || repo.feature(*r).dtype.feast_only() {
+                    return Err(FeatureError::UnknownFeature(format!(
+                        "`{}` cannot be exported: the point-in-time export supports scalar features of views with one join key",
+                        repo.ref_name(*r)
+                    )));
+                }
+            }
             let wanted = entity_keys(&repo, &entities, &refs)?;
             Ok::<_, FeatureError>((refs, wanted))
         })
@@ -386,6 +397,8 @@ fn arrow_type(t: FeatureType) -> DataType {
         FeatureType::Int64 => DataType::Int64,
         FeatureType::Bool => DataType::Boolean,
         FeatureType::String => DataType::Utf8,
+        // Refused by `export` before any column is built.
+        FeatureType::Bytes | FeatureType::List(_) => DataType::Null,
     }
 }
 
@@ -417,6 +430,9 @@ fn build_array(t: FeatureType, values: &[Option<FeatureValue>]) -> ArrayRef {
                 }
             }
             Arc::new(b.finish()) as ArrayRef
+        }
+        FeatureType::Bytes | FeatureType::List(_) => {
+            Arc::new(arrow_array::NullArray::new(values.len())) as ArrayRef
         }
     }
 }

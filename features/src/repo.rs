@@ -13,8 +13,24 @@ use std::time::Duration;
 #[serde(deny_unknown_fields)]
 struct RepoFile {
     project: String,
+    /// `ferry` (default) or `feast`: the Redis layout served and materialized.
+    #[serde(default)]
+    online_format: Option<String>,
+    /// Feast's `entity_key_serialization_version` (only 3 is accepted; only with `feast`).
+    #[serde(default)]
+    entity_key_serialization_version: Option<u32>,
     entities: Vec<Entity>,
     views: Vec<ViewFile>,
+}
+
+/// How the online store lays values out in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnlineFormat {
+    /// ferry's own layout: `ferry:<project>:<view>:<key>` hashes of text values.
+    #[default]
+    Ferry,
+    /// Feast's Redis online store layout (see `crate::feast`), read and written as Feast does.
+    Feast,
 }
 
 /// A thing features describe (a user, a merchant), identified by its join key.
@@ -24,7 +40,8 @@ pub struct Entity {
     pub name: String,
     /// The column (offline) and request field (online) holding the entity key.
     pub join_key: String,
-    /// `string` or `int64`; keys are compared as their decimal/string form.
+    /// `string`, `int64` or `int32`; keys are compared as their decimal/string form (the
+    /// Feast format serializes them typed).
     #[serde(default = "default_key_dtype")]
     pub dtype: String,
 }
@@ -37,7 +54,11 @@ fn default_key_dtype() -> String {
 #[serde(deny_unknown_fields)]
 struct ViewFile {
     name: String,
-    entity: String,
+    #[serde(default)]
+    entity: Option<String>,
+    /// Several entities: a compound key (Feast views keyed by several join keys).
+    #[serde(default)]
+    entities: Option<Vec<String>>,
     #[serde(default)]
     ttl: Option<String>,
     features: Vec<FeatureFile>,
@@ -94,7 +115,11 @@ pub struct Source {
 #[derive(Debug, Clone, PartialEq)]
 pub struct View {
     pub name: String,
+    /// The view's (first) entity; the only one unless the key is compound.
     pub entity: Entity,
+    /// Every entity of the key, in the order the repo lists them (one for most views; several
+    /// for a compound key, whose entity key text is `compound_key` of the join key values).
+    pub entities: Vec<Entity>,
     /// Values older than this (event time) count as missing.
     pub ttl: Option<Duration>,
     pub features: Vec<Feature>,
@@ -102,6 +127,16 @@ pub struct View {
 }
 
 impl View {
+    /// Whether the view is keyed by several join keys.
+    pub fn is_compound(&self) -> bool {
+        self.entities.len() > 1
+    }
+
+    /// The join key columns / request fields of the key, in the repo's order.
+    pub fn join_keys(&self) -> Vec<&str> {
+        self.entities.iter().map(|e| e.join_key.as_str()).collect()
+    }
+
     pub fn feature_index(&self, name: &str) -> Option<usize> {
         self.features.iter().position(|f| f.name == name)
     }
@@ -111,6 +146,7 @@ impl View {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureRepo {
     pub project: String,
+    pub online_format: OnlineFormat,
     pub entities: Vec<Entity>,
     pub views: Vec<View>,
     /// The file it was read from (for messages).
@@ -124,6 +160,46 @@ pub struct FeatureRef {
     pub feature: usize,
 }
 
+/// The entity key text of a compound key (one value per join key, in the view's order): a JSON
+/// array of the values' text forms, so no value can be confused with a separator.
+pub fn compound_key(parts: &[&str]) -> String {
+    serde_json::to_string(parts).unwrap_or_default()
+}
+
+/// Splits an entity key text into one value per join key of `view` (the inverse of
+/// `compound_key`; a single-key view's text is the value itself).
+pub fn split_key(view: &View, key: &str) -> Result<Vec<String>, String> {
+    if !view.is_compound() {
+        return Ok(vec![key.to_string()]);
+    }
+    let bad = || {
+        format!(
+            "view `{}` is keyed by {:?}; its entity key must be a JSON array with one value per join key, e.g. [\"u1\", 7]",
+            view.name,
+            view.join_keys()
+        )
+    };
+    // Strings or integers (`ferry features get --key '["u1", 7]'` may write numbers bare).
+    let values: Vec<serde_json::Value> = serde_json::from_str(key).map_err(|_| bad())?;
+    let parts = values
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => Ok(s),
+            serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+            _ => Err(bad()),
+        })
+        .collect::<Result<Vec<String>, String>>()?;
+    if parts.len() != view.entities.len() {
+        return Err(format!(
+            "view `{}` is keyed by {:?}, got {} value(s)",
+            view.name,
+            view.join_keys(),
+            parts.len()
+        ));
+    }
+    Ok(parts)
+}
+
 /// `[a-z0-9_][a-z0-9_-]*` up to 63 bytes: names that are safe in Redis keys and paths.
 fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -131,6 +207,15 @@ fn is_valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Feast project and view names: ASCII letters, digits, `_` and `-`, up to 63 bytes.
+fn is_valid_feast_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Parses `20ms`, `1.5s`, `30s`, `5m`, `2h`, `7d` (a bare number is seconds).
@@ -178,12 +263,47 @@ impl FeatureRepo {
         };
         let file: RepoFile = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        if !is_valid_name(&file.project) {
+        let online_format = match file.online_format.as_deref() {
+            None | Some("ferry") => OnlineFormat::Ferry,
+            Some("feast") => OnlineFormat::Feast,
+            Some(other) => {
+                return Err(err(format!(
+                    "`online_format` is {other:?}; use ferry (default) or feast"
+                )));
+            }
+        };
+        // Feast names (projects, views) may use capitals: Feast allows letters, digits and `_`.
+        let name_ok = |name: &str| match online_format {
+            OnlineFormat::Ferry => is_valid_name(name),
+            OnlineFormat::Feast => is_valid_feast_name(name),
+        };
+        let name_rule = match online_format {
+            OnlineFormat::Ferry => "[a-z0-9_-]{1,63}",
+            OnlineFormat::Feast => "[A-Za-z0-9_-]{1,63}",
+        };
+        if !name_ok(&file.project) {
             return Err(err(format!(
-                "`project` {:?} must match [a-z0-9_-]{{1,63}} (it is part of every Redis key)",
+                "`project` {:?} must match {name_rule} (it is part of every Redis key)",
                 file.project
             )));
         }
+        match (file.entity_key_serialization_version, online_format) {
+            (None, _) => {}
+            (Some(v), OnlineFormat::Feast)
+                if v == crate::feast::ENTITY_KEY_SERIALIZATION_VERSION => {}
+            (Some(v), OnlineFormat::Feast) => {
+                return Err(err(format!(
+                    "`entity_key_serialization_version` is {v}; ferry reads and writes only Feast's version 3 (Feast's default since 0.38; versions below 3 are deprecated in Feast): set `entity_key_serialization_version: 3` in feature_store.yaml and re-materialize, then set it to 3 here"
+                )));
+            }
+            (Some(_), OnlineFormat::Ferry) => {
+                return Err(err(
+                    "`entity_key_serialization_version` applies only with `online_format: feast`"
+                        .into(),
+                ));
+            }
+        }
+
         let mut seen = HashSet::new();
         for (i, e) in file.entities.iter().enumerate() {
             if e.name.is_empty() || !seen.insert(e.name.as_str()) {
@@ -195,9 +315,9 @@ impl FeatureRepo {
             if e.join_key.is_empty() {
                 return Err(err(format!("`entities[{i}].join_key` must not be empty")));
             }
-            if e.dtype != "string" && e.dtype != "int64" {
+            if !matches!(e.dtype.as_str(), "string" | "int64" | "int32") {
                 return Err(err(format!(
-                    "`entities[{i}].dtype` is {:?}; use string or int64",
+                    "`entities[{i}].dtype` is {:?}; use string, int64 or int32",
                     e.dtype
                 )));
             }
@@ -209,24 +329,51 @@ impl FeatureRepo {
         let mut view_names = HashSet::new();
         for (i, v) in file.views.iter().enumerate() {
             let key = format!("views[{i}]");
-            if !is_valid_name(&v.name) || !view_names.insert(v.name.as_str()) {
+            if !name_ok(&v.name) || !view_names.insert(v.name.as_str()) {
                 return Err(err(format!(
-                    "`{key}.name` {:?} must match [a-z0-9_-]{{1,63}} and be unique",
+                    "`{key}.name` {:?} must match {name_rule} and be unique",
                     v.name
                 )));
             }
-            let entity = file
-                .entities
-                .iter()
-                .find(|e| e.name == v.entity)
-                .ok_or_else(|| {
-                    err(format!(
-                        "`{key}.entity` {:?} is not one of `entities` ({:?})",
-                        v.entity,
-                        file.entities.iter().map(|e| &e.name).collect::<Vec<_>>()
-                    ))
-                })?
-                .clone();
+            let (names, entity_key): (Vec<&String>, String) = match (&v.entity, &v.entities) {
+                (Some(one), None) => (vec![one], format!("{key}.entity")),
+                (None, Some(many)) if !many.is_empty() => {
+                    (many.iter().collect(), format!("{key}.entities"))
+                }
+                _ => {
+                    return Err(err(format!(
+                        "`{key}` needs exactly one of `entity` (one join key) or `entities` (a non-empty list: a compound key)"
+                    )));
+                }
+            };
+            let mut entities = Vec::with_capacity(names.len());
+            for name in names {
+                let entity = file
+                    .entities
+                    .iter()
+                    .find(|e| &e.name == name)
+                    .ok_or_else(|| {
+                        err(format!(
+                            "`{entity_key}` {name:?} is not one of `entities` ({:?})",
+                            file.entities.iter().map(|e| &e.name).collect::<Vec<_>>()
+                        ))
+                    })?;
+                if entities
+                    .iter()
+                    .any(|e: &Entity| e.join_key == entity.join_key)
+                {
+                    return Err(err(format!(
+                        "`{entity_key}` names join key `{}` twice",
+                        entity.join_key
+                    )));
+                }
+                entities.push(entity.clone());
+            }
+            if entities.len() > 1 && online_format != OnlineFormat::Feast {
+                return Err(err(format!(
+                    "`{entity_key}`: compound keys (several entities) need `online_format: feast`"
+                )));
+            }
             let ttl = v
                 .ttl
                 .as_deref()
@@ -250,7 +397,7 @@ impl FeatureRepo {
                 }
                 let dtype = FeatureType::parse(&f.dtype).ok_or_else(|| {
                     err(format!(
-                        "`{fkey}.dtype` is {:?}; use one of float32, float64, int32, int64, bool, string",
+                        "`{fkey}.dtype` is {:?}; use one of float32, float64, int32, int64, bool, string (with online_format: feast also bytes and list<T> of those)",
                         f.dtype
                     ))
                 })?;
@@ -261,6 +408,12 @@ impl FeatureRepo {
                             .map_err(|e| err(format!("`{fkey}.default`: {e}")))?,
                     ),
                 };
+                if dtype.feast_only() && online_format != OnlineFormat::Feast {
+                    return Err(err(format!(
+                        "`{fkey}.dtype` {} needs `online_format: feast` (ferry's own format stores scalars only)",
+                        f.dtype
+                    )));
+                }
                 features.push(Feature {
                     name: f.name.clone(),
                     dtype,
@@ -291,7 +444,8 @@ impl FeatureRepo {
             };
             views.push(View {
                 name: v.name.clone(),
-                entity,
+                entity: entities[0].clone(),
+                entities,
                 ttl,
                 features,
                 source: Source {
@@ -303,6 +457,7 @@ impl FeatureRepo {
         }
         Ok(FeatureRepo {
             project: file.project,
+            online_format,
             entities: file.entities,
             views,
             path: path.to_path_buf(),
@@ -435,6 +590,112 @@ views:
                 .to_string();
             assert!(e.contains(needle), "{needle:?} not in {e:?}");
         }
+    }
+
+    const FEAST: &str = r#"
+project: Shop_1
+online_format: feast
+entity_key_serialization_version: 3
+entities:
+  - {name: user, join_key: user_id, dtype: string}
+  - {name: merchant, join_key: merchant_id, dtype: int64}
+views:
+  - name: pair_Stats
+    entities: [user, merchant]
+    features:
+      - {name: tags, dtype: "list<string>"}
+      - {name: blob, dtype: bytes}
+    source: {path: data/pairs/}
+"#;
+
+    #[test]
+    fn feast_format_compound_keys_and_types() {
+        let repo = FeatureRepo::parse(FEAST, Path::new("/r/features.yaml")).unwrap();
+        assert_eq!(repo.online_format, OnlineFormat::Feast);
+        let v = &repo.views[0];
+        assert!(v.is_compound());
+        assert_eq!(v.join_keys(), ["user_id", "merchant_id"]);
+        assert_eq!(
+            v.features[0].dtype,
+            FeatureType::List(crate::value::Scalar::String)
+        );
+        let key = compound_key(&["u\"1", "7"]);
+        assert_eq!(split_key(v, &key).unwrap(), ["u\"1", "7"]);
+        assert_eq!(split_key(v, r#"["u1", 7]"#).unwrap(), ["u1", "7"]);
+        assert!(split_key(v, "u1").is_err());
+        assert!(split_key(v, r#"["u1", 7.5]"#).is_err());
+        assert!(split_key(v, &compound_key(&["u1"])).is_err());
+    }
+
+    #[test]
+    fn feast_errors_name_the_key() {
+        let cases = [
+            (
+                "entity_key_serialization_version: 3",
+                "entity_key_serialization_version: 2",
+                "`entity_key_serialization_version` is 2",
+            ),
+            (
+                "online_format: feast",
+                "online_format: fest",
+                "`online_format` is \"fest\"",
+            ),
+            // Without the feast format: no version key, no compound keys, no lists or bytes.
+            (
+                "project: Shop_1\nonline_format: feast\n",
+                "project: shop\n",
+                "`entity_key_serialization_version` applies only",
+            ),
+            (
+                "online_format: feast\nentity_key_serialization_version: 3\n",
+                "",
+                "`project`",
+            ),
+            (
+                "project: Shop_1\nonline_format: feast\nentity_key_serialization_version: 3\n",
+                "project: shop\n",
+                "`views[0].name`",
+            ),
+            (
+                "entities: [user, merchant]",
+                "entities: [user, user]",
+                "`views[0].entities` names join key `user_id` twice",
+            ),
+            (
+                "entities: [user, merchant]",
+                "entities: []",
+                "exactly one of `entity`",
+            ),
+        ];
+        for (from, to, needle) in cases {
+            let text = FEAST.replacen(from, to, 1);
+            assert_ne!(text, FEAST, "{from}");
+            let e = FeatureRepo::parse(&text, Path::new("f.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+        }
+        let ferry = FEAST
+            .replace(
+                "project: Shop_1\nonline_format: feast\nentity_key_serialization_version: 3\n",
+                "project: shop\n",
+            )
+            .replace("pair_Stats", "pair_stats");
+        let e = FeatureRepo::parse(&ferry, Path::new("f.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("compound keys (several entities) need `online_format: feast`"),
+            "{e}"
+        );
+        let single = ferry.replace("entities: [user, merchant]", "entity: user");
+        let e = FeatureRepo::parse(&single, Path::new("f.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`views[0].features[0].dtype` list<string> needs `online_format: feast`"),
+            "{e}"
+        );
     }
 
     #[test]

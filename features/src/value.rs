@@ -10,6 +10,51 @@ pub enum FeatureType {
     Int64,
     Bool,
     String,
+    /// Raw bytes (Feast `Bytes`); only in a repo with `online_format: feast`.
+    Bytes,
+    /// A list of scalars (Feast `Array(...)`, written `list<int64>`); only with
+    /// `online_format: feast`.
+    List(Scalar),
+}
+
+/// The element type of a list feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scalar {
+    Float32,
+    Float64,
+    Int32,
+    Int64,
+    Bool,
+    String,
+    Bytes,
+}
+
+impl Scalar {
+    /// The scalar feature type of a list's elements.
+    pub fn feature_type(self) -> FeatureType {
+        match self {
+            Scalar::Float32 => FeatureType::Float32,
+            Scalar::Float64 => FeatureType::Float64,
+            Scalar::Int32 => FeatureType::Int32,
+            Scalar::Int64 => FeatureType::Int64,
+            Scalar::Bool => FeatureType::Bool,
+            Scalar::String => FeatureType::String,
+            Scalar::Bytes => FeatureType::Bytes,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Scalar> {
+        Some(match s {
+            "float32" => Scalar::Float32,
+            "float64" => Scalar::Float64,
+            "int32" => Scalar::Int32,
+            "int64" => Scalar::Int64,
+            "bool" => Scalar::Bool,
+            "string" => Scalar::String,
+            "bytes" => Scalar::Bytes,
+            _ => return None,
+        })
+    }
 }
 
 impl FeatureType {
@@ -21,8 +66,17 @@ impl FeatureType {
             "int64" => FeatureType::Int64,
             "bool" => FeatureType::Bool,
             "string" => FeatureType::String,
-            _ => return None,
+            "bytes" => FeatureType::Bytes,
+            other => {
+                let inner = other.strip_prefix("list<")?.strip_suffix('>')?;
+                FeatureType::List(Scalar::parse(inner.trim())?)
+            }
         })
+    }
+
+    /// Types that only the Feast online format stores (ferry's own text encoding has none).
+    pub fn feast_only(self) -> bool {
+        matches!(self, FeatureType::Bytes | FeatureType::List(_))
     }
 
     pub fn as_str(self) -> &'static str {
@@ -33,11 +87,27 @@ impl FeatureType {
             FeatureType::Int64 => "int64",
             FeatureType::Bool => "bool",
             FeatureType::String => "string",
+            FeatureType::Bytes => "bytes",
+            FeatureType::List(Scalar::Float32) => "list<float32>",
+            FeatureType::List(Scalar::Float64) => "list<float64>",
+            FeatureType::List(Scalar::Int32) => "list<int32>",
+            FeatureType::List(Scalar::Int64) => "list<int64>",
+            FeatureType::List(Scalar::Bool) => "list<bool>",
+            FeatureType::List(Scalar::String) => "list<string>",
+            FeatureType::List(Scalar::Bytes) => "list<bytes>",
         }
     }
 
+    /// Whether a value of this type can be a model input number.
     pub fn is_numeric(self) -> bool {
-        self != FeatureType::String
+        matches!(
+            self,
+            FeatureType::Float32
+                | FeatureType::Float64
+                | FeatureType::Int32
+                | FeatureType::Int64
+                | FeatureType::Bool
+        )
     }
 }
 
@@ -48,6 +118,9 @@ pub enum FeatureValue {
     Int(i64),
     Bool(bool),
     Str(String),
+    Bytes(Vec<u8>),
+    /// A list feature's value (its elements are never null: Feast's lists cannot hold nulls).
+    List(Vec<FeatureValue>),
 }
 
 impl FeatureValue {
@@ -61,6 +134,9 @@ impl FeatureValue {
             FeatureValue::Int(i) => i.to_string(),
             FeatureValue::Bool(b) => if *b { "1" } else { "0" }.to_string(),
             FeatureValue::Str(s) => s.clone(),
+            // Repo validation keeps bytes and lists out of the ferry format; JSON text keeps
+            // this total rather than panicking.
+            FeatureValue::Bytes(_) | FeatureValue::List(_) => self.to_json().to_string(),
         }
     }
 
@@ -82,6 +158,12 @@ impl FeatureValue {
                 _ => return Err(bad()),
             },
             FeatureType::String => FeatureValue::Str(raw.to_string()),
+            FeatureType::Bytes | FeatureType::List(_) => {
+                return Err(format!(
+                    "{} values are stored only in the feast online format",
+                    dtype.as_str()
+                ));
+            }
         })
     }
 
@@ -96,6 +178,16 @@ impl FeatureValue {
             }
             FeatureType::Bool => FeatureValue::Bool(v.as_bool().ok_or_else(bad)?),
             FeatureType::String => FeatureValue::Str(v.as_str().ok_or_else(bad)?.to_string()),
+            FeatureType::Bytes => {
+                FeatureValue::Bytes(v.as_str().ok_or_else(bad)?.as_bytes().to_vec())
+            }
+            FeatureType::List(elem) => FeatureValue::List(
+                v.as_sequence()
+                    .ok_or_else(bad)?
+                    .iter()
+                    .map(|x| FeatureValue::from_yaml(elem.feature_type(), x))
+                    .collect::<Result<_, _>>()?,
+            ),
         })
     }
 
@@ -105,7 +197,7 @@ impl FeatureValue {
             FeatureValue::Float(x) => Some(*x),
             FeatureValue::Int(i) => Some(*i as f64),
             FeatureValue::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
-            FeatureValue::Str(_) => None,
+            FeatureValue::Str(_) | FeatureValue::Bytes(_) | FeatureValue::List(_) => None,
         }
     }
 
@@ -117,8 +209,33 @@ impl FeatureValue {
             FeatureValue::Int(i) => Json::from(*i),
             FeatureValue::Bool(b) => Json::from(*b),
             FeatureValue::Str(s) => Json::from(s.clone()),
+            // Standard base64, as Feast's feature server writes bytes in JSON.
+            FeatureValue::Bytes(b) => Json::from(base64(b)),
+            FeatureValue::List(items) => Json::Array(items.iter().map(|x| x.to_json()).collect()),
         }
     }
+}
+
+/// Standard base64 with padding (RFC 4648), for bytes in JSON.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -148,5 +265,34 @@ mod tests {
             assert_eq!(FeatureValue::decode(t, text).unwrap(), v);
         }
         assert!(FeatureValue::decode(FeatureType::Int64, "1.5").is_err());
+    }
+
+    #[test]
+    fn list_and_bytes_types_parse() {
+        assert_eq!(
+            FeatureType::parse("list<float32>"),
+            Some(FeatureType::List(Scalar::Float32))
+        );
+        assert_eq!(FeatureType::parse("bytes"), Some(FeatureType::Bytes));
+        assert_eq!(FeatureType::parse("list<list<int64>>"), None);
+        for t in ["list<int64>", "list<bytes>", "bytes", "float32"] {
+            assert_eq!(FeatureType::parse(t).unwrap().as_str(), t);
+        }
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        // The RFC 4648 test vectors.
+        for (raw, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(raw.as_bytes()), want);
+        }
     }
 }

@@ -401,7 +401,12 @@ fn name_feature_columns(plan: &JoinPlan, table: &FeatureTable, frame: &mut Frame
                 Some(FeatureValue::Float(x)) if !x.is_finite() => values.append_null(),
                 Some(FeatureValue::Float(x)) => values.append_value(x),
                 Some(FeatureValue::Int(i)) => values.append_value(i as f64),
-                Some(FeatureValue::Bool(_) | FeatureValue::Str(_)) => return false,
+                Some(
+                    FeatureValue::Bool(_)
+                    | FeatureValue::Str(_)
+                    | FeatureValue::Bytes(_)
+                    | FeatureValue::List(_),
+                ) => return false,
             }
         }
         frame.set(name, Arc::new(values.finish()));

@@ -5,6 +5,7 @@ use ferry_features::FeatureRepo;
 use ferry_features::materialize::{MaterializeOptions, Progress, materialize_view};
 use ferry_features::offline::OfflineSource;
 use ferry_features::online::{MemoryStore, OnlineStore, RedisStore, RowKey};
+use ferry_features::repo::OnlineFormat;
 use ferry_registry::S3Options;
 use ferry_runtimes::OnnxEngine;
 use ferry_server::cli::{
@@ -132,8 +133,16 @@ async fn features(args: FeaturesArgs) -> anyhow::Result<()> {
                 let r = materialize_view(&repo, v, &source, &store, &options, &progress)
                     .await
                     .with_context(context)?;
+                let expired = if r.rows_expired > 0 {
+                    format!(
+                        ", {} older than the TTL not written (as Feast's materialize-incremental)",
+                        r.rows_expired
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "view {}: {} of {} files read, {} rows read ({} skipped: null key or time), {} keys written, {} not newer; {:.2} s, {:.0} rows/s",
+                    "view {}: {} of {} files read, {} rows read ({} skipped: null key or time), {} keys written, {} not newer{expired}; {:.2} s, {:.0} rows/s",
                     r.view,
                     r.files_read,
                     r.files_total,
@@ -150,7 +159,24 @@ async fn features(args: FeaturesArgs) -> anyhow::Result<()> {
         FeaturesCommand::Get { view, key } => {
             let vi = repo.view_index(&view)?;
             let v = &repo.views[vi];
-            let online_key = repo.online_key(v, &key);
+            // Feast's keys are binary: shown as hex.
+            let online_key = match repo.online_format {
+                OnlineFormat::Ferry => repo.online_key(v, &key),
+                OnlineFormat::Feast => ferry_features::online::redis::feast_key(
+                    &repo,
+                    &RowKey {
+                        view: vi,
+                        key: key.clone(),
+                    },
+                )
+                .map(|k| k.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                .with_context(|| {
+                    format!(
+                        "`{key}` is not a key of view `{view}` (join keys {:?})",
+                        v.join_keys()
+                    )
+                })?,
+            };
             let row = match &redis_url {
                 Some(url) => {
                     let store = RedisStore::connect(url, JOB_TIMEOUT)
@@ -194,9 +220,10 @@ async fn features(args: FeaturesArgs) -> anyhow::Result<()> {
                     )
                 })
                 .collect();
-            let stale = v.ttl.is_some_and(|ttl| {
-                ferry_features::online::now_ms() - row.ts_ms > ttl.as_millis() as i64
-            });
+            let stale = repo.online_format == OnlineFormat::Ferry
+                && v.ttl.is_some_and(|ttl| {
+                    ferry_features::online::now_ms() - row.ts_ms > ttl.as_millis() as i64
+                });
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({

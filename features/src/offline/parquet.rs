@@ -95,10 +95,8 @@ impl<'a> ViewReader<'a> {
         })?;
         let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
         let schema = builder.schema().clone();
-        let mut wanted = vec![
-            view.entity.join_key.as_str(),
-            view.source.timestamp.as_str(),
-        ];
+        let mut wanted = view.join_keys();
+        wanted.push(view.source.timestamp.as_str());
         wanted.extend(view.features.iter().map(|f| f.name.as_str()));
         let mut roots = Vec::with_capacity(wanted.len());
         for name in &wanted {
@@ -141,8 +139,26 @@ impl<'a> ViewReader<'a> {
                 .cloned()
                 .ok_or_else(|| err(format!("column `{name}` vanished from a record batch")))
         };
-        let keys = keys(column(&self.view.entity.join_key)?.as_ref())
-            .map_err(|m| err(format!("join key `{}`: {m}", self.view.entity.join_key)))?;
+        let mut parts = Vec::with_capacity(self.view.entities.len());
+        for join_key in self.view.join_keys() {
+            parts.push(
+                keys(column(join_key)?.as_ref())
+                    .map_err(|m| err(format!("join key `{join_key}`: {m}")))?,
+            );
+        }
+        // A compound key's text is the JSON array of its values (`repo::compound_key`); a
+        // row with any null key value has no key.
+        let keys: Vec<Option<String>> = if parts.len() == 1 {
+            parts.pop().unwrap_or_default()
+        } else {
+            (0..batch.num_rows())
+                .map(|row| {
+                    let values: Option<Vec<&str>> =
+                        parts.iter().map(|p| p[row].as_deref()).collect();
+                    values.map(|v| crate::repo::compound_key(&v))
+                })
+                .collect()
+        };
         let ts = timestamps(column(&self.view.source.timestamp)?.as_ref())
             .map_err(|m| err(format!("timestamp `{}`: {m}", self.view.source.timestamp)))?;
         let mut columns = Vec::with_capacity(self.view.features.len());
@@ -283,6 +299,59 @@ pub fn values(a: &dyn Array, dtype: FeatureType) -> Result<Vec<Option<FeatureVal
         FeatureType::String => {
             let k = keys(a)?;
             k.into_iter().map(|s| s.map(FeatureValue::Str)).collect()
+        }
+        FeatureType::Bytes => match dt {
+            DataType::Binary => {
+                get(&|i| FeatureValue::Bytes(a.as_binary::<i32>().value(i).to_vec()))
+            }
+            DataType::LargeBinary => {
+                get(&|i| FeatureValue::Bytes(a.as_binary::<i64>().value(i).to_vec()))
+            }
+            DataType::BinaryView => {
+                get(&|i| FeatureValue::Bytes(a.as_binary_view().value(i).to_vec()))
+            }
+            _ => {
+                let k = keys(a)?;
+                k.into_iter()
+                    .map(|s| s.map(|s| FeatureValue::Bytes(s.into_bytes())))
+                    .collect()
+            }
+        },
+        FeatureType::List(elem) => {
+            // Each row's elements are the child values of its list; a null element cannot be
+            // stored in a Feast list, so a row holding one is treated as a null row.
+            let item = |child: &dyn Array| -> Result<Option<FeatureValue>, String> {
+                let items = values(child, elem.feature_type())?;
+                Ok(items
+                    .into_iter()
+                    .collect::<Option<Vec<_>>>()
+                    .map(FeatureValue::List))
+            };
+            let mut out = Vec::with_capacity(n);
+            match dt {
+                DataType::List(_) => {
+                    let l = a.as_list::<i32>();
+                    for i in 0..n {
+                        out.push(if l.is_null(i) {
+                            None
+                        } else {
+                            item(l.value(i).as_ref())?
+                        });
+                    }
+                }
+                DataType::LargeList(_) => {
+                    let l = a.as_list::<i64>();
+                    for i in 0..n {
+                        out.push(if l.is_null(i) {
+                            None
+                        } else {
+                            item(l.value(i).as_ref())?
+                        });
+                    }
+                }
+                _ => return Err(unsupported(dt)),
+            }
+            out
         }
     })
 }

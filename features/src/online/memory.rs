@@ -5,7 +5,7 @@ use super::{BoxFuture, OnlineStore, RowKey, StoredRow};
 use crate::FeatureError;
 use crate::offline::parquet::DEFAULT_BATCH_ROWS;
 use crate::offline::{OfflineSource, scan};
-use crate::repo::FeatureRepo;
+use crate::repo::{FeatureRepo, OnlineFormat};
 use ferry_registry::S3Options;
 use std::collections::HashMap;
 
@@ -23,9 +23,17 @@ impl MemoryStore {
         let mut store = MemoryStore::default();
         for (vi, view) in repo.views.iter().enumerate() {
             let source = OfflineSource::open(view, s3).await?;
+            // In Feast's format the TTL applies at materialization (here: loading), not reads.
+            let expired_before = match (repo.online_format, view.ttl) {
+                (OnlineFormat::Feast, Some(ttl)) => Some(super::now_ms() - ttl.as_millis() as i64),
+                _ => None,
+            };
             scan(view, &source, DEFAULT_BATCH_ROWS, |batch| {
                 for (row, key) in batch.keys.iter().enumerate() {
                     let ts = batch.ts_ms[row];
+                    if expired_before.is_some_and(|t| ts < t) {
+                        continue;
+                    }
                     let slot = RowKey {
                         view: vi,
                         key: key.clone(),

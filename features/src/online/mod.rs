@@ -7,7 +7,7 @@ pub mod memory;
 pub mod redis;
 
 use crate::FeatureError;
-use crate::repo::{FeatureRef, FeatureRepo};
+use crate::repo::{FeatureRef, FeatureRepo, OnlineFormat};
 use crate::value::FeatureValue;
 use std::collections::HashMap;
 use std::future::Future;
@@ -138,17 +138,37 @@ impl OnlineFeatures {
         refs: &[FeatureRef],
         on_missing: OnMissing,
     ) -> Result<FeatureTable, FeatureError> {
+        self.lookup_keyed(
+            entity_keys.len(),
+            &|_, row| &entity_keys[row],
+            refs,
+            on_missing,
+        )
+        .await
+    }
+
+    /// Looks up `refs` for `rows` entities where each view may be keyed differently:
+    /// `key_of(view, row)` is row `row`'s entity key text for view `view` (a compound key's
+    /// text for a compound view). Still one store call for every view and row.
+    pub async fn lookup_keyed<'k>(
+        &self,
+        rows: usize,
+        key_of: &(dyn Fn(usize, usize) -> &'k str + Sync),
+        refs: &[FeatureRef],
+        on_missing: OnMissing,
+    ) -> Result<FeatureTable, FeatureError> {
         let mut views: Vec<usize> = refs.iter().map(|r| r.view).collect();
         views.sort_unstable();
         views.dedup();
-        let mut row_keys = Vec::with_capacity(views.len() * entity_keys.len());
+        let mut row_keys = Vec::with_capacity(views.len() * rows);
         let mut index: HashMap<(usize, &str), usize> = HashMap::new();
         for &view in &views {
-            for key in entity_keys {
-                index.entry((view, key.as_str())).or_insert_with(|| {
+            for row in 0..rows {
+                let key = key_of(view, row);
+                index.entry((view, key)).or_insert_with(|| {
                     row_keys.push(RowKey {
                         view,
-                        key: key.clone(),
+                        key: key.to_string(),
                     });
                     row_keys.len() - 1
                 });
@@ -181,26 +201,30 @@ impl OnlineFeatures {
             };
         let now = now_ms();
         let mut table = FeatureTable {
-            cells: Vec::with_capacity(entity_keys.len()),
+            cells: Vec::with_capacity(rows),
             defaulted: 0,
             counts: HashMap::new(),
         };
         let mut missing = Vec::new();
-        for key in entity_keys {
+        for entity_row in 0..rows {
             let mut row = Vec::with_capacity(refs.len());
             for r in refs {
+                let key = key_of(r.view, entity_row);
                 let view = &self.repo.views[r.view];
                 let feature = self.repo.feature(*r);
                 let stored = fetched
                     .as_ref()
-                    .and_then(|rows| rows[index[&(r.view, key.as_str())]].as_ref());
+                    .and_then(|rows| rows[index[&(r.view, key)]].as_ref());
                 let (status, value, ts) = match (&fetched, stored) {
                     (None, _) => (Status::Unavailable, None, None),
                     (Some(_), None) => (Status::Missing, None, None),
                     (Some(_), Some(s)) => {
-                        let stale = view
-                            .ttl
-                            .is_some_and(|ttl| now - s.ts_ms > ttl.as_millis() as i64);
+                        // Feast applies a view's TTL when it materializes, never when it reads:
+                        // in its layout a stored value is served however old it is.
+                        let stale = self.repo.online_format == OnlineFormat::Ferry
+                            && view
+                                .ttl
+                                .is_some_and(|ttl| now - s.ts_ms > ttl.as_millis() as i64);
                         match (&s.values[r.feature], stale) {
                             (_, true) => (Status::Stale, None, Some(s.ts_ms)),
                             (None, false) => (Status::Missing, None, Some(s.ts_ms)),

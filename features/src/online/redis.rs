@@ -4,9 +4,11 @@
 
 use super::{BoxFuture, OnlineStore, RowKey, StoredRow};
 use crate::FeatureError;
-use crate::repo::FeatureRepo;
+use crate::feast;
+use crate::repo::{FeatureRepo, OnlineFormat};
 use crate::value::FeatureValue;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::HashMap;
 use std::time::Duration;
 
 pub const TS_FIELD: &str = "_ts";
@@ -111,6 +113,9 @@ impl OnlineStore for RedisStore {
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
+            if repo.online_format == OnlineFormat::Feast {
+                return self.get_many_feast(repo, keys).await;
+            }
             // One HMGET per (view, entity), all in one pipelined round trip.
             let mut pipe = redis::pipe();
             for k in keys {
@@ -138,6 +143,115 @@ impl OnlineStore for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
     }
+}
+
+impl RedisStore {
+    /// `get_many` in Feast's layout: one `HMGET <entity key><project> _ts:<view> <murmur
+    /// fields…>` per (view, entity), all in one pipelined round trip.
+    async fn get_many_feast(
+        &self,
+        repo: &FeatureRepo,
+        keys: &[RowKey],
+    ) -> Result<Vec<Option<StoredRow>>, FeatureError> {
+        // The fields of each view, computed once per request rather than once per entity.
+        let mut fields: HashMap<usize, Vec<Vec<u8>>> = HashMap::new();
+        let mut pipe = redis::pipe();
+        // Entity keys that cannot exist (an int64 join key given `abc`) are not asked for.
+        let mut asked = Vec::with_capacity(keys.len());
+        for k in keys {
+            let view = &repo.views[k.view];
+            let Some(key) = feast_key(repo, k) else {
+                asked.push(false);
+                continue;
+            };
+            asked.push(true);
+            let view_fields = fields.entry(k.view).or_insert_with(|| {
+                let mut f = Vec::with_capacity(view.features.len() + 1);
+                f.push(feast::ts_field(&view.name).into_bytes());
+                f.extend(
+                    view.features
+                        .iter()
+                        .map(|x| feast::feature_field(&view.name, &x.name).to_vec()),
+                );
+                f
+            });
+            pipe.cmd("HMGET").arg(key).arg(&*view_fields);
+        }
+        let raw: Vec<Vec<Option<Vec<u8>>>> = if asked.iter().any(|a| *a) {
+            let mut conn = self.conn.clone();
+            pipe.query_async(&mut conn)
+                .await
+                .map_err(|e| self.unavailable(e))?
+        } else {
+            Vec::new()
+        };
+        let mut raw = raw.into_iter();
+        Ok(keys
+            .iter()
+            .zip(asked)
+            .map(|(k, asked)| {
+                if !asked {
+                    return None;
+                }
+                decode_feast_row(repo, k, &raw.next()?)
+            })
+            .collect())
+    }
+}
+
+/// The Feast Redis key of one (view, entity key text); `None` when a key value does not parse
+/// as its entity's dtype (no such entity can have been written).
+pub fn feast_key(repo: &FeatureRepo, k: &RowKey) -> Option<Vec<u8>> {
+    let view = &repo.views[k.view];
+    let parts = crate::repo::split_key(view, &k.key).ok()?;
+    let values: Vec<feast::KeyValue> = view
+        .entities
+        .iter()
+        .zip(&parts)
+        .map(|(e, p)| feast::KeyValue::parse(&e.dtype, p))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let pairs: Vec<(&str, &feast::KeyValue)> = view
+        .entities
+        .iter()
+        .map(|e| e.join_key.as_str())
+        .zip(&values)
+        .collect();
+    Some(feast::redis_key(&repo.project, &pairs))
+}
+
+/// `[_ts:<view>, f1, f2, …]` (Feast layout) → a row. No timestamp means no row (Feast answers
+/// such an entity with null values); an empty value is a null (how Feast stores one); an
+/// undecodable value counts as null.
+fn decode_feast_row(
+    repo: &FeatureRepo,
+    key: &RowKey,
+    fields: &[Option<Vec<u8>>],
+) -> Option<StoredRow> {
+    let view = &repo.views[key.view];
+    let ts_ms = match feast::decode_timestamp(fields.first()?.as_deref()?) {
+        Ok(ts) => ts,
+        Err(e) => {
+            tracing::debug!(view = %view.name, error = %e, "Undecodable Feast event time; the row counts as missing.");
+            return None;
+        }
+    };
+    let values = view
+        .features
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let raw = fields.get(i + 1)?.as_deref()?;
+            match feast::decode_value(raw) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(view = %view.name, feature = %f.name, error = %e, "Undecodable Feast value; treated as null.");
+                    None
+                }
+            }
+        })
+        .collect();
+    Some(StoredRow { ts_ms, values })
 }
 
 /// `[_ts, f1, f2, …]` → a row; no `_ts` means no row. An undecodable value counts as null.

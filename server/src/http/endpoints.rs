@@ -12,6 +12,7 @@ use ferry_features::{FeatureRef, OnMissing};
 use ferry_pipeline::PredictOptions;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 use std::time::Instant;
 
 pub const VARIANT_HEADER: &str = "x-ferry-variant";
@@ -167,25 +168,39 @@ pub async fn features(State(state): State<AppState>, headers: HeaderMap, body: B
                 "the request is not a valid features request: {e}; expected {{\"entities\": {{\"user_id\": [\"u1\", ...]}}, \"features\": [\"view.feature\", ...]}}"
             ))
         })?;
-        if request.entities.len() != 1 {
-            return Err(ApiError::BadRequest(format!(
-                "`entities` must have exactly one join key, got {:?}",
-                request.entities.keys().collect::<Vec<_>>()
-            )));
+        if request.entities.is_empty() {
+            return Err(ApiError::BadRequest(
+                "`entities` is empty: give each join key's values, e.g. {\"user_id\": [\"u1\"]}".into(),
+            ));
         }
-        let (join_key, keys) = request.entities.iter().next().expect("one entry");
-        let keys: Vec<String> = keys
-            .as_array()
-            .ok_or_else(|| ApiError::BadRequest(format!("`entities.{join_key}` must be an array of keys")))?
-            .iter()
-            .map(|k| match k {
-                Value::String(s) => Ok(s.clone()),
-                Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-                other => Err(ApiError::BadRequest(format!(
-                    "`entities.{join_key}` holds {other}; keys are strings or integers"
-                ))),
-            })
-            .collect::<Result<_, _>>()?;
+        // One column of key texts per join key (several for compound keys, as in Feast's
+        // feature server), all of one length.
+        let mut columns: Vec<(&String, Vec<String>)> = Vec::with_capacity(request.entities.len());
+        for (join_key, keys) in &request.entities {
+            let keys: Vec<String> = keys
+                .as_array()
+                .ok_or_else(|| ApiError::BadRequest(format!("`entities.{join_key}` must be an array of keys")))?
+                .iter()
+                .map(|k| match k {
+                    Value::String(s) => Ok(s.clone()),
+                    Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+                    other => Err(ApiError::BadRequest(format!(
+                        "`entities.{join_key}` holds {other}; keys are strings or integers"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?;
+            if let Some((first, column)) = columns.first()
+                && column.len() != keys.len()
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "`entities.{join_key}` has {} keys but `entities.{first}` has {}; give every join key one value per entity",
+                    keys.len(),
+                    column.len()
+                )));
+            }
+            columns.push((join_key, keys));
+        }
+        let rows = columns[0].1.len();
         if request.features.is_empty() {
             return Err(ApiError::BadRequest("`features` is empty: list `view.feature` references".into()));
         }
@@ -194,17 +209,52 @@ pub async fn features(State(state): State<AppState>, headers: HeaderMap, body: B
             .iter()
             .map(|r| online.repo.resolve(r))
             .collect::<Result<_, _>>()?;
+        // Each view's key text per row: its join key's value, or a compound key's values.
+        let mut view_keys: HashMap<usize, Vec<String>> = HashMap::new();
         for (r, name) in refs.iter().zip(&request.features) {
+            if view_keys.contains_key(&r.view) {
+                continue;
+            }
             let view = &online.repo.views[r.view];
-            if &view.entity.join_key != join_key {
+            let mut parts = Vec::with_capacity(view.entities.len());
+            for jk in view.join_keys() {
+                let column = columns.iter().find(|(k, _)| k.as_str() == jk).ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "feature {name:?} is keyed by {:?}; `entities` has {:?}",
+                        view.join_keys(),
+                        columns.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()
+                    ))
+                })?;
+                parts.push(&column.1);
+            }
+            let keys = (0..rows)
+                .map(|row| {
+                    if parts.len() == 1 {
+                        parts[0][row].clone()
+                    } else {
+                        let values: Vec<&str> = parts.iter().map(|p| p[row].as_str()).collect();
+                        ferry_features::repo::compound_key(&values)
+                    }
+                })
+                .collect();
+            view_keys.insert(r.view, keys);
+        }
+        // A join key no requested view uses is a mistake (a typo would silently ask for
+        // nothing); with one join key the old message says which key the features need.
+        for (join_key, _) in &columns {
+            let used = view_keys
+                .keys()
+                .any(|&v| online.repo.views[v].join_keys().contains(&join_key.as_str()));
+            if !used {
                 return Err(ApiError::BadRequest(format!(
-                    "feature {name:?} is keyed by `{}`, not `{join_key}`; ask for one entity's features per request",
-                    view.entity.join_key
+                    "`entities.{join_key}` is not a join key of the requested features' views; ask for one entity's features per request"
                 )));
             }
         }
         // Statuses say what is missing; only an unavailable store fails (per `on_missing`).
-        let table = online.lookup_with(&keys, &refs, OnMissing::Default).await?;
+        let table = online
+            .lookup_keyed(rows, &|view, row| view_keys[&view][row].as_str(), &refs, OnMissing::Default)
+            .await?;
         if online.on_missing == OnMissing::Error
             && table
                 .cells
@@ -217,16 +267,19 @@ pub async fn features(State(state): State<AppState>, headers: HeaderMap, body: B
                 online.timeout
             )));
         }
-        let results: Vec<Value> = keys
+        let results: Vec<Value> = table
+            .cells
             .iter()
-            .zip(&table.cells)
-            .map(|(k, cells)| {
-                json!({
-                    join_key.as_str(): k,
-                    "values": cells.iter().map(|c| c.value.as_ref().map(|v| v.to_json()).unwrap_or(Value::Null)).collect::<Vec<_>>(),
-                    "statuses": cells.iter().map(|c| c.status.as_str()).collect::<Vec<_>>(),
-                    "event_timestamps": cells.iter().map(|c| c.ts_ms.map(Value::from).unwrap_or(Value::Null)).collect::<Vec<_>>(),
-                })
+            .enumerate()
+            .map(|(row, cells)| {
+                let mut result = Map::new();
+                for (join_key, keys) in &columns {
+                    result.insert((*join_key).clone(), Value::from(keys[row].as_str()));
+                }
+                result.insert("values".into(), cells.iter().map(|c| c.value.as_ref().map(|v| v.to_json()).unwrap_or(Value::Null)).collect());
+                result.insert("statuses".into(), cells.iter().map(|c| Value::from(c.status.as_str())).collect());
+                result.insert("event_timestamps".into(), cells.iter().map(|c| c.ts_ms.map(Value::from).unwrap_or(Value::Null)).collect());
+                Value::Object(result)
             })
             .collect();
         Ok(Json(json!({ "features": request.features, "results": results })).into_response())
