@@ -131,7 +131,8 @@ pub struct ModelsArgs {
     #[arg(long, env = "FERRY_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 
-    /// Registry URI: a directory, file:// URI or s3://bucket/prefix (overrides `registry.uri`).
+    /// Registry URI: a directory, file:// URI, s3://bucket/prefix, or an MLflow tracking server
+    /// (mlflow+http(s)://HOST:PORT, or `mlflow` for MLFLOW_TRACKING_URI) (overrides `registry.uri`).
     #[arg(long, env = "FERRY_REGISTRY", global = true)]
     pub registry: Option<String>,
 
@@ -291,7 +292,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_GRPC_LISTEN")]
     pub grpc_listen: Option<String>,
 
-    /// Registry URI: a directory, file:// URI or s3://bucket/prefix (overrides `registry.uri`).
+    /// Registry URI: a directory, file:// URI, s3://bucket/prefix, or an MLflow tracking server
+    /// (mlflow+http(s)://HOST:PORT, or `mlflow` for MLFLOW_TRACKING_URI) (overrides `registry.uri`).
     /// S3 uses the AWS SDK chain (AWS_REGION, credentials, AWS_ENDPOINT_URL[_S3]).
     #[arg(long, env = "FERRY_REGISTRY")]
     pub registry: Option<String>,
