@@ -267,6 +267,10 @@ def test_serves_aliases_and_versions_like_onnxruntime(ferry, mlflow_server, tmp_
     with ferry.running("mlflow-serve", models,
                        registry=registry(mlflow_server.url, tmp_path)) as srv:
         srv.wait_ready()
+        # Readiness follows each model's first reference (churn@champion); churn@2 may
+        # still be loading.
+        settled = srv.wait_settled([("churn", 1), ("churn", 2)])
+        assert all(e["state"] == "READY" for e in settled.values()), settled
         assert first.check(srv, "churn") == "1"
         assert first.check(srv, "churn", version=1) == "1"
         assert second.check(srv, "churn", version=2) == "2"
@@ -423,6 +427,10 @@ def test_import_copies_a_version_into_ferry_registries(ferry, mlflow_server, mot
     assert any(f.endswith(".data") for f in manifest["files"]), manifest["files"]
     for f, digest in [(manifest["artifact"], manifest["sha256"]), *manifest["files"].items()]:
         assert hashlib.sha256((version_dir / f).read_bytes()).hexdigest() == digest, f
+    listing = json.loads(ferry_models("--registry", f"mlflow+{mlflow_server.url}", "list",
+                                      "imported", "--json"))
+    assert [v["version"] for v in listing[0]["versions"]] == [1], listing
+    assert listing[0]["versions"][0]["metadata"]["status"] == "READY", listing
     # Versions are immutable: importing again changes nothing.
     again = ferry_models("import", f"mlflow+{mlflow_server.url}/imported/1", "--to", target,
                          env=cache)
