@@ -46,8 +46,9 @@ MLFLOW_START_TIMEOUT = 240.0
 class MlflowServer:
     """`mlflow server` on a loopback port, in its own process group (uvicorn forks workers)."""
 
-    def __init__(self, workdir, port=None, artifact_root=None, env=None):
+    def __init__(self, workdir, port=None, artifact_root=None, env=None, app_name=None):
         self.dir = str(workdir)
+        self.app_name = app_name
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.artifacts = os.path.join(self.dir, "artifacts")
@@ -65,13 +66,16 @@ class MlflowServer:
             args += ["--default-artifact-root", self.artifact_root, "--no-serve-artifacts"]
         else:
             args += ["--artifacts-destination", self.artifacts, "--serve-artifacts"]
+        if self.app_name:
+            args += ["--app-name", self.app_name]
         env = dict(os.environ)
         # The job runner (huey consumers) is not needed to serve the registry.
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         env.update(self.env)
         with open(self.log_path, "ab") as log:
+            # cwd: the basic-auth app keeps its user database in ./basic_auth.db.
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+                                         cwd=self.dir, start_new_session=True)
         return self
 
     def wait(self, timeout=MLFLOW_START_TIMEOUT):
@@ -453,6 +457,43 @@ def test_import_copies_a_version_into_ferry_registries(ferry, mlflow_server, mot
                                  "cache_dir": str(tmp_path / "s3-cache")}) as srv:
         srv.wait_ready()
         assert model.check(srv, "imported") == "1"
+
+
+def test_basic_auth_credentials_come_from_the_environment(ferry, tmp_path, monkeypatch):
+    password = "ferry-Test-password-42"
+    workdir = tmp_path / "mlflow-auth"
+    workdir.mkdir()
+    mlflow_srv = MlflowServer(workdir, app_name="basic-auth",
+                              env={"MLFLOW_AUTH_ADMIN_PASSWORD": password,
+                                   "MLFLOW_FLASK_SERVER_SECRET_KEY": "ferry-test-secret"})
+    mlflow_srv.start().wait()
+    try:
+        r = requests.get(mlflow_srv.url + "/api/2.0/mlflow/registered-models/search", timeout=10)
+        assert r.status_code == 401, f"the server must require credentials: {r.status_code}"
+        # MLflow's Python client and ferry read the same variables.
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        model = Model(seed=11)
+        assert model.log(mlflow_srv, "secured") == 1
+        mlflow_srv.client().set_registered_model_alias("secured", "champion", 1)
+        with ferry.running("mlflow-auth", ["secured@champion"],
+                           registry=registry(mlflow_srv.url, tmp_path)) as srv:
+            srv.wait_ready()
+            assert model.check(srv, "secured") == "1"
+        # Without them: a clear error naming the variables, not a crash or a hang.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+        r = subprocess.run([ferry_bin(), "models", "--registry", f"mlflow+{mlflow_srv.url}",
+                            "list"], capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode != 0
+        assert "401" in r.stderr and "MLFLOW_TRACKING_USERNAME" in r.stderr, r.stderr
+        # Wrong password: refused the same way.
+        env.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="wrong")
+        r = subprocess.run([ferry_bin(), "models", "--registry", f"mlflow+{mlflow_srv.url}",
+                            "list"], capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode != 0 and "401" in r.stderr, r.stderr
+        assert "wrong" not in r.stderr, "the password must not be printed"
+    finally:
+        mlflow_srv.stop()
 
 
 def test_bad_mlflow_config_is_a_clear_error(tmp_path):
