@@ -510,3 +510,4 @@ def test_bad_mlflow_config_is_a_clear_error(tmp_path):
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode != 0
     assert "MLFLOW_TRACKING_PASSWORD" in r.stderr, r.stderr
+    assert "secret" not in r.stderr, r.stderr

@@ -122,10 +122,15 @@ impl Endpoint {
             return Err(invalid("the tracking server URL has no host".into()));
         }
         if !base.username().is_empty() || base.password().is_some() {
-            // Registry URIs are logged; secrets belong in the environment.
-            return Err(invalid(
-                "do not put credentials in the URI: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN".into(),
-            ));
+            // Registry URIs are logged; secrets belong in the environment. The error names
+            // the URI without them.
+            let mut shown = base.clone();
+            let _ = shown.set_username("");
+            let _ = shown.set_password(None);
+            return Err(RegistryError::InvalidUri {
+                uri: format!("mlflow+{shown}"),
+                reason: "do not put credentials in the URI: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN".into(),
+            });
         }
         if base.query().is_some() || base.fragment().is_some() {
             return Err(invalid(
