@@ -26,7 +26,13 @@ pub async fn run(args: ModelsArgs, out: &mut impl Write) -> anyhow::Result<()> {
     }
     let registry = Registry::open(&registry_config.options())
         .await
-        .with_context(|| format!("Could not open the registry {}", registry_config.uri))?;
+        // The URI as given may carry credentials (refused, but not to be echoed).
+        .with_context(|| {
+            format!(
+                "Could not open the registry {}",
+                ferry_features::online::redis::redact_url(&registry_config.uri)
+            )
+        })?;
     match args.command {
         ModelsCommand::Import { source, alias, .. } => {
             let (source_uri, model) = ferry_registry::parse_mlflow_model_uri(&source)?;
