@@ -677,10 +677,8 @@ impl MlflowRegistry {
             .await
         {
             Ok(reply) => Ok(reply.model_version),
-            Err(CallError::Api { status, .. }) if status == StatusCode::NOT_FOUND => {
-                Err(self.not_found(name))
-            }
-            // MLflow answers an unknown alias with 400 INVALID_PARAMETER_VALUE, not 404.
+            // MLflow 3 answers an unknown alias with 400 INVALID_PARAMETER_VALUE and an unknown
+            // model with 404; which one it is (and what exists) comes from the model itself.
             Err(CallError::Api {
                 status,
                 code,
