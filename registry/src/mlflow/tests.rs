@@ -206,6 +206,9 @@ mod fake {
     }
 }
 
+/// What `Artifacts` is asked for to replace the get-download-uri answer.
+const DOWNLOAD_URI: &str = "<download-uri>";
+
 /// Replies that replace an artifact file's (`None`: the file as logged).
 type Artifacts = Arc<dyn Fn(&str) -> Option<fake::Reply> + Send + Sync>;
 
@@ -261,10 +264,13 @@ fn churn_server(
                 j!({"model_versions": [version("1", "READY")["model_version"],
                                        version("2", "PENDING_REGISTRATION")["model_version"]]}),
             ),
-            "/api/2.0/mlflow/model-versions/get-download-uri" => json(
-                200,
-                j!({"artifact_uri": "mlflow-artifacts:/0/models/m-1/artifacts"}),
-            ),
+            "/api/2.0/mlflow/model-versions/get-download-uri" => artifact(DOWNLOAD_URI)
+                .unwrap_or_else(|| {
+                    json(
+                        200,
+                        j!({"artifact_uri": "mlflow-artifacts:/0/models/m-1/artifacts"}),
+                    )
+                }),
             "/api/2.0/mlflow-artifacts/artifacts" => {
                 // The listing agrees with the files served (a replaced file's own size).
                 let size = |file: &str, logged: usize| match artifact(file) {
@@ -440,4 +446,49 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         out.push(path);
     }
     out
+}
+
+#[tokio::test]
+async fn reads_artifacts_from_a_shared_file_system() {
+    let artifacts = tempfile::tempdir().unwrap();
+    std::fs::write(artifacts.path().join("MLmodel"), MLMODEL).unwrap();
+    std::fs::write(
+        artifacts.path().join("model.onnx"),
+        crate::onnx_graph::tests::sample_model(),
+    )
+    .unwrap();
+    std::fs::write(artifacts.path().join("weights.data"), b"weights").unwrap();
+    std::fs::write(artifacts.path().join("sub.data"), b"sub").unwrap();
+    let uri = format!("file://{}", artifacts.path().display());
+    let (registry, _cache, _, _) = open_fake(Arc::new(move |f: &str| {
+        (f == DOWNLOAD_URI).then(|| fake::json(200, serde_json::json!({"artifact_uri": uri})))
+    }))
+    .await;
+    let model = registry.fetch("churn", 1).await.unwrap();
+    assert_eq!(
+        std::fs::read(model.dir.join("weights.data")).unwrap(),
+        b"weights"
+    );
+    assert!(
+        model.manifest.metadata["mlflow"]["artifact_uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("file://")
+    );
+    // A store ferry cannot read is named in the error.
+    let (registry, cache, _, _) = open_fake(Arc::new(|f: &str| {
+        (f == DOWNLOAD_URI).then(|| {
+            fake::json(
+                200,
+                serde_json::json!({"artifact_uri": "gs://bucket/0/m-1/artifacts"}),
+            )
+        })
+    }))
+    .await;
+    let err = registry.fetch("churn", 1).await.unwrap_err().to_string();
+    assert!(
+        err.contains("gs://bucket/0/m-1/artifacts") && err.contains("cannot read"),
+        "{err}"
+    );
+    assert!(walk(cache.path()).iter().all(|p| !p.is_file()));
 }
