@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup-test-deps.sh
+# Python runs from the project venv setup-test-deps.sh filled (PEP 668: never the system one).
+export FERRY_VENV="${FERRY_VENV:-$HOME/.cache/ferry-venv}"
+export PATH="$FERRY_VENV/bin:$PATH"
 
 # Reused across runs and clones (CI on the same machine keeps its build).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
@@ -19,6 +22,7 @@ shellcheck scripts/*.sh .ci/run
 # nginx accepts the load-balancer config (the LB test runs it for real).
 kubectl kustomize deploy/k8s >/dev/null
 kubectl kustomize deploy/batch >/dev/null
+kubectl kustomize deploy/k8s-keda >/dev/null
 python3 -m json.tool deploy/grafana/ferry-dashboard.json >/dev/null
 python3 -m py_compile deploy/airflow/ferry_batch_dag.py
 # Supply chain: licenses, bans, sources and (when the RustSec DB is reachable or cached)

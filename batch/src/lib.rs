@@ -125,6 +125,12 @@ pub struct Summary {
     pub rows_read: u64,
     pub rows_scored: u64,
     pub rows_failed: u64,
+    /// Rows rejected in units an earlier run committed and this one skipped: their error
+    /// files still stand, so the run answers exit code 2 again instead of turning a retry of
+    /// a partly failed job into a success.
+    pub rows_failed_before: u64,
+    /// The error files (`_errors/…`) of every unit of this shard that has rejected rows.
+    pub error_files: Vec<String>,
     /// Rows scored column-wise (Arrow buffers → tensors → typed columns, no JSON rows).
     pub rows_columnar: u64,
     pub seconds: f64,
@@ -140,7 +146,7 @@ impl Summary {
     pub fn exit_code(&self) -> i32 {
         if self.units_failed > 0 {
             3
-        } else if self.rows_failed > 0 {
+        } else if self.rows_failed > 0 || self.rows_failed_before > 0 {
             2
         } else {
             0
@@ -398,6 +404,10 @@ pub async fn run(config: JobConfig, options: BatchOptions) -> Result<Summary, Ba
         if skip {
             tracing::debug!(unit = %unit.name, "Already committed; skipped.");
             summary.units_skipped += 1;
+            if let Some(m) = marker.as_ref().filter(|m| m.failed > 0) {
+                summary.rows_failed_before += m.failed;
+                summary.error_files.extend(m.errors.clone());
+            }
         } else {
             if marker.is_some() {
                 tracing::info!(unit = %unit.name, "The input changed since its marker; scoring it again.");

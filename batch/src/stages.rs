@@ -831,6 +831,7 @@ fn settle(
         Ok(marker) => {
             settled.committed += 1;
             summary.units_done += 1;
+            summary.error_files.extend(marker.errors.clone());
             tracing::info!(
                 unit = %u.name,
                 rows = marker.rows,

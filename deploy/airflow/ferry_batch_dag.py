@@ -4,8 +4,13 @@ One KubernetesPodOperator per shard scores the day's partition `dt={{ ds }}`; Ai
 retries re-run a failed shard, and ferry's completion markers make a retry skip the units it
 already committed and redo the half-done one (no duplicate or lost rows). `catchup=True`
 backfills past days (`airflow dags backfill ferry_batch_churn -s 2026-01-01 -e 2026-01-31`),
-each day in its own output partition. Exit code 2 (some rows rejected, see
-<output>/_errors/) fails the task without a retry helping; 3 (some units failed) is retried.
+each day in its own output partition.
+
+Exit codes: 3 (some units failed, nothing of them committed) is what retries are for. 2 (some
+rows rejected) fails the task, and stays failed through every retry: the retry skips the
+committed units, but their markers remember the rejected rows, so `ferry batch` answers 2 again
+at once and prints each `rejected rows: <output>/_errors/<unit>.jsonl` path into the task log
+(get_logs=True). The shard ends red with the error files named, never retried into green.
 """
 from datetime import datetime, timedelta
 

@@ -39,6 +39,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
 
 /// Why a prediction failed.
 #[derive(Debug, thiserror::Error)]
@@ -390,7 +391,10 @@ impl Core {
                 let online = self.features.as_deref();
                 let started = Instant::now();
                 let (matrix, table) = if named {
-                    let table = plan.lookup(online, &rows).await;
+                    let table = plan
+                        .lookup(online, &rows)
+                        .instrument(stage_span("features"))
+                        .await;
                     self.observe_stage(&model, &version, "features", started);
                     let table = table?;
                     if let Some(t) = &table {
@@ -412,12 +416,19 @@ impl Core {
                     }
                     let started = Instant::now();
                     let ctx = Context { inputs: None };
-                    model_pre.apply(&mut rows, &ctx).map_err(transform_err)?;
-                    pre.apply(&mut rows, &ctx).map_err(transform_err)?;
+                    stage_span("transforms")
+                        .in_scope(|| {
+                            model_pre.apply(&mut rows, &ctx)?;
+                            pre.apply(&mut rows, &ctx)
+                        })
+                        .map_err(transform_err)?;
                     self.observe_stage(&model, &version, "preprocess", started);
                     (plan.matrix_from_rows(&rows)?, table)
                 } else {
-                    let joined = plan.join(online, &rows).await;
+                    let joined = plan
+                        .join(online, &rows)
+                        .instrument(stage_span("features"))
+                        .await;
                     self.observe_stage(&model, &version, "features", started);
                     let joined = joined?;
                     (joined.matrix, joined.table)
@@ -436,8 +447,12 @@ impl Core {
                 if !model_pre.is_empty() || !pre.is_empty() {
                     let started = Instant::now();
                     let ctx = Context { inputs: None };
-                    model_pre.apply(&mut rows, &ctx).map_err(transform_err)?;
-                    pre.apply(&mut rows, &ctx).map_err(transform_err)?;
+                    stage_span("transforms")
+                        .in_scope(|| {
+                            model_pre.apply(&mut rows, &ctx)?;
+                            pre.apply(&mut rows, &ctx)
+                        })
+                        .map_err(transform_err)?;
                     self.observe_stage(&model, &version, "preprocess", started);
                 }
                 rows::rows_to_tensors(&rows, model.signature())?
@@ -466,13 +481,16 @@ impl Core {
                     }
                 })
                 .collect();
-            post.apply(
-                &mut out,
-                &Context {
-                    inputs: Some(&rows),
-                },
-            )
-            .map_err(transform_err)?;
+            stage_span("transforms")
+                .in_scope(|| {
+                    post.apply(
+                        &mut out,
+                        &Context {
+                            inputs: Some(&rows),
+                        },
+                    )
+                })
+                .map_err(transform_err)?;
             predictions = out.into_iter().map(Value::Object).collect();
             self.observe_stage(&model, &version, "postprocess", started);
         }
@@ -779,7 +797,8 @@ impl Pipeline {
                 return answer_groups(&ep, rows.len(), groups);
             }
         }
-        let assignment = ep.assign(&rows, options.forced_variant.as_deref())?;
+        let assignment = stage_span("assign")
+            .in_scope(|| ep.assign(&rows, options.forced_variant.as_deref()))?;
         self.core
             .metrics
             .endpoint_rows
@@ -1102,6 +1121,12 @@ pub struct ReloadSummary {
     pub added: Vec<String>,
     pub changed: Vec<String>,
     pub removed: Vec<String>,
+}
+
+/// A child span of the current request for one pipeline stage (exported as an OpenTelemetry
+/// span when tracing is on; DEBUG level, so it costs nothing otherwise).
+pub fn stage_span(stage: &'static str) -> tracing::Span {
+    tracing::debug_span!(target: "ferry::stage", "stage", otel.name = stage)
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ pub mod candle;
 pub mod device;
 mod error;
 mod loader;
+#[cfg(feature = "tract")]
+mod onnx_signature;
 #[cfg(feature = "ort")]
 pub mod ort;
 #[cfg(feature = "ort")]
@@ -23,6 +25,8 @@ mod tensor;
 pub mod tract;
 #[cfg(feature = "trees")]
 pub mod trees;
+#[cfg(feature = "tract")]
+pub use onnx_signature::{OnnxSignatureError, onnx_graph_signature};
 
 pub use device::{Device, DeviceRequest, Devices, Placement};
 pub use error::RuntimeError;

@@ -123,7 +123,7 @@ fn main() -> anyhow::Result<()> {
     let path = std::env::args()
         .nth(1)
         .ok_or_else(|| anyhow::anyhow!("usage: custom_transform CONFIG.yaml"))?;
-    ferry_server::telemetry::init(ferry_server::cli::LogFormat::Text);
+    let _telemetry = ferry_server::telemetry::init(ferry_server::cli::LogFormat::Text)?;
     let config = ServerConfig::load(std::path::Path::new(&path))?;
     config.validate()?;
     let runtime = tokio::runtime::Runtime::new()?;

@@ -40,6 +40,27 @@ pub enum Command {
     /// file). Exit codes: 0 all rows scored, 1 fatal error, 2 some rows failed (see
     /// `<output>/_errors/`), 3 some units failed (re-run to retry them).
     Batch(BatchArgs),
+    /// Check a config without serving: `ferry config check ferry.yaml` (the same as
+    /// `ferry serve --config FILE --check`).
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate FILE as `serve` would read it (flags' FERRY_* variables applied; feature repo,
+    /// transform scripts and model references parsed; no model loaded, no network), print the
+    /// effective config with secrets redacted as JSON on stdout, and exit 0 (valid) or 1 with
+    /// a message naming the bad key.
+    Check {
+        /// The config file (ferry.yaml).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -298,6 +319,22 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_REGISTRY")]
     pub registry: Option<String>,
 
+    /// Serve a plain model directory instead of a registry: the one `*.onnx` (signature read
+    /// from the graph), `model.json`/`model.ubj` (XGBoost) or `model.txt` (LightGBM) in DIR or
+    /// one level down, with or without a model.yaml — KServe's `/mnt/models`. Served as
+    /// `--model-name`@1; excludes --registry and --models.
+    #[arg(long, env = "FERRY_MODEL_DIR", conflicts_with_all = ["registry", "models"])]
+    pub model_dir: Option<PathBuf>,
+
+    /// The name a --model-dir model is served under (KServe passes the InferenceService name).
+    #[arg(
+        long,
+        env = "FERRY_MODEL_NAME",
+        default_value = "model",
+        requires = "model_dir"
+    )]
+    pub model_name: String,
+
     /// Models to serve, comma-separated `name@alias` / `name@version` (overrides `models`).
     #[arg(long, env = "FERRY_MODELS", value_delimiter = ',')]
     pub models: Option<Vec<String>>,
@@ -349,4 +386,9 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Validate the config (file, flags and FERRY_* variables), print the effective config
+    /// with secrets redacted and exit, without loading models or listening.
+    #[arg(long)]
+    pub check: bool,
 }

@@ -96,6 +96,9 @@ pub struct ServerConfig {
     /// in-flight requests get up to `drain.timeout` to finish.
     #[serde(default)]
     pub drain: DrainConfig,
+    /// One structured line per HTTP request (target `ferry::access`), sampled under load.
+    #[serde(default)]
+    pub access_log: crate::telemetry::access::AccessLogConfig,
 }
 
 /// Graceful shutdown on SIGTERM / Ctrl-C.
@@ -326,6 +329,7 @@ impl ServerConfig {
             admin_token_file: None,
             api_keys_file: None,
             drain: DrainConfig::default(),
+            access_log: Default::default(),
         }
     }
 
@@ -413,6 +417,33 @@ impl ServerConfig {
     }
 
     /// Cross-field and range checks; run after flags and environment are applied.
+    /// `validate`, then what start-up would read before loading models: the feature repo file
+    /// and every endpoint's transform chain (script files compiled). No network, no model.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.validate()?;
+        if let Some(f) = &self.features {
+            ferry_features::FeatureRepo::load(&f.repo)
+                .map_err(|e| ConfigError(format!("`features.repo` {}: {e}", f.repo.display())))?;
+        }
+        let base_dir = self.config_dir.clone().unwrap_or_default();
+        let registry = ferry_transforms::Registry::default();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            for (key, steps, stage) in [
+                ("preprocess", &e.preprocess, ferry_transforms::Stage::Pre),
+                ("postprocess", &e.postprocess, ferry_transforms::Stage::Post),
+            ] {
+                let options = ferry_transforms::BuildOptions {
+                    stage,
+                    base_dir: &base_dir,
+                    registry: &registry,
+                };
+                ferry_transforms::build_chain(steps, &options)
+                    .map_err(|err| ConfigError(format!("`endpoints[{i}].{key}`: {err}")))?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
         self.grpc_addr(self.listen)?;

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod fuzzing;
 pub mod grpc;
 pub mod http;
+pub mod model_dir;
 pub mod registry_cli;
 pub mod reload;
 pub mod telemetry;
@@ -80,6 +81,12 @@ pub async fn build_state_with(
 ) -> Result<AppState, ServeError> {
     let admin_token = http::control::AdminToken::from_config(config)?;
     let api_keys = http::auth::ApiKeys::from_config(config)?;
+    if !api_keys.is_enabled() {
+        // Said once at start-up so an open server is a choice someone can see in its log.
+        tracing::warn!(
+            "Inference routes are open: no API keys (set FERRY_API_KEYS or `api_keys_file` to require one)."
+        );
+    }
     let metrics = Metrics::new();
     let served = ferry_pipeline::Setup {
         registry: config.registry.options(),
@@ -104,8 +111,14 @@ pub async fn build_state_with(
         shutting_down: Arc::new(AtomicBool::new(false)),
         admin_token,
         inflight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
+        max_concurrent_requests: config.max_concurrent_requests,
         api_keys,
         request_timeout: config.request_timeout(),
+        access_log: config.access_log.enabled.then(|| {
+            Arc::new(telemetry::access::Sampler::new(
+                config.access_log.max_lines_per_second,
+            ))
+        }),
     }))
 }
 
@@ -191,7 +204,11 @@ pub async fn serve_with(
     // The gRPC listener stops accepting when HTTP does.
     let (grpc_stop_tx, mut grpc_stop_rx) = tokio::sync::watch::channel(false);
     let listener = listener.tap_io(no_delay);
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
         shutdown.await;
         shutting_down.store(true, Ordering::Relaxed);
         if !drain.delay.is_zero() {
@@ -212,11 +229,14 @@ pub async fn serve_with(
         match (grpc_listener, grpc_router) {
             (Some(l), Some(router)) => {
                 let l = l.tap_io(no_delay);
-                axum::serve(l, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = grpc_stop_rx.wait_for(|stop| *stop).await;
-                    })
-                    .await
+                axum::serve(
+                    l,
+                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
+                    let _ = grpc_stop_rx.wait_for(|stop| *stop).await;
+                })
+                .await
             }
             _ => Ok(()),
         }

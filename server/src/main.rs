@@ -8,8 +8,8 @@ use ferry_features::online::{MemoryStore, OnlineStore, RedisStore, RowKey};
 use ferry_registry::S3Options;
 use ferry_runtimes::OnnxEngine;
 use ferry_server::cli::{
-    BatchArgs, BatchFormat, Cli, Command, EngineArg, FeaturesArgs, FeaturesCommand, LogFormat,
-    ServeArgs,
+    BatchArgs, BatchFormat, Cli, Command, ConfigArgs, ConfigCommand, EngineArg, FeaturesArgs,
+    FeaturesCommand, LogFormat, ServeArgs,
 };
 use ferry_server::config::{FeaturesConfig, ModelEntry, ServerConfig};
 use std::io::IsTerminal;
@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            ferry_server::telemetry::init(args.log_format);
+            let _telemetry = ferry_server::telemetry::init(args.log_format)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("ferry-io")
@@ -49,8 +49,26 @@ fn main() -> anyhow::Result<()> {
             let code = runtime.block_on(batch(args))?;
             std::process::exit(code);
         }
+        Command::Config(ConfigArgs {
+            command: ConfigCommand::Check { file },
+        }) => {
+            // Exactly `serve --config FILE --check`, so the FERRY_* variables of serve's flags
+            // apply as they would when serving.
+            let mut argv = vec!["ferry".into(), "serve".into(), "--config".into()];
+            argv.push(file.into_os_string());
+            argv.push("--check".into());
+            let Command::Serve(args) = Cli::parse_from(argv).command else {
+                unreachable!("`serve` parses as Command::Serve");
+            };
+            ferry_server::telemetry::init_with_default(args.log_format, "warn");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("Could not start the async runtime")?;
+            runtime.block_on(serve(args))
+        }
         Command::Features(args) => {
-            ferry_server::telemetry::init(ferry_server::cli::LogFormat::Text);
+            ferry_server::telemetry::init_with_default(ferry_server::cli::LogFormat::Text, "info");
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -294,6 +312,15 @@ async fn batch(args: BatchArgs) -> anyhow::Result<i32> {
         "batch: {} of {} scored rows went column-wise (no JSON rows: the endpoint has no transforms, shadows or capture, and the input columns map onto the model's inputs or features join)",
         s.rows_columnar, s.rows_scored
     );
+    if s.rows_failed_before > 0 {
+        println!(
+            "batch: {} rows were rejected in units an earlier run committed (skipped now); their error files stand",
+            s.rows_failed_before
+        );
+    }
+    for file in &s.error_files {
+        println!("batch: rejected rows: {file}");
+    }
     tracing::info!(summary = %serde_json::to_string(&s).unwrap_or_default(), "Batch finished.");
     Ok(s.exit_code())
 }
@@ -337,8 +364,17 @@ impl Progress for Bar {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // The demo registry must outlive the server: keep its directory guard here.
+    // So is the --model-dir registry's.
+    let model_dir = match &args.model_dir {
+        Some(dir) => Some(ferry_server::model_dir::registry_from_model_dir(
+            dir,
+            &args.model_name,
+        )?),
+        None => None,
+    };
     let (mut config, _demo_dir) = match &args.config {
         Some(path) => (ServerConfig::load(path)?, None),
+        None if model_dir.is_some() => (ServerConfig::for_registry(""), None),
         None if args.registry.is_none() && args.models.is_none() => {
             let dir = ferry_server::demo::extract().context("Could not write the demo registry")?;
             let uri = dir.path().to_string_lossy().into_owned();
@@ -353,6 +389,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     apply_overrides(&mut config, &args);
+    if let Some(m) = &model_dir {
+        config.registry.uri = m.dir.path().to_string_lossy().into_owned();
+        config.models = vec![ModelEntry::Ref(m.model_ref.clone())];
+        if !config.endpoints.is_empty() {
+            // They would name models this one-model registry does not hold.
+            tracing::warn!(
+                endpoints = config.endpoints.len(),
+                "--model-dir serves one model; the config's endpoints are ignored."
+            );
+            config.endpoints.clear();
+        }
+    }
+    if args.check {
+        config.check()?;
+        println!("{}", serde_json::to_string_pretty(&config.redacted_json())?);
+        eprintln!("The config is valid.");
+        return Ok(());
+    }
     config.validate()?;
     tracing::info!(config = %config.redacted_json(), "Effective configuration.");
     let listener = tokio::net::TcpListener::bind(config.listen)

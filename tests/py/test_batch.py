@@ -410,6 +410,17 @@ def test_bad_rows_go_to_the_error_file_and_the_rest_are_scored(env):
     assert errors[3]["value"]["id"] == 9003
     marker = json.load(open(tmp / "out" / "_markers" / "bad.json"))
     assert (marker["rows"], marker["scored"], marker["failed"]) == (9, 5, 4)
+    assert "rejected rows: " + str(tmp / "out" / "_errors" / "bad.jsonl") in r.stdout, r.stdout
+
+    # A retry (Airflow's, a re-run) skips the committed unit but answers 2 again: the rejected
+    # rows still stand, and a retry must never turn a partly failed job into a success.
+    for extra in ([], ["--incremental"]):
+        again = batch(env, "--endpoint", "churn", "--input", str(tmp / "in"), "--output",
+                      str(tmp / "out"), "--format", "jsonl", "--id-columns", "id", *extra,
+                      expect=2)
+        assert "1 skipped" in again.stdout, again.stdout
+        assert "4 rows were rejected in units an earlier run committed" in again.stdout
+        assert "rejected rows: " + str(tmp / "out" / "_errors" / "bad.jsonl") in again.stdout
 
     # Parquet rows are bisected the same way: a null X and a too-short X among good rows.
     pgood = churn_rows(6, 8)

@@ -75,3 +75,70 @@ def test_auto_engine_serves_every_model(auto_server, fixtures, model):
     result = auto_server.triton.infer(model, triton_inputs(case, binary=True))
     for ref in case["outputs"]:
         assert_array_matches(result.as_numpy(ref["name"]), ref)
+
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+
+def test_readme_lists_every_env_variable():
+    """The README's table of flag variables is exactly the set `ferry serve --help` accepts:
+    it says which keys have a variable, and cannot drift from the binary."""
+    import re
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+    help_text = subprocess.run([ferry_bin(), "serve", "--help"], capture_output=True,
+                               text=True, timeout=30, env=env).stdout
+    accepted = set(re.findall(r"env:\s+(FERRY_[A-Z_]+)", help_text))
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    section = readme[readme.index("## Configuration"):readme.index("```yaml",
+                                                                   readme.index("## Configuration"))]
+    table = {v for row in section.splitlines() if row.startswith("| ")
+             for v in re.findall(r"`(FERRY_[A-Z_]+)`", row.split("|")[3])}
+    assert table == accepted, (sorted(table - accepted), sorted(accepted - table))
+
+
+def config_check(tmp_path, config, env=None, text=None):
+    path = tmp_path / "check.yaml"
+    path.write_text(text if text is not None else to_yaml(config))
+    run_env = dict(os.environ, FERRY_ORT_LIB=ort_lib())
+    run_env.update(env or {})
+    return subprocess.run([ferry_bin(), "config", "check", str(path)], capture_output=True,
+                          text=True, timeout=60, env=run_env, cwd=tmp_path)
+
+
+def test_config_check_prints_the_effective_config_redacted(tmp_path, fixtures):
+    """A valid config: exit 0, the effective config (file + FERRY_* variables) as JSON on
+    stdout, credentials redacted, no model loaded and nothing listening."""
+    import json
+    cfg = base(fixtures, features={"repo": "features.yaml",
+                                   "redis": "redis://:hunter2@127.0.0.1:1/0"})
+    (tmp_path / "features.yaml").write_text(
+        "project: p\nentities: [{name: user, join_key: user_id, dtype: string}]\n"
+        "views: [{name: v, entity: user, features: [{name: f, dtype: float32}], "
+        "source: {path: data/, format: parquet, timestamp: ts}}]\n")
+    r = config_check(tmp_path, cfg, env={"FERRY_QUEUE_CAPACITY": "17",
+                                         "FERRY_LISTEN": "127.0.0.1:1"})
+    assert r.returncode == 0, r.stderr
+    effective = json.loads(r.stdout)
+    assert effective["queue_capacity"] == 17 and effective["listen"] == "127.0.0.1:1"
+    assert effective["models"] == ["mlp@1"]
+    assert "hunter2" not in r.stdout and "***" in effective["features"]["redis"]
+    assert "loaded" not in r.stderr.lower()
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda c: c.update(queue_capacity=0), "`queue_capacity`"),
+    (lambda c: c.update(models=["not a ref!"]), "`models[0]`"),
+    (lambda c: c.update(features={"repo": "missing.yaml"}), "`features.repo`"),
+    (lambda c: c.update(endpoints=[{"name": "e", "variants": [{"name": "a", "model": "mlp@1",
+                                                                "weight": 1}],
+                                    "postprocess": [{"script": {"source": "let x = ;"}}]}]),
+     "`endpoints[0].postprocess`"),
+    (lambda c: c.update(bogus_key=1), "bogus_key"),
+])
+def test_config_check_names_the_bad_key(tmp_path, fixtures, mutate, message):
+    cfg = base(fixtures)
+    mutate(cfg)
+    r = config_check(tmp_path, cfg)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert message in r.stderr, r.stderr
+    assert r.stdout == ""

@@ -40,6 +40,8 @@ struct Job {
     shape_key: Vec<Vec<usize>>,
     reply: oneshot::Sender<Result<Vec<Tensor>, RuntimeError>>,
     span: Span,
+    /// Open from submission until the job's batch starts: the `queue` stage of its trace.
+    queue_span: Span,
     enqueued: Instant,
 }
 
@@ -226,6 +228,7 @@ impl ComputeQueue {
             shape_key,
             reply,
             span: Span::current(),
+            queue_span: tracing::debug_span!(target: "ferry::stage", "stage", otel.name = "queue"),
             enqueued: Instant::now(),
         };
         let Some(job_tx) = &self.job_tx else {
@@ -325,8 +328,16 @@ fn batcher(
 
 /// Runs one batch: merges inputs along axis 0 when there are several jobs, runs the engine
 /// once, and answers each job with exactly its own rows.
-fn run_batch(ctx: &WorkerContext, jobs: Vec<Job>) {
+fn run_batch(ctx: &WorkerContext, mut jobs: Vec<Job>) {
     let rows: usize = jobs.iter().map(|j| j.rows).sum();
+    // Each request's trace: its queue wait ends here, and its `model` stage is this call.
+    let _model_spans: Vec<Span> = jobs
+        .iter_mut()
+        .map(|job| {
+            drop(std::mem::replace(&mut job.queue_span, Span::none()));
+            tracing::debug_span!(target: "ferry::stage", parent: &job.span, "stage", otel.name = "model", rows)
+        })
+        .collect();
     ctx.metrics.batch_rows.observe(rows as f64);
     let infer_time = &ctx.metrics.infer_time;
     let batch_span = tracing::debug_span!("batch", rows, jobs = jobs.len());

@@ -165,14 +165,19 @@ fn unimplemented(rpc: &str) -> Status {
 }
 
 impl InferenceService {
-    /// Runs one RPC in a span with the request id, counting its outcome in
-    /// `ferry_grpc_responses_total`.
+    /// Runs one RPC in a span with the request id (continuing the caller's `traceparent`
+    /// metadata when traces are exported), counting its outcome in
+    /// `ferry_grpc_responses_total` and writing its access log line.
     async fn observed<T>(
         &self,
         rpc: &'static str,
         request_id: String,
+        headers: &HeaderMap,
+        client: Option<std::net::SocketAddr>,
         work: impl Future<Output = Answer<T>>,
     ) -> Answer<T> {
+        use crate::telemetry::{access, otel};
+        let started = Instant::now();
         let span = tracing::info_span!(
             "request",
             request_id = %request_id,
@@ -180,17 +185,89 @@ impl InferenceService {
             rpc,
             model = tracing::field::Empty,
             version = tracing::field::Empty,
+            otel.name = tracing::field::Empty,
+            otel.kind = "server",
+            rpc.grpc.status_code = tracing::field::Empty,
         );
-        let result = work.instrument(span).await;
+        let tracing_on = otel::enabled();
+        if tracing_on {
+            span.record("otel.name", format!("inference.GRPCInferenceService/{rpc}"));
+            otel::continue_trace(&span, headers);
+        }
+        let trace_id = if tracing_on {
+            otel::trace_id(&span)
+        } else {
+            access::trace_id_of(
+                headers
+                    .get(crate::http::TRACEPARENT)
+                    .and_then(|v| v.to_str().ok()),
+            )
+            .map(str::to_string)
+        };
+        let (result, labels) = if self.state.access_log.is_some() {
+            access::LABELS
+                .scope(Default::default(), async {
+                    let result = work.instrument(span.clone()).await;
+                    (result, access::LABELS.with(|l| l.take()))
+                })
+                .await
+        } else {
+            (work.instrument(span.clone()).await, Default::default())
+        };
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
+        if tracing_on {
+            span.record("rpc.grpc.status_code", code as i64);
+        }
         self.state
             .metrics
             .grpc_responses
             .with_label_values(&[rpc, &format!("{code:?}")])
             .inc();
+        if let Some(sampler) = &self.state.access_log {
+            let server_fault = matches!(
+                code,
+                tonic::Code::Internal
+                    | tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::DataLoss
+            );
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            if sampler.admit(now, if server_fault { 500 } else { 200 }) {
+                self.state
+                    .metrics
+                    .access_log_lines
+                    .with_label_values(&["written"])
+                    .inc();
+                let labels: access::Labels = labels;
+                tracing::info!(
+                    target: "ferry::access",
+                    protocol = "grpc",
+                    rpc,
+                    grpc_code = ?code,
+                    latency_us = started.elapsed().as_micros() as u64,
+                    request_id = %request_id,
+                    trace_id = trace_id.as_deref(),
+                    model = labels.model.as_deref(),
+                    version = labels.version.as_deref(),
+                    endpoint = labels.endpoint.as_deref(),
+                    variant = labels.variant.as_deref(),
+                    client = client.map(|c| c.to_string()),
+                    "access"
+                );
+            } else {
+                self.state
+                    .metrics
+                    .access_log_lines
+                    .with_label_values(&["skipped"])
+                    .inc();
+            }
+        }
         result.map(|mut r| {
             if let Ok(v) = request_id.parse() {
                 r.metadata_mut().insert(REQUEST_ID, v);
@@ -249,7 +326,9 @@ impl InferenceService {
             .pipeline
             .predict(endpoint, rows, &options)
             .await?;
+        crate::telemetry::access::record_endpoint(endpoint, p.common().map(|c| c.0));
         if let Some((_, model, version)) = p.common() {
+            crate::telemetry::access::record_model(model, &version.to_string());
             self.state
                 .metrics
                 .request_duration
@@ -366,7 +445,13 @@ impl GrpcInferenceService for InferenceService {
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
         let headers = headers(&request);
         let id = request_id_of(&headers);
-        self.observed("ModelInfer", id.clone(), async {
+        let client = request.remote_addr().or_else(|| {
+            request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0)
+        });
+        self.observed("ModelInfer", id.clone(), &headers, client, async {
             self.check_api_key(&headers)?;
             // One in-flight limit for both protocols.
             let Ok(_permit) = self.state.inflight.clone().try_acquire_owned() else {

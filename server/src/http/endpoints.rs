@@ -55,7 +55,7 @@ pub async fn predict(
     let started = Instant::now();
     let result: Result<Response, ApiError> = async {
         let body = read_body(&headers, body, state.max_body_bytes).await?;
-        let rows = decode_request(&body)?;
+        let rows = ferry_pipeline::stage_span("decode").in_scope(|| decode_request(&body))?;
         let forced_variant = match headers.get(VARIANT_HEADER) {
             None => None,
             Some(v) => Some(
@@ -79,16 +79,23 @@ pub async fn predict(
         let common = p
             .common()
             .map(|(v, m, n)| (v.to_string(), m.to_string(), n.to_string()));
+        crate::telemetry::access::record_endpoint(
+            &p.endpoint,
+            common.as_ref().map(|c| c.0.as_str()),
+        );
         if let Some((_, model, version)) = &common {
             let span = tracing::Span::current();
             span.record("model", model.as_str());
             span.record("version", version.as_str());
+            crate::telemetry::access::record_model(model, version);
             state
                 .metrics
                 .request_duration
                 .with_label_values(&[model, version])
                 .observe(started.elapsed().as_secs_f64());
         }
+        let encode = ferry_pipeline::stage_span("encode");
+        let _encode = encode.enter();
         let versions: Vec<String> = p.versions.iter().map(u64::to_string).collect();
         let body = json!({
             "predictions": p.predictions,

@@ -74,10 +74,14 @@ pub struct AppStateInner {
     pub admin_token: control::AdminToken,
     /// Inference requests being handled; when none is free, new ones get 429 at once.
     pub inflight: Arc<tokio::sync::Semaphore>,
+    /// The semaphore's size, `max_concurrent_requests`.
+    pub max_concurrent_requests: usize,
     /// Required on inference routes when set.
     pub api_keys: auth::ApiKeys,
     /// `request_timeout_ms`: the deadline of a request that sends no `x-ferry-timeout-ms`.
     pub request_timeout: Option<std::time::Duration>,
+    /// The access log's line budget; `None` when `access_log.enabled` is false.
+    pub access_log: Option<Arc<crate::telemetry::access::Sampler>>,
 }
 
 impl AppStateInner {
@@ -158,6 +162,10 @@ async fn limit_inflight(State(state): State<AppState>, request: Request, next: N
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let limit = state.max_concurrent_requests;
+    let in_flight = limit.saturating_sub(state.inflight.available_permits());
+    state.metrics.inflight.set(in_flight as i64);
+    state.metrics.inflight_limit.set(limit as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -199,8 +207,11 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-/// Request span with request id, the `x-request-id` response header, and response counts.
+/// Request span with request id, the `x-request-id` response header, response counts and the
+/// access log line.
 async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    use crate::telemetry::access;
+    let started = std::time::Instant::now();
     let id = request_id(request.headers());
     request.extensions_mut().insert(RequestId(id.clone()));
     let route = request
@@ -215,18 +226,112 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         route = %route,
         model = tracing::field::Empty,
         version = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = "server",
+        http.response.status_code = tracing::field::Empty,
     );
-    let mut response = next.run(request).instrument(span).await;
+    let tracing_on = crate::telemetry::otel::enabled();
+    if tracing_on {
+        span.record("otel.name", format!("{} {route}", request.method()));
+        crate::telemetry::otel::continue_trace(&span, request.headers());
+    }
+    let otel_trace_id = tracing_on
+        .then(|| crate::telemetry::otel::trace_id(&span))
+        .flatten();
+    // Kept only when the access log is on: the hot path pays nothing for it otherwise.
+    let line = state.access_log.as_ref().map(|_| {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        (
+            request.method().clone(),
+            request.uri().path().to_string(),
+            header(header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok()),
+            access::trace_id_of(header(TRACEPARENT).as_deref()).map(str::to_string),
+            request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0),
+        )
+    });
+    let (mut response, labels) = match line {
+        Some(_) => {
+            access::LABELS
+                .scope(Default::default(), async {
+                    let response = next.run(request).instrument(span.clone()).await;
+                    (response, access::LABELS.with(|l| l.take()))
+                })
+                .await
+        }
+        None => (
+            next.run(request).instrument(span.clone()).await,
+            Default::default(),
+        ),
+    };
+    if tracing_on {
+        span.record(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        );
+    }
     state
         .metrics
         .http_responses
         .with_label_values(&[route.as_str(), response.status().as_str()])
         .inc();
+    if let (Some(sampler), Some((method, path, bytes_in, trace_id, client))) =
+        (&state.access_log, line)
+    {
+        let status = response.status().as_u16();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        if sampler.admit(now, status) {
+            state
+                .metrics
+                .access_log_lines
+                .with_label_values(&["written"])
+                .inc();
+            let bytes_out = axum::body::HttpBody::size_hint(response.body()).exact();
+            let labels: access::Labels = labels;
+            tracing::info!(
+                target: "ferry::access",
+                method = %method,
+                path = %path,
+                status,
+                latency_us = started.elapsed().as_micros() as u64,
+                bytes_in = bytes_in.unwrap_or(0),
+                bytes_out,
+                request_id = %id,
+                trace_id = otel_trace_id.as_deref().or(trace_id.as_deref()),
+                model = labels.model.as_deref(),
+                version = labels.version.as_deref(),
+                endpoint = labels.endpoint.as_deref(),
+                variant = labels.variant.as_deref(),
+                client = client.map(|c| c.to_string()),
+                "access"
+            );
+        } else {
+            state
+                .metrics
+                .access_log_lines
+                .with_label_values(&["skipped"])
+                .inc();
+        }
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
 }
+
+/// W3C trace context header: its trace id goes into the access log.
+pub const TRACEPARENT: &str = "traceparent";
 
 /// Reads a request body up to `limit` bytes; larger bodies are a 413 before or while reading.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {

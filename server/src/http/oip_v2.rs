@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_models::LoadedModel;
 use ferry_pipeline::rows;
+use ferry_pipeline::stage_span;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -176,6 +177,7 @@ where
         let span = tracing::Span::current();
         span.record("model", name);
         span.record("version", version.as_str());
+        crate::telemetry::access::record_model(name, &version);
         state
             .metrics
             .requests
@@ -240,10 +242,13 @@ pub async fn infer(
         let header_length = headers
             .get(oip::HEADER_LENGTH)
             .map(|v| v.to_str().unwrap_or("invalid"));
-        let (json, binary) = oip::split_body(&body, header_length)?;
-        let request = oip::parse_request(json)?;
-        let inputs = oip::decode_inputs(&request, binary)?;
-        let inputs = model.signature().validate_inputs(inputs)?;
+        let (request, inputs) = stage_span("decode").in_scope(|| {
+            let (json, binary) = oip::split_body(&body, header_length)?;
+            let request = oip::parse_request(json)?;
+            let inputs = oip::decode_inputs(&request, binary)?;
+            let inputs = model.signature().validate_inputs(inputs)?;
+            Ok::<_, ApiError>((request, inputs))
+        })?;
         let output_names: Vec<String> = model
             .signature()
             .outputs
@@ -252,13 +257,15 @@ pub async fn infer(
             .collect();
         let selected = oip::select_outputs(&request, &output_names)?;
         let outputs = submit(&model, inputs, &headers).await?;
-        let encoded = oip::encode_response(
-            &model.name,
-            model.version,
-            request.id.as_deref(),
-            &outputs,
-            &selected,
-        );
+        let encoded = stage_span("encode").in_scope(|| {
+            oip::encode_response(
+                &model.name,
+                model.version,
+                request.id.as_deref(),
+                &outputs,
+                &selected,
+            )
+        });
         let mut response = encoded.body.into_response();
         let h = response.headers_mut();
         match encoded.json_length {

@@ -7,7 +7,9 @@
 use ferry_models::ModelMetrics;
 use ferry_models::metrics::LATENCY_BUCKETS;
 use ferry_pipeline::PipelineMetrics;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Label value for requests whose model name did not resolve (keeps cardinality bounded).
 pub const UNKNOWN_MODEL: &str = "_unknown";
@@ -40,6 +42,16 @@ pub struct MetricFamilies {
     pub grpc_responses: IntCounterVec,
     /// Endpoint, feature, shadow and capture families (`ferry-pipeline` defines them).
     pub pipeline: PipelineMetrics,
+    /// Inference requests (HTTP and gRPC) being served now, set at each scrape. It moves with
+    /// load where CPU does not (compute threads are fixed), so the HPA scales on it.
+    pub inflight: IntGauge,
+    /// `max_concurrent_requests`: beyond it requests are shed with 429.
+    pub inflight_limit: IntGauge,
+    /// Access log lines by outcome: `written`, or `skipped` by the per-second budget.
+    pub access_log_lines: IntCounterVec,
+    /// OpenTelemetry spans by outcome (`exported`, `dropped` by the full queue, `failed` to
+    /// send), brought up to date at each scrape.
+    pub otel_spans: IntCounterVec,
 }
 
 impl Metrics {
@@ -64,6 +76,22 @@ impl Metrics {
                 .expect("metric names are unique. This is a bug.");
             h
         };
+        let gauge = |name: &str, help: &str| {
+            let g =
+                IntGauge::new(name, help).expect("metric definitions are valid. This is a bug.");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric names are unique. This is a bug.");
+            g
+        };
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        // process_start_time_seconds, ... as every Prometheus client exports them (Linux).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric names are unique. This is a bug.");
         let models = ModelMetrics::new();
         models
             .register(&registry)
@@ -101,12 +129,41 @@ impl Metrics {
                 "gRPC inference-service answers by RPC and status code.",
                 &["rpc", "code"],
             ),
+            inflight: gauge(
+                "ferry_inflight_requests",
+                "Inference requests (HTTP and gRPC) in flight at scrape time.",
+            ),
+            inflight_limit: gauge(
+                "ferry_inflight_requests_limit",
+                "max_concurrent_requests: in-flight inference requests beyond it are shed (429).",
+            ),
+            access_log_lines: counter(
+                "ferry_access_log_lines_total",
+                "Access log lines written, and skipped under load (access_log.max_lines_per_second).",
+                &["outcome"],
+            ),
+            otel_spans: counter(
+                "ferry_otel_spans_total",
+                "OpenTelemetry spans exported, dropped (export queue full) or failed to send.",
+                &["outcome"],
+            ),
             registry,
         }))
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if super::otel::enabled() {
+            use std::sync::atomic::Ordering::Relaxed;
+            for (outcome, total) in [
+                ("exported", &super::otel::EXPORTED),
+                ("dropped", &super::otel::DROPPED),
+                ("failed", &super::otel::FAILED),
+            ] {
+                let c = self.otel_spans.with_label_values(&[outcome]);
+                c.inc_by(total.load(Relaxed).saturating_sub(c.get()));
+            }
+        }
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# failed to encode metrics: {e}\n"))

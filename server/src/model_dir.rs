@@ -1,0 +1,187 @@
+//! `ferry serve --model-dir DIR`: serve a plain model directory, as KServe's storage
+//! initializer leaves one under `/mnt/models` (a `model.onnx`, no manifest, no versions).
+//!
+//! The directory is turned into a one-version registry in a private temp dir: the model file
+//! is linked (never copied: models can be gigabytes), its digest computed, and a manifest
+//! written with the signature the file itself declares (the ONNX graph's inputs and outputs,
+//! or the tree model's default signature). A `model.yaml` beside the file wins for everything
+//! it says (signature, features, preprocess), so a ferry version directory works too.
+
+use ferry_registry::{MANIFEST_FILE, is_valid_name};
+use std::path::{Path, PathBuf};
+
+/// Why a model directory cannot be served; each message says what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("--model-dir {dir}: {message}")]
+pub struct ModelDirError {
+    pub dir: String,
+    pub message: String,
+}
+
+/// The model files `--model-dir` recognises, by extension, with their manifest `format`.
+const MODEL_FILES: [(&str, &str); 4] = [
+    (".onnx", "onnx"),
+    (".json", "xgboost"),
+    (".ubj", "xgboost"),
+    (".txt", "lightgbm"),
+];
+
+/// A temp registry holding `name` version 1 made from `dir`; dropping it removes the registry
+/// (not the model files).
+pub struct ModelDirRegistry {
+    pub dir: tempfile::TempDir,
+    pub model_ref: String,
+}
+
+pub fn registry_from_model_dir(dir: &Path, name: &str) -> Result<ModelDirRegistry, ModelDirError> {
+    let err = |message: String| ModelDirError {
+        dir: dir.display().to_string(),
+        message,
+    };
+    if !is_valid_name(name) {
+        return Err(err(format!(
+            "the model name `{name}` is not valid: use lowercase letters, digits, `_` and `-` \
+             (--model-name, FERRY_MODEL_NAME)"
+        )));
+    }
+    let file = find_model_file(dir).map_err(&err)?;
+    let format = MODEL_FILES
+        .iter()
+        .find(|(ext, _)| file.to_string_lossy().ends_with(ext))
+        .map(|(_, f)| *f)
+        .unwrap_or("onnx");
+    let given: serde_json::Map<String, serde_json::Value> =
+        match std::fs::read_to_string(file.with_file_name(MANIFEST_FILE)) {
+            Ok(text) => serde_yaml::from_str(&text)
+                .map_err(|e| err(format!("{MANIFEST_FILE} is not a YAML mapping: {e}")))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(err(format!("could not read {MANIFEST_FILE}: {e}"))),
+        };
+    let signature = if given.contains_key("inputs") && given.contains_key("outputs") {
+        None
+    } else {
+        Some(read_signature(&file, format).map_err(&err)?)
+    };
+    let sha256 = ferry_registry::sha256_file(&file).map_err(|e| err(e.to_string()))?;
+    let artifact = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+
+    let registry = tempfile::Builder::new()
+        .prefix("ferry-model-dir-")
+        .tempdir()
+        .map_err(|e| err(format!("could not create a temp registry: {e}")))?;
+    let version_dir = registry.path().join(name).join("1");
+    std::fs::create_dir_all(&version_dir)
+        .map_err(|e| err(format!("could not create {}: {e}", version_dir.display())))?;
+    let target = std::fs::canonicalize(&file)
+        .map_err(|e| err(format!("could not resolve {}: {e}", file.display())))?;
+    std::os::unix::fs::symlink(&target, version_dir.join(&artifact))
+        .map_err(|e| err(format!("could not link {}: {e}", file.display())))?;
+
+    let mut manifest = given;
+    manifest.insert("name".into(), name.into());
+    manifest.insert("version".into(), 1.into());
+    manifest.entry("format").or_insert_with(|| format.into());
+    manifest.insert("artifact".into(), artifact.clone().into());
+    manifest.insert("sha256".into(), sha256.into());
+    manifest.remove("files");
+    if let Some(signature) = signature {
+        let to_json = |v| serde_json::to_value(v).unwrap_or_default();
+        manifest.insert("inputs".into(), to_json(&signature.inputs));
+        manifest.insert("outputs".into(), to_json(&signature.outputs));
+    }
+    let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+    std::fs::write(version_dir.join(MANIFEST_FILE), text)
+        .map_err(|e| err(format!("could not write the manifest: {e}")))?;
+    tracing::info!(
+        model_dir = %dir.display(),
+        file = %file.display(),
+        model = %name,
+        format,
+        "Serving a plain model directory as {name}@1."
+    );
+    Ok(ModelDirRegistry {
+        dir: registry,
+        model_ref: format!("{name}@1"),
+    })
+}
+
+/// The one model file in `dir`, or in a single subdirectory level below it (KServe's storage
+/// initializer keeps the layout of the storage URI: `/mnt/models/model.onnx` or
+/// `/mnt/models/1/model.onnx`).
+fn find_model_file(dir: &Path) -> Result<PathBuf, String> {
+    let is_model = |p: &Path| {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        p.is_file()
+            && MODEL_FILES.iter().any(|(ext, _)| name.ends_with(ext))
+            // Only files named model.* count for the generic extensions (.json/.txt are also
+            // config and vocabulary files).
+            && (name.ends_with(".onnx") || name.starts_with("model."))
+    };
+    let entries = |d: &Path| -> Result<Vec<PathBuf>, String> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+            .map_err(|e| format!("cannot read the directory: {e}"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let top = entries(dir)?;
+    let mut found: Vec<PathBuf> = top.iter().filter(|p| is_model(p)).cloned().collect();
+    if found.is_empty() {
+        for sub in top.iter().filter(|p| p.is_dir()) {
+            found.extend(entries(sub)?.into_iter().filter(|p| is_model(p)));
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(
+            "holds no model file: expected one `*.onnx`, `model.json`/`model.ubj` (XGBoost) or \
+             `model.txt` (LightGBM), at the top or one directory down"
+                .into(),
+        ),
+        _ => Err(format!(
+            "holds several model files ({}): point --model-dir at the directory of the one to serve",
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+fn read_signature(file: &Path, format: &str) -> Result<ferry_runtimes::Signature, String> {
+    match format {
+        "onnx" => read_onnx_signature(file),
+        tree => {
+            let tree_format = if tree == "xgboost" {
+                ferry_runtimes::TreeFormat::Xgboost
+            } else {
+                ferry_runtimes::TreeFormat::Lightgbm
+            };
+            ferry_runtimes::inspect_tree_model(file, tree_format)
+                .map(|info| info.default_signature())
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+#[cfg(feature = "tract")]
+fn read_onnx_signature(file: &Path) -> Result<ferry_runtimes::Signature, String> {
+    ferry_runtimes::onnx_graph_signature(file).map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "tract"))]
+fn read_onnx_signature(file: &Path) -> Result<ferry_runtimes::Signature, String> {
+    Err(format!(
+        "{}: reading an ONNX graph's signature needs cargo feature `tract`; write a model.yaml \
+         with `inputs` and `outputs` beside it",
+        file.display()
+    ))
+}
