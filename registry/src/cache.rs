@@ -1,4 +1,4 @@
-//! The local cache of model versions downloaded from S3.
+//! The local cache of model versions downloaded from S3 or an MLflow tracking server.
 //!
 //! Layout: `<cache_dir>/<store id>/<model>/<version>/` holds the version's files, its
 //! `model.yaml` and a `.ferry-verified` marker. A version is downloaded into a uniquely named
@@ -59,6 +59,14 @@ fn sanitize(part: &str) -> String {
 /// Removes a temporary download directory unless it was renamed into place.
 struct TempDir(Option<PathBuf>);
 
+impl TempDir {
+    fn path(&self) -> &Path {
+        self.0
+            .as_deref()
+            .expect("a staged directory is only taken by commit. This is a bug.")
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         if let Some(dir) = self.0.take() {
@@ -76,6 +84,13 @@ impl Cache {
         );
         Cache {
             root: cache_dir.join(id),
+        }
+    }
+
+    /// The cache of an MLflow tracking server, `id` naming it (host, port, path).
+    pub fn for_mlflow(cache_dir: &Path, id: &str) -> Cache {
+        Cache {
+            root: cache_dir.join(format!("mlflow-{}", sanitize(id))),
         }
     }
 
@@ -107,6 +122,15 @@ impl Cache {
         Some((manifest, dir))
     }
 
+    /// Drops the cached copy of `name@version` (an MLflow version that was deleted and
+    /// registered again under the same number is another model).
+    pub fn evict(&self, name: &str, version: u64) {
+        let dir = self.version_dir(name, version);
+        if dir.exists() {
+            self.discard(&dir);
+        }
+    }
+
     /// Moves a damaged final directory out of the way (rename, then delete), so the next
     /// download can take its place.
     fn discard(&self, dir: &Path) {
@@ -125,25 +149,9 @@ impl Cache {
         manifest_text: &str,
     ) -> Result<PathBuf, RegistryError> {
         let (name, version) = (manifest.name.as_str(), manifest.version);
-        let model_dir = self.root.join(name);
-        std::fs::create_dir_all(&model_dir)
-            .map_err(|e| RegistryError::cache_write(&model_dir, e))?;
-        let tmp_path = model_dir.join(format!(
-            ".tmp-{version}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir(&tmp_path).map_err(|e| RegistryError::cache_write(&tmp_path, e))?;
-        let mut tmp = TempDir(Some(tmp_path.clone()));
-        let mut marker = Marker {
-            files: BTreeMap::new(),
-        };
+        let mut staging = self.stage(name, version)?;
         for (file, expected) in manifest.digests() {
-            let dest = tmp_path.join(file);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| RegistryError::cache_write(parent, e))?;
-            }
+            let dest = staging.file(file)?;
             let key = format!("{name}/{version}/{file}");
             let actual =
                 store
@@ -162,11 +170,43 @@ impl Cache {
                     actual,
                 });
             }
-            let size = std::fs::metadata(&dest)
-                .map_err(|e| RegistryError::cache_write(&dest, e))?
-                .len();
-            marker.files.insert(file.to_string(), (actual, size));
+            staging.record(file, actual)?;
         }
+        self.commit(staging, manifest_text)
+    }
+
+    /// A uniquely named temporary directory for downloading `name@version` into; removed
+    /// unless `commit` renames it into place.
+    pub fn stage(&self, name: &str, version: u64) -> Result<Staging, RegistryError> {
+        let model_dir = self.root.join(name);
+        std::fs::create_dir_all(&model_dir)
+            .map_err(|e| RegistryError::cache_write(&model_dir, e))?;
+        let tmp_path = model_dir.join(format!(
+            ".tmp-{version}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir(&tmp_path).map_err(|e| RegistryError::cache_write(&tmp_path, e))?;
+        Ok(Staging {
+            dir: TempDir(Some(tmp_path)),
+            name: name.to_string(),
+            version,
+            marker: Marker {
+                files: BTreeMap::new(),
+            },
+        })
+    }
+
+    /// Writes the manifest and the verified marker (every file `record`ed with its digest and
+    /// size), fsyncs them, and renames the staged version into place.
+    pub fn commit(&self, staging: Staging, manifest_text: &str) -> Result<PathBuf, RegistryError> {
+        let Staging {
+            dir: mut tmp,
+            name,
+            version,
+            marker,
+        } = staging;
+        let tmp_path = tmp.path().to_path_buf();
         let write = |path: PathBuf, bytes: &[u8]| -> Result<(), RegistryError> {
             use std::io::Write;
             let mut f =
@@ -178,7 +218,7 @@ impl Cache {
         write(tmp_path.join(MANIFEST_FILE), manifest_text.as_bytes())?;
         let marker = serde_json::to_vec(&marker).expect("a marker serializes. This is a bug.");
         write(tmp_path.join(VERIFIED_MARKER), &marker)?;
-        let final_dir = self.version_dir(name, version);
+        let final_dir = self.version_dir(&name, version);
         match std::fs::rename(&tmp_path, &final_dir) {
             Ok(()) => {
                 tmp.0 = None;
@@ -189,5 +229,47 @@ impl Cache {
             Err(_) if final_dir.join(VERIFIED_MARKER).is_file() => Ok(final_dir),
             Err(e) => Err(RegistryError::cache_write(&final_dir, e)),
         }
+    }
+}
+
+/// A version being downloaded into the cache: files go under `path()`, each `record`ed once
+/// its digest is known; dropped without `Cache::commit`, the directory is removed.
+pub struct Staging {
+    dir: TempDir,
+    name: String,
+    version: u64,
+    marker: Marker,
+}
+
+impl Staging {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Where the version's relative `file` goes (its parent directories created).
+    pub fn file(&self, file: &str) -> Result<PathBuf, RegistryError> {
+        let dest = self.path().join(file);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| RegistryError::cache_write(parent, e))?;
+        }
+        Ok(dest)
+    }
+
+    /// The digest `record`ed for `file`.
+    pub fn digest(&self, file: &str) -> Option<String> {
+        self.marker
+            .files
+            .get(file)
+            .map(|(digest, _)| digest.clone())
+    }
+
+    /// Records that `file` is complete and has the hex sha256 `digest`.
+    pub fn record(&mut self, file: &str, digest: String) -> Result<(), RegistryError> {
+        let path = self.path().join(file);
+        let size = std::fs::metadata(&path)
+            .map_err(|e| RegistryError::cache_write(&path, e))?
+            .len();
+        self.marker.files.insert(file.to_string(), (digest, size));
+        Ok(())
     }
 }

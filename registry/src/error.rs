@@ -80,6 +80,15 @@ pub enum RegistryError {
     Publish(String),
     #[error("registry configuration: {0}")]
     Config(String),
+    /// An MLflow model version ferry cannot serve as it is: no ONNX flavor, a missing or
+    /// malformed artifact, an artifact location ferry cannot read, a registration that has not
+    /// finished.
+    #[error("MLflow model `{name}` version {version}: {message}")]
+    Mlflow {
+        name: String,
+        version: u64,
+        message: String,
+    },
 }
 
 impl RegistryError {

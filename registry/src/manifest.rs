@@ -79,7 +79,7 @@ fn is_sha256_hex(s: &str) -> bool {
 }
 
 /// A path inside a version directory: relative, no `..`, no empty or `.` parts.
-fn is_safe_relative_path(path: &str) -> bool {
+pub(crate) fn is_safe_relative_path(path: &str) -> bool {
     !path.is_empty()
         && !path.starts_with('/')
         && !path.contains('\\')

@@ -1,4 +1,5 @@
 use crate::cache::{Cache, default_cache_dir};
+use crate::mlflow::{MlflowRegistry, is_mlflow_uri};
 use crate::store::{LocalStore, ObjectInfo, S3Options, S3Store, Store};
 use crate::{MANIFEST_FILE, Manifest, ModelRef, RegistryError, Selector, is_valid_name};
 use sha2::{Digest, Sha256};
@@ -27,9 +28,20 @@ impl RegistryOptions {
 }
 
 /// A model registry: resolves references to versions, hands out verified versions, and
-/// publishes new ones.
+/// publishes new ones. Either ferry's own layout (a directory or S3 prefix) or an MLflow
+/// tracking server's Model Registry, behind the same calls.
 #[derive(Debug, Clone)]
-pub struct Registry {
+pub struct Registry(Backend);
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Files(FileRegistry),
+    Mlflow(Box<MlflowRegistry>),
+}
+
+/// ferry's registry layout in a local directory or under an S3 prefix.
+#[derive(Debug, Clone)]
+struct FileRegistry {
     uri: String,
     store: Store,
     /// S3 registries only: local files are verified where they are.
@@ -91,9 +103,9 @@ fn manifest_key(name: &str, version: u64) -> String {
     format!("{name}/{version}/{MANIFEST_FILE}")
 }
 
-impl Registry {
+impl FileRegistry {
     /// Opens a registry at a local path, `file://` URI or `s3://bucket/prefix`.
-    pub async fn open(options: &RegistryOptions) -> Result<Registry, RegistryError> {
+    async fn open(options: &RegistryOptions) -> Result<FileRegistry, RegistryError> {
         let uri = options.uri.as_str();
         let invalid = |reason: &str| RegistryError::InvalidUri {
             uri: uri.to_string(),
@@ -103,7 +115,7 @@ impl Registry {
             let store = S3Store::connect(uri, &options.s3).await?;
             let cache_dir = options.cache_dir.clone().unwrap_or_else(default_cache_dir);
             let cache = Cache::new(&cache_dir, &store);
-            return Ok(Registry {
+            return Ok(FileRegistry {
                 uri: uri.to_string(),
                 store: Store::S3(store),
                 cache: Some(cache),
@@ -113,7 +125,7 @@ impl Registry {
             rest
         } else if uri.contains("://") {
             return Err(invalid(
-                "use a local path, a file:// URI or s3://bucket/prefix",
+                "use a local path, a file:// URI, s3://bucket/prefix or mlflow+http://HOST:PORT",
             ));
         } else {
             uri
@@ -125,15 +137,11 @@ impl Registry {
         if !root.is_dir() {
             return Err(invalid("no such directory"));
         }
-        Ok(Registry {
+        Ok(FileRegistry {
             uri: uri.to_string(),
             store: Store::Local(LocalStore::new(root)),
             cache: None,
         })
-    }
-
-    pub fn uri(&self) -> &str {
-        &self.uri
     }
 
     /// The download cache of an S3 registry.
@@ -154,7 +162,7 @@ impl Registry {
 
     /// Versions of `name`, ascending; a version counts once its manifest exists.
     pub async fn versions(&self, name: &str) -> Result<Vec<u64>, RegistryError> {
-        self.check_name(name)?;
+        check_name(name)?;
         let objects = self.store.list_recursive(name).await?;
         let versions = versions_in(name, &objects);
         if versions.is_empty() && objects.is_empty() {
@@ -172,7 +180,7 @@ impl Registry {
 
     /// Aliases of `name` and the versions they point at.
     pub async fn aliases(&self, name: &str) -> Result<Vec<(String, u64)>, RegistryError> {
-        self.check_name(name)?;
+        check_name(name)?;
         let mut out = Vec::new();
         for alias in self.store.children(&format!("{name}/aliases")).await? {
             if is_valid_name(&alias) {
@@ -181,16 +189,6 @@ impl Registry {
             }
         }
         Ok(out)
-    }
-
-    fn check_name(&self, name: &str) -> Result<(), RegistryError> {
-        if !is_valid_name(name) {
-            return Err(RegistryError::InvalidModelRef {
-                given: name.to_string(),
-                reason: "model names match [a-z0-9][a-z0-9_-]{0,62}".into(),
-            });
-        }
-        Ok(())
     }
 
     async fn read_alias(&self, name: &str, alias: &str) -> Result<u64, RegistryError> {
@@ -226,7 +224,7 @@ impl Registry {
     /// The version a reference points at now. Costs one or two small reads for `@version` and
     /// `@alias` (what polling uses), a listing for a bare name.
     pub async fn resolve(&self, model: &ModelRef) -> Result<u64, RegistryError> {
-        self.check_name(&model.name)?;
+        check_name(&model.name)?;
         let version = match &model.selector {
             // A verified cached copy answers without S3, so pinned versions start while S3 is
             // down.
@@ -267,7 +265,7 @@ impl Registry {
     }
 
     async fn manifest_text(&self, name: &str, version: u64) -> Result<String, RegistryError> {
-        self.check_name(name)?;
+        check_name(name)?;
         let key = manifest_key(name, version);
         let Some(bytes) = self.store.read(&key).await? else {
             return Err(RegistryError::VersionNotFound {
@@ -292,7 +290,7 @@ impl Registry {
     /// verified in place; S3 versions are served from the cache when a verified copy is there
     /// (no request to S3 at all), else downloaded into it.
     pub async fn fetch(&self, name: &str, version: u64) -> Result<VerifiedModel, RegistryError> {
-        self.check_name(name)?;
+        check_name(name)?;
         match (&self.store, &self.cache) {
             (Store::S3(store), Some(cache)) => {
                 if let Some((manifest, dir)) = cache.lookup(name, version) {
@@ -336,7 +334,7 @@ impl Registry {
 
     /// Versions, sizes, creation times, aliases and lineage metadata of `name`.
     pub async fn describe(&self, name: &str) -> Result<ModelInfo, RegistryError> {
-        self.check_name(name)?;
+        check_name(name)?;
         let objects = self.store.list_recursive(name).await?;
         if objects.is_empty() {
             return Err(self.not_found(name));
@@ -383,7 +381,7 @@ impl Registry {
         alias: &str,
         version: u64,
     ) -> Result<(), RegistryError> {
-        self.check_name(name)?;
+        check_name(name)?;
         if !is_valid_name(alias) {
             return Err(RegistryError::InvalidModelRef {
                 given: format!("{name}@{alias}"),
@@ -421,7 +419,7 @@ impl Registry {
         name: &str,
         version: Option<u64>,
     ) -> Result<Manifest, RegistryError> {
-        self.check_name(name)?;
+        check_name(name)?;
         let mut manifest = prepare_manifest(dir, name)?;
         // Version numbers with anything stored under them (even files of an interrupted push
         // without a manifest) are taken.
@@ -497,6 +495,208 @@ impl Registry {
             )
             .await
     }
+}
+
+impl Registry {
+    /// Opens a registry: a local path, `file://` URI, `s3://bucket/prefix`, or an MLflow
+    /// tracking server (`mlflow+http(s)://HOST:PORT`, or `mlflow` for `MLFLOW_TRACKING_URI`).
+    /// Opening an MLflow registry does not contact the server (it may start later).
+    pub async fn open(options: &RegistryOptions) -> Result<Registry, RegistryError> {
+        if is_mlflow_uri(&options.uri) {
+            let cache_dir = options.cache_dir.clone().unwrap_or_else(default_cache_dir);
+            let mlflow = MlflowRegistry::open(&options.uri, &options.s3, &cache_dir)?;
+            return Ok(Registry(Backend::Mlflow(Box::new(mlflow))));
+        }
+        Ok(Registry(Backend::Files(FileRegistry::open(options).await?)))
+    }
+
+    /// The registry's URI; for MLflow, the tracking server it reaches
+    /// (`mlflow+http://HOST:PORT`).
+    pub fn uri(&self) -> &str {
+        match &self.0 {
+            Backend::Files(r) => &r.uri,
+            Backend::Mlflow(r) => r.display(),
+        }
+    }
+
+    /// The download cache of an S3 or MLflow registry.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        match &self.0 {
+            Backend::Files(r) => r.cache_dir(),
+            Backend::Mlflow(r) => Some(r.cache_dir()),
+        }
+    }
+
+    /// Model names in the registry.
+    pub async fn models(&self) -> Result<Vec<String>, RegistryError> {
+        match &self.0 {
+            Backend::Files(r) => r.models().await,
+            Backend::Mlflow(r) => r.models().await,
+        }
+    }
+
+    /// Versions of `name`, ascending.
+    pub async fn versions(&self, name: &str) -> Result<Vec<u64>, RegistryError> {
+        check_name(name)?;
+        match &self.0 {
+            Backend::Files(r) => r.versions(name).await,
+            Backend::Mlflow(r) => r.versions(name).await,
+        }
+    }
+
+    /// Aliases of `name` and the versions they point at.
+    pub async fn aliases(&self, name: &str) -> Result<Vec<(String, u64)>, RegistryError> {
+        check_name(name)?;
+        match &self.0 {
+            Backend::Files(r) => r.aliases(name).await,
+            Backend::Mlflow(r) => r.aliases(name).await,
+        }
+    }
+
+    /// The version a reference points at now. Cheap for `@version` and `@alias` (what polling
+    /// uses): one or two small reads, or one MLflow REST call.
+    pub async fn resolve(&self, model: &ModelRef) -> Result<u64, RegistryError> {
+        check_name(&model.name)?;
+        match &self.0 {
+            Backend::Files(r) => r.resolve(model).await,
+            Backend::Mlflow(r) => r.resolve(model).await,
+        }
+    }
+
+    /// The manifest of `name@version`; for MLflow, the one ferry writes when it downloads the
+    /// version (so this fetches it).
+    pub async fn manifest(&self, name: &str, version: u64) -> Result<Manifest, RegistryError> {
+        match &self.0 {
+            Backend::Files(r) => r.manifest(name, version).await,
+            Backend::Mlflow(r) => Ok(r.fetch(name, version).await?.manifest),
+        }
+    }
+
+    /// `name@version` with every file checked against its sha256 (see `FileRegistry::fetch`;
+    /// MLflow versions are downloaded into the verified cache, see `crate::mlflow`).
+    pub async fn fetch(&self, name: &str, version: u64) -> Result<VerifiedModel, RegistryError> {
+        check_name(name)?;
+        match &self.0 {
+            Backend::Files(r) => r.fetch(name, version).await,
+            Backend::Mlflow(r) => r.fetch(name, version).await,
+        }
+    }
+
+    /// Versions, sizes, creation times, aliases and lineage metadata of `name`.
+    pub async fn describe(&self, name: &str) -> Result<ModelInfo, RegistryError> {
+        check_name(name)?;
+        match &self.0 {
+            Backend::Files(r) => r.describe(name).await,
+            Backend::Mlflow(r) => r.describe(name).await,
+        }
+    }
+
+    /// Points `name@alias` at `version`, which must exist.
+    pub async fn set_alias(
+        &self,
+        name: &str,
+        alias: &str,
+        version: u64,
+    ) -> Result<(), RegistryError> {
+        match &self.0 {
+            Backend::Files(r) => r.set_alias(name, alias, version).await,
+            Backend::Mlflow(r) => Err(read_only(r.display())),
+        }
+    }
+
+    /// Publishes the model in `dir` as a new version of `name` (see `FileRegistry::publish`).
+    pub async fn publish(
+        &self,
+        dir: &Path,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Manifest, RegistryError> {
+        match &self.0 {
+            Backend::Files(r) => r.publish(dir, name, version).await,
+            Backend::Mlflow(r) => Err(read_only(r.display())),
+        }
+    }
+
+    /// Copies `model` from `source` (an MLflow tracking server, or another registry) into this
+    /// registry under the same version number, with digests: for teams that want immutable
+    /// artifacts. Returns the published manifest, and whether it was already there (a version
+    /// with the same artifact digest is not published twice).
+    pub async fn import(
+        &self,
+        source: &Registry,
+        model: &ModelRef,
+    ) -> Result<(Manifest, bool), RegistryError> {
+        let version = source.resolve(model).await?;
+        let verified = source.fetch(&model.name, version).await?;
+        match self.manifest(&model.name, version).await {
+            Ok(existing)
+                if existing
+                    .sha256
+                    .eq_ignore_ascii_case(&verified.manifest.sha256) =>
+            {
+                return Ok((existing, false));
+            }
+            Ok(_) => {
+                return Err(RegistryError::VersionExists {
+                    name: model.name.clone(),
+                    version,
+                    registry: self.uri().to_string(),
+                });
+            }
+            Err(RegistryError::VersionNotFound { .. } | RegistryError::ModelNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        // `publish` rewrites the directory's model.yaml: work on a copy, never on the cache.
+        let staging = tempfile_dir()?;
+        let copy = |from: &Path, to: &Path| -> Result<(), RegistryError> {
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| RegistryError::io(parent, e))?;
+            }
+            std::fs::copy(from, to)
+                .map(|_| ())
+                .map_err(|e| RegistryError::io(from, e))
+        };
+        for (file, _) in verified.manifest.digests() {
+            copy(&verified.dir.join(file), &staging.0.join(file))?;
+        }
+        let yaml = serde_yaml::to_string(&verified.manifest)
+            .expect("a manifest serializes. This is a bug.");
+        let path = staging.0.join(MANIFEST_FILE);
+        std::fs::write(&path, yaml).map_err(|e| RegistryError::io(&path, e))?;
+        let published = self.publish(&staging.0, &model.name, Some(version)).await?;
+        Ok((published, true))
+    }
+}
+
+/// A temporary directory removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> Result<ScratchDir, RegistryError> {
+    let dir = std::env::temp_dir().join(format!("ferry-import-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir(&dir).map_err(|e| RegistryError::io(&dir, e))?;
+    Ok(ScratchDir(dir))
+}
+
+fn read_only(registry: &str) -> RegistryError {
+    RegistryError::Config(format!(
+        "{registry} is an MLflow registry, which ferry only reads: log versions with mlflow.onnx.log_model and move aliases with MlflowClient().set_registered_model_alias (or the MLflow UI); `ferry models import` copies a version into a ferry registry"
+    ))
+}
+
+fn check_name(name: &str) -> Result<(), RegistryError> {
+    if !is_valid_name(name) {
+        return Err(RegistryError::InvalidModelRef {
+            given: name.to_string(),
+            reason: "model names match [a-z0-9][a-z0-9_-]{0,62}".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Versions with a manifest among `objects` (keys relative to the registry root).

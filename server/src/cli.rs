@@ -26,7 +26,8 @@ pub enum Command {
     /// --config, the `endpoints` section (variants and weights, shadows, transforms, capture)
     /// is reloaded on SIGHUP or when the file changes, without a restart.
     Serve(ServeArgs),
-    /// Publish, list and alias model versions in a registry (a directory or s3://bucket/prefix).
+    /// Publish, list and alias model versions in a registry (a directory or s3://bucket/prefix),
+    /// and import versions from MLflow.
     /// S3 access follows the AWS SDK chain (AWS_REGION, credentials, AWS_ENDPOINT_URL[_S3]).
     Models(ModelsArgs),
     /// Feature store jobs: materialize offline Parquet into Redis, read one entity's online
@@ -151,7 +152,8 @@ pub struct ModelsArgs {
     #[arg(long, env = "FERRY_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 
-    /// Registry URI: a directory, file:// URI or s3://bucket/prefix (overrides `registry.uri`).
+    /// Registry URI: a directory, file:// URI, s3://bucket/prefix, or an MLflow tracking server
+    /// (mlflow+http(s)://HOST:PORT, or `mlflow` for MLFLOW_TRACKING_URI) (overrides `registry.uri`).
     #[arg(long, env = "FERRY_REGISTRY", global = true)]
     pub registry: Option<String>,
 
@@ -186,6 +188,21 @@ pub enum ModelsCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Copy an MLflow model version into a ferry registry, with sha256 digests, for teams that
+    /// want immutable artifacts. SOURCE is mlflow+http(s)://HOST:PORT/NAME/VERSION (VERSION a
+    /// number or an alias) or models:/NAME/VERSION (MLFLOW_TRACKING_URI names the server). The
+    /// version keeps its MLflow number; importing the same version again changes nothing.
+    Import {
+        /// The MLflow model version.
+        source: String,
+        /// Registry to copy into: a directory, file:// URI or s3://bucket/prefix (default:
+        /// --registry or the config's registry.uri).
+        #[arg(long)]
+        to: Option<String>,
+        /// Point this alias of the ferry registry at the imported version.
+        #[arg(long)]
+        alias: Option<String>,
     },
     /// Point alias A of model N at VERSION (servers polling the alias swap to it).
     Alias {
@@ -296,7 +313,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_GRPC_LISTEN")]
     pub grpc_listen: Option<String>,
 
-    /// Registry URI: a directory, file:// URI or s3://bucket/prefix (overrides `registry.uri`).
+    /// Registry URI: a directory, file:// URI, s3://bucket/prefix, or an MLflow tracking server
+    /// (mlflow+http(s)://HOST:PORT, or `mlflow` for MLFLOW_TRACKING_URI) (overrides `registry.uri`).
     /// S3 uses the AWS SDK chain (AWS_REGION, credentials, AWS_ENDPOINT_URL[_S3]).
     #[arg(long, env = "FERRY_REGISTRY")]
     pub registry: Option<String>,

@@ -137,7 +137,8 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
-    /// A local directory, a `file://` URI or `s3://bucket/prefix`.
+    /// A local directory, a `file://` URI, `s3://bucket/prefix`, or an MLflow tracking server:
+    /// `mlflow+http(s)://HOST:PORT` or `mlflow` (`MLFLOW_TRACKING_URI`); see registry/README.md.
     pub uri: String,
     /// How often the server checks the aliases and versions it serves for changes, e.g.
     /// `30s`, `5m`; `0s` turns polling off. Default 30s.

@@ -1,5 +1,5 @@
-//! `ferry models push | list | alias`: the registry from the command line, for local and S3
-//! registries alike.
+//! `ferry models push | list | alias | import`: the registry from the command line, for local
+//! and S3 registries alike (`list` also reads MLflow; `import` copies from MLflow).
 
 use crate::cli::{ModelsArgs, ModelsCommand};
 use crate::config::{RegistryConfig, ServerConfig};
@@ -16,15 +16,64 @@ pub async fn run(args: ModelsArgs, out: &mut impl Write) -> anyhow::Result<()> {
     if let Some(uri) = &args.registry {
         registry_config.uri = uri.clone();
     }
+    if let ModelsCommand::Import { to: Some(to), .. } = &args.command {
+        registry_config.uri = to.clone();
+    }
     if registry_config.uri.trim().is_empty() {
         anyhow::bail!(
-            "no registry: pass --registry DIR|s3://bucket/prefix (or FERRY_REGISTRY), or --config FILE"
+            "no registry: pass --registry DIR|s3://bucket/prefix|mlflow+http://HOST:PORT (or FERRY_REGISTRY), --config FILE, or for import --to DIR|s3://bucket/prefix"
         );
     }
     let registry = Registry::open(&registry_config.options())
         .await
-        .with_context(|| format!("Could not open the registry {}", registry_config.uri))?;
+        // The URI as given may carry credentials (refused, but not to be echoed).
+        .with_context(|| {
+            format!(
+                "Could not open the registry {}",
+                ferry_features::online::redis::redact_url(&registry_config.uri)
+            )
+        })?;
     match args.command {
+        ModelsCommand::Import { source, alias, .. } => {
+            let (source_uri, model) = ferry_registry::parse_mlflow_model_uri(&source)?;
+            let mut options = registry_config.options();
+            options.uri = source_uri;
+            let mlflow = Registry::open(&options)
+                .await
+                .with_context(|| format!("Could not open the MLflow registry of {source}"))?;
+            let (manifest, published) = registry
+                .import(&mlflow, &model)
+                .await
+                .with_context(|| format!("Could not import {source} into {}", registry.uri()))?;
+            let name = &manifest.name;
+            if published {
+                writeln!(
+                    out,
+                    "Imported {model} from {} as {name}@{} into {} (sha256 {}).",
+                    mlflow.uri(),
+                    manifest.version,
+                    registry.uri(),
+                    manifest.sha256
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "{name}@{} is already in {} with the same artifact (sha256 {}); nothing to import.",
+                    manifest.version,
+                    registry.uri(),
+                    manifest.sha256
+                )?;
+            }
+            if let Some(alias) = alias {
+                registry
+                    .set_alias(name, &alias, manifest.version)
+                    .await
+                    .with_context(|| {
+                        format!("Could not point {name}@{alias} at the imported version")
+                    })?;
+                writeln!(out, "Alias {name}@{alias} -> {}.", manifest.version)?;
+            }
+        }
         ModelsCommand::Push {
             dir,
             name,
