@@ -15,6 +15,7 @@ mod manifest;
 mod mlflow;
 mod model_ref;
 mod onnx_graph;
+pub use onnx_graph::onnx_file_info;
 mod registry;
 mod store;
 

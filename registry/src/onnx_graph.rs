@@ -127,6 +127,18 @@ pub(crate) fn inspect(bytes: &[u8]) -> Result<OnnxInfo, String> {
     })
 }
 
+/// The signature (or why there is none) and external data files of the ONNX model at `path`,
+/// read without an engine: for plain model files that come without a model.yaml
+/// (`ferry serve --model-dir`, KServe's `/mnt/models`).
+pub fn onnx_file_info(path: &std::path::Path) -> Result<(Signature, BTreeSet<String>), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let info = inspect(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let signature = info
+        .signature
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((signature, info.external_files))
+}
+
 fn collect_external(graph: &GraphProto, out: &mut BTreeSet<String>) {
     let mut tensor = |t: &TensorProto| {
         if t.data_location == EXTERNAL

@@ -14,8 +14,6 @@ pub mod candle;
 pub mod device;
 mod error;
 mod loader;
-#[cfg(feature = "tract")]
-mod onnx_signature;
 #[cfg(feature = "ort")]
 pub mod ort;
 #[cfg(feature = "ort")]
@@ -25,8 +23,6 @@ mod tensor;
 pub mod tract;
 #[cfg(feature = "trees")]
 pub mod trees;
-#[cfg(feature = "tract")]
-pub use onnx_signature::{OnnxSignatureError, onnx_graph_signature};
 
 pub use device::{Device, DeviceRequest, Devices, Placement};
 pub use error::RuntimeError;

@@ -86,7 +86,44 @@ pub fn registry_from_model_dir(dir: &Path, name: &str) -> Result<ModelDirRegistr
     manifest.entry("format").or_insert_with(|| format.into());
     manifest.insert("artifact".into(), artifact.clone().into());
     manifest.insert("sha256".into(), sha256.into());
-    manifest.remove("files");
+    // ONNX external data (tensors saved beside the graph) is linked and verified like the
+    // model file itself.
+    let mut files = serde_json::Map::new();
+    if format == "onnx" {
+        let (_, external) = ferry_registry::onnx_file_info(&file).map_err(&err)?;
+        let dir_of_file = file.parent().unwrap_or(dir);
+        for rel in external {
+            let inside = std::path::Path::new(&rel)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside {
+                return Err(err(format!(
+                    "the graph keeps tensors in `{rel}`, outside the model's directory; external data must be a relative path below it"
+                )));
+            }
+            let source = dir_of_file.join(&rel);
+            let digest = ferry_registry::sha256_file(&source).map_err(|e| {
+                err(format!(
+                    "the graph keeps tensors in `{rel}`, which cannot be read: {e}"
+                ))
+            })?;
+            let link = version_dir.join(&rel);
+            if let Some(parent) = link.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| err(format!("could not create {}: {e}", parent.display())))?;
+            }
+            let target = std::fs::canonicalize(&source)
+                .map_err(|e| err(format!("could not resolve {}: {e}", source.display())))?;
+            std::os::unix::fs::symlink(&target, &link)
+                .map_err(|e| err(format!("could not link {}: {e}", source.display())))?;
+            files.insert(rel, digest.into());
+        }
+    }
+    if files.is_empty() {
+        manifest.remove("files");
+    } else {
+        manifest.insert("files".into(), files.into());
+    }
     if let Some(signature) = signature {
         let to_json = |v| serde_json::to_value(v).unwrap_or_default();
         manifest.insert("inputs".into(), to_json(&signature.inputs));
@@ -158,7 +195,7 @@ fn find_model_file(dir: &Path) -> Result<PathBuf, String> {
 
 fn read_signature(file: &Path, format: &str) -> Result<ferry_runtimes::Signature, String> {
     match format {
-        "onnx" => read_onnx_signature(file),
+        "onnx" => ferry_registry::onnx_file_info(file).map(|(signature, _)| signature),
         tree => {
             let tree_format = if tree == "xgboost" {
                 ferry_runtimes::TreeFormat::Xgboost
@@ -170,18 +207,4 @@ fn read_signature(file: &Path, format: &str) -> Result<ferry_runtimes::Signature
                 .map_err(|e| e.to_string())
         }
     }
-}
-
-#[cfg(feature = "tract")]
-fn read_onnx_signature(file: &Path) -> Result<ferry_runtimes::Signature, String> {
-    ferry_runtimes::onnx_graph_signature(file).map_err(|e| e.to_string())
-}
-
-#[cfg(not(feature = "tract"))]
-fn read_onnx_signature(file: &Path) -> Result<ferry_runtimes::Signature, String> {
-    Err(format!(
-        "{}: reading an ONNX graph's signature needs cargo feature `tract`; write a model.yaml \
-         with `inputs` and `outputs` beside it",
-        file.display()
-    ))
 }

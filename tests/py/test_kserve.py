@@ -104,7 +104,7 @@ def test_a_sklearn_model_exported_as_is_serves(tmp_path):
 @pytest.mark.parametrize("content,message", [
     ({}, "holds no model file"),
     ({"a.onnx": DEMO_CHURN, "b.onnx": DEMO_CHURN}, "several model files"),
-    ({"model.onnx": b"not a model"}, "not a readable ONNX model"),
+    ({"model.onnx": b"not a model"}, "not an ONNX model"),
 ])
 def test_a_directory_ferry_cannot_serve_is_refused_with_the_reason(tmp_path, content, message):
     d = tmp_path / "bad"
@@ -119,6 +119,39 @@ def test_a_directory_ferry_cannot_serve_is_refused_with_the_reason(tmp_path, con
                        capture_output=True, text=True, timeout=60, env=base_env())
     assert r.returncode != 0
     assert "--model-dir" in r.stderr and message in r.stderr, r.stderr
+
+
+def test_onnx_with_external_data_serves(tmp_path):
+    """A graph whose weights live in a file beside it (onnx's save_as_external_data, as
+    mlflow.onnx writes by default) is served with that file linked and verified."""
+    import onnx
+    from onnx import numpy_helper
+    from sklearn.neural_network import MLPClassifier
+    x, y = make_classification(n_samples=200, n_features=6, random_state=1)
+    x = x.astype(np.float32)
+    mlp = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0).fit(x, y)
+    model = to_onnx(mlp, x[:1], options={id(mlp): {"zipmap": False}})
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init), init.name))
+    d = tmp_path / "ext"
+    d.mkdir()
+    onnx.save_model(model, str(d / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.data", size_threshold=1024)
+    assert (d / "weights.data").stat().st_size > 0
+    sess = onnxruntime.InferenceSession(str(d / "model.onnx"),
+                                        providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    proc, url = serve_dir(d, tmp_path, "mlp")
+    with proc as p:
+        p.wait_for(url + "/v2/health/ready")
+        body = {"inputs": [{"name": name, "shape": [3, 6], "datatype": "FP32",
+                            "data": x[:3].ravel().tolist()}]}
+        r = requests.post(url + "/v2/models/mlp/infer", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        out = {o["name"]: o["data"] for o in r.json()["outputs"]}
+        ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {name: x[:3]})))
+        np.testing.assert_allclose(np.array(out["probabilities"]).reshape(3, 2),
+                                   ref["probabilities"], rtol=1e-5, atol=1e-6)
 
 
 def test_model_dir_excludes_registry_flags(tmp_path):
