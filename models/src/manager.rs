@@ -862,8 +862,9 @@ impl ModelManager {
             .unwrap_or_default()
     }
 
-    /// Server readiness: every served model's default reference resolved, loaded and warmed
-    /// up, and at least one model is. A version loading or failing in the background does not
+    /// Server readiness: every served reference (each model's default one and every other
+    /// pinned one, e.g. both `churn@champion` and `churn@2`) resolved, loaded and warmed up,
+    /// and at least one model is. A version loading or failing in the background does not
     /// change it while the previous one serves.
     pub fn is_ready(&self) -> bool {
         let shadow_only = self
@@ -871,21 +872,27 @@ impl ModelManager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let slots = self.read();
         let mut any = false;
-        for (name, slot) in slots.iter() {
-            if shadow_only.contains(name) {
-                continue;
-            }
-            let Some(v) = slot.default_version else {
-                return false;
-            };
-            match slot.versions.get(&v) {
-                Some(VersionState::Ready(_)) => any = true,
-                _ => return false,
+        {
+            let slots = self.read();
+            for (name, slot) in slots.iter() {
+                if shadow_only.contains(name) {
+                    continue;
+                }
+                let Some(v) = slot.default_version else {
+                    return false;
+                };
+                match slot.versions.get(&v) {
+                    Some(VersionState::Ready(_)) => any = true,
+                    _ => return false,
+                }
             }
         }
-        any
+        // The lock is released first: `serves` takes it again.
+        self.served().iter().all(|settings| match ModelRef::parse(&settings.model) {
+            Ok(model) => shadow_only.contains(&model.name) || self.serves(&model.to_string()),
+            Err(_) => false,
+        }) && any
     }
 
     pub fn index(&self) -> Vec<IndexEntry> {

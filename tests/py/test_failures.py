@@ -146,3 +146,23 @@ def test_override_serves_reference(override_server, fixtures, model):
                                           model_version="1")
     for ref in case["outputs"]:
         assert_array_matches(result.as_numpy(ref["name"]), ref)
+
+
+# -- readiness waits for every pinned reference ---------------------------------------------------
+
+def test_server_not_ready_while_a_second_pinned_version_is_missing(ferry):
+    """DESIGN.md: ready = every pinned model loaded. With churn@champion loaded but churn@99
+    (a second pinned reference to the same model) unresolvable, the server is live, serves
+    churn, and is not ready."""
+    import time
+    with ferry.running("pinned", ["churn@champion", "churn@99"], onnx_engine="ort") as srv:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if srv.get("/v2/models/churn/ready").status_code == 200:
+                break
+            time.sleep(0.2)
+        assert srv.get("/v2/models/churn/ready").status_code == 200
+        time.sleep(1.0)
+        assert srv.get("/v2/health/live").status_code == 200
+        assert srv.get("/v2/health/ready").status_code == 503
+        assert not srv.triton.is_server_ready()
