@@ -889,10 +889,13 @@ impl ModelManager {
             }
         }
         // The lock is released first: `serves` takes it again.
-        self.served().iter().all(|settings| match ModelRef::parse(&settings.model) {
-            Ok(model) => shadow_only.contains(&model.name) || self.serves(&model.to_string()),
-            Err(_) => false,
-        }) && any
+        self.served()
+            .iter()
+            .all(|settings| match ModelRef::parse(&settings.model) {
+                Ok(model) => shadow_only.contains(&model.name) || self.serves(&model.to_string()),
+                Err(_) => false,
+            })
+            && any
     }
 
     pub fn index(&self) -> Vec<IndexEntry> {
