@@ -439,13 +439,15 @@ impl Ensemble {
             let mut margin_groups = margins.chunks_exact_mut(ng * LANES);
             for (lanes, margin) in (&mut row_groups).zip(&mut margin_groups) {
                 let mut at = [root as usize; LANES];
+                // Each lane's row, sliced once rather than at every level.
+                let rows: [&[f32]; LANES] = std::array::from_fn(|k| &lanes[k * nf..(k + 1) * nf]);
                 loop {
                     let mut walking = false;
-                    for (k, ix) in at.iter_mut().enumerate() {
+                    for (ix, row) in at.iter_mut().zip(&rows) {
                         let node = self.nodes[*ix];
                         if node.feature & LEAF == 0 {
                             walking = true;
-                            *ix = self.step(node, &lanes[k * nf..(k + 1) * nf]);
+                            *ix = self.step(node, row);
                         }
                     }
                     if !walking {
