@@ -189,31 +189,22 @@ impl InferenceService {
             otel.kind = "server",
             rpc.grpc.status_code = tracing::field::Empty,
         );
-        let tracing_on = otel::enabled();
-        if tracing_on {
-            span.record("otel.name", format!("inference.GRPCInferenceService/{rpc}"));
-            otel::continue_trace(&span, headers);
-        }
-        let trace_id = if tracing_on {
-            otel::trace_id(&span)
-        } else {
-            access::trace_id_of(
-                headers
-                    .get(crate::http::TRACEPARENT)
-                    .and_then(|v| v.to_str().ok()),
-            )
-            .map(str::to_string)
-        };
-        let (result, labels) = if self.state.access_log.is_some() {
-            access::LABELS
-                .scope(Default::default(), async {
-                    let result = work.instrument(span.clone()).await;
-                    (result, access::LABELS.with(|l| l.take()))
-                })
-                .await
-        } else {
-            (work.instrument(span.clone()).await, Default::default())
-        };
+        let tracing_on = otel::start_server_span(
+            &span,
+            || format!("inference.GRPCInferenceService/{rpc}"),
+            headers,
+        );
+        let trace_id = self
+            .state
+            .access_log
+            .is_some()
+            .then(|| access::trace_id(&span, headers))
+            .flatten();
+        let (result, labels) = access::labelled(
+            self.state.access_log.is_some(),
+            work.instrument(span.clone()),
+        )
+        .await;
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
@@ -234,17 +225,9 @@ impl InferenceService {
                     | tonic::Code::Unknown
                     | tonic::Code::DataLoss
             );
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
-            if sampler.admit(now, if server_fault { 500 } else { 200 }) {
-                self.state
-                    .metrics
-                    .access_log_lines
-                    .with_label_values(&["written"])
-                    .inc();
-                let labels: access::Labels = labels;
+            // The sampler's budget is by HTTP status class: a server fault is always written.
+            let status = if server_fault { 500 } else { 200 };
+            if sampler.admit_now(status, &self.state.metrics.access_log_lines) {
                 tracing::info!(
                     target: "ferry::access",
                     protocol = "grpc",
@@ -260,12 +243,6 @@ impl InferenceService {
                     client = client.map(|c| c.to_string()),
                     "access"
                 );
-            } else {
-                self.state
-                    .metrics
-                    .access_log_lines
-                    .with_label_values(&["skipped"])
-                    .inc();
             }
         }
         result.map(|mut r| {

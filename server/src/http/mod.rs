@@ -230,48 +230,30 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         otel.kind = "server",
         http.response.status_code = tracing::field::Empty,
     );
-    let tracing_on = crate::telemetry::otel::enabled();
-    if tracing_on {
-        span.record("otel.name", format!("{} {route}", request.method()));
-        crate::telemetry::otel::continue_trace(&span, request.headers());
-    }
-    let otel_trace_id = tracing_on
-        .then(|| crate::telemetry::otel::trace_id(&span))
-        .flatten();
+    let tracing_on = crate::telemetry::otel::start_server_span(
+        &span,
+        || format!("{} {route}", request.method()),
+        request.headers(),
+    );
     // Kept only when the access log is on: the hot path pays nothing for it otherwise.
     let line = state.access_log.as_ref().map(|_| {
-        let header = |name: &str| {
-            request
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
         (
             request.method().clone(),
             request.uri().path().to_string(),
-            header(header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok()),
-            access::trace_id_of(header(TRACEPARENT).as_deref()).map(str::to_string),
+            request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok()),
+            access::trace_id(&span, request.headers()),
             request
                 .extensions()
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map(|c| c.0),
         )
     });
-    let (mut response, labels) = match line {
-        Some(_) => {
-            access::LABELS
-                .scope(Default::default(), async {
-                    let response = next.run(request).instrument(span.clone()).await;
-                    (response, access::LABELS.with(|l| l.take()))
-                })
-                .await
-        }
-        None => (
-            next.run(request).instrument(span.clone()).await,
-            Default::default(),
-        ),
-    };
+    let (mut response, labels) =
+        access::labelled(line.is_some(), next.run(request).instrument(span.clone())).await;
     if tracing_on {
         span.record(
             "http.response.status_code",
@@ -287,18 +269,8 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         (&state.access_log, line)
     {
         let status = response.status().as_u16();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        if sampler.admit(now, status) {
-            state
-                .metrics
-                .access_log_lines
-                .with_label_values(&["written"])
-                .inc();
+        if sampler.admit_now(status, &state.metrics.access_log_lines) {
             let bytes_out = axum::body::HttpBody::size_hint(response.body()).exact();
-            let labels: access::Labels = labels;
             tracing::info!(
                 target: "ferry::access",
                 method = %method,
@@ -308,7 +280,7 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
                 bytes_in = bytes_in.unwrap_or(0),
                 bytes_out,
                 request_id = %id,
-                trace_id = otel_trace_id.as_deref().or(trace_id.as_deref()),
+                trace_id = trace_id.as_deref(),
                 model = labels.model.as_deref(),
                 version = labels.version.as_deref(),
                 endpoint = labels.endpoint.as_deref(),
@@ -316,12 +288,6 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
                 client = client.map(|c| c.to_string()),
                 "access"
             );
-        } else {
-            state
-                .metrics
-                .access_log_lines
-                .with_label_values(&["skipped"])
-                .inc();
         }
     }
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -329,9 +295,6 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     }
     response
 }
-
-/// W3C trace context header: its trace id goes into the access log.
-pub const TRACEPARENT: &str = "traceparent";
 
 /// Reads a request body up to `limit` bytes; larger bodies are a 413 before or while reading.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {

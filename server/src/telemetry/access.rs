@@ -120,6 +120,48 @@ impl Sampler {
     }
 }
 
+impl Sampler {
+    /// [`Sampler::admit`] at the current second, counting the outcome in `lines`
+    /// (`ferry_access_log_lines_total{outcome="written"|"skipped"}`).
+    pub fn admit_now(&self, status: u16, lines: &prometheus::IntCounterVec) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let admitted = self.admit(now, status);
+        lines
+            .with_label_values(&[if admitted { "written" } else { "skipped" }])
+            .inc();
+        admitted
+    }
+}
+
+/// Runs `work` with a labels slot for the handlers to fill when `on` (the access log is
+/// enabled); the hot path pays nothing for it otherwise.
+pub async fn labelled<T>(on: bool, work: impl std::future::Future<Output = T>) -> (T, Labels) {
+    if !on {
+        return (work.await, Labels::default());
+    }
+    LABELS
+        .scope(Default::default(), async {
+            let out = work.await;
+            (out, LABELS.with(|l| l.take()))
+        })
+        .await
+}
+
+/// W3C trace context header: its trace id goes into the access log.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The trace id an access line reports: the exported trace's when traces are on (the
+/// caller's, continued, or a new one), else the caller's `traceparent` as sent.
+pub fn trace_id(span: &tracing::Span, headers: &axum::http::HeaderMap) -> Option<String> {
+    if super::otel::enabled() {
+        return super::otel::trace_id(span);
+    }
+    trace_id_of(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())).map(str::to_string)
+}
+
 /// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), if valid.
 pub fn trace_id_of(traceparent: Option<&str>) -> Option<&str> {
     let mut parts = traceparent?.trim().split('-');

@@ -77,8 +77,23 @@ where
         .with_tracked_inactivity(false)
 }
 
+/// When traces are exported: names the server span `span` (its `otel.name` field) and makes
+/// the caller's `traceparent` its parent. Returns whether traces are on.
+pub fn start_server_span(
+    span: &tracing::Span,
+    name: impl FnOnce() -> String,
+    headers: &axum::http::HeaderMap,
+) -> bool {
+    if !enabled() {
+        return false;
+    }
+    span.record("otel.name", name());
+    continue_trace(span, headers);
+    true
+}
+
 /// Continues the caller's trace: the `traceparent` of `headers` becomes the parent of `span`.
-pub fn continue_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+fn continue_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     struct Headers<'a>(&'a axum::http::HeaderMap);
     impl opentelemetry::propagation::Extractor for Headers<'_> {
