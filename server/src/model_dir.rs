@@ -7,6 +7,7 @@
 //! or the tree model's default signature). A `model.yaml` beside the file wins for everything
 //! it says (signature, features, preprocess), so a ferry version directory works too.
 
+use crate::registry_cli::TREE_FILES;
 use ferry_registry::{MANIFEST_FILE, is_valid_name};
 use std::path::{Path, PathBuf};
 
@@ -18,13 +19,22 @@ pub struct ModelDirError {
     pub message: String,
 }
 
-/// The model files `--model-dir` recognises, by extension, with their manifest `format`.
-const MODEL_FILES: [(&str, &str); 4] = [
-    (".onnx", "onnx"),
-    (".json", "xgboost"),
-    (".ubj", "xgboost"),
-    (".txt", "lightgbm"),
-];
+/// The manifest `format` of a file `--model-dir` takes: any `*.onnx`, or a tree model file
+/// of the kinds `ferry models push` recognises ([`TREE_FILES`]), matched by extension. Only
+/// files named `model.*` count for those: `.json` and `.txt` are also config and vocabulary
+/// files.
+fn format_of(name: &str) -> Option<&'static str> {
+    if name.ends_with(".onnx") {
+        return Some("onnx");
+    }
+    if !name.starts_with("model.") {
+        return None;
+    }
+    TREE_FILES
+        .iter()
+        .find(|(file, _)| name.ends_with(file.trim_start_matches("model")))
+        .map(|(_, format)| *format)
+}
 
 /// A temp registry holding `name` version 1 made from `dir`; dropping it removes the registry
 /// (not the model files).
@@ -45,10 +55,9 @@ pub fn registry_from_model_dir(dir: &Path, name: &str) -> Result<ModelDirRegistr
         )));
     }
     let file = find_model_file(dir).map_err(&err)?;
-    let format = MODEL_FILES
-        .iter()
-        .find(|(ext, _)| file.to_string_lossy().ends_with(ext))
-        .map(|(_, f)| *f)
+    let format = file
+        .file_name()
+        .and_then(|n| format_of(&n.to_string_lossy()))
         .unwrap_or("onnx");
     let given: serde_json::Map<String, serde_json::Value> =
         match std::fs::read_to_string(file.with_file_name(MANIFEST_FILE)) {
@@ -154,11 +163,7 @@ fn find_model_file(dir: &Path) -> Result<PathBuf, String> {
             .file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default();
-        p.is_file()
-            && MODEL_FILES.iter().any(|(ext, _)| name.ends_with(ext))
-            // Only files named model.* count for the generic extensions (.json/.txt are also
-            // config and vocabulary files).
-            && (name.ends_with(".onnx") || name.starts_with("model."))
+        p.is_file() && format_of(&name).is_some()
     };
     let entries = |d: &Path| -> Result<Vec<PathBuf>, String> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(d)

@@ -149,7 +149,7 @@ pub async fn run(args: ModelsArgs, out: &mut impl Write) -> anyhow::Result<()> {
 }
 
 /// Tree model files `push` recognises, in the order it prefers them, with their format.
-const TREE_FILES: [(&str, &str); 3] = [
+pub(crate) const TREE_FILES: [(&str, &str); 3] = [
     ("model.json", "xgboost"),
     ("model.ubj", "xgboost"),
     ("model.txt", "lightgbm"),

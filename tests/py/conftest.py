@@ -304,6 +304,51 @@ class FerryServer:
                         f"log:\n{self.log()}")
 
 
+class Process:
+    """Any ferry command (as a manifest or KServe runs it), its output in `log_path`; stopped
+    (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, args, env, log_path, cwd=None):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=cwd)
+
+    def wait_for(self, url, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"exited with {self.proc.returncode}:\n{read_tail(self.log_path)}")
+            try:
+                if requests.get(url, timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"{url} not 200 within {timeout}s:\n{read_tail(self.log_path)}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def base_env(**extra):
+    """The test process's environment with ferry's ONNX Runtime library, plus `extra`."""
+    env = dict(os.environ)
+    env["FERRY_ORT_LIB"] = ort_lib()
+    env.update(extra)
+    return env
+
+
 class ServerFactory:
     def __init__(self, tmp_path_factory, fixtures):
         self.tmp_path_factory = tmp_path_factory

@@ -19,7 +19,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import ferry_bin, free_port, ort_lib, read_tail
+from conftest import Process, base_env, ferry_bin, free_port, read_tail
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -280,49 +280,6 @@ def exported_metric_names(url):
     text = requests.get(url + "/metrics", timeout=10).text
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines()
             if line and not line.startswith("#")}
-
-
-class Process:
-    """A ferry command run as the manifests run it; stopped (SIGTERM, then SIGKILL) on exit."""
-
-    def __init__(self, args, env, log_path, cwd=None):
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=cwd)
-
-    def wait_for(self, url, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"exited with {self.proc.returncode}:\n{read_tail(self.log_path)}")
-            try:
-                if requests.get(url, timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"{url} not 200 within {timeout}s:\n{read_tail(self.log_path)}")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
-def base_env(**extra):
-    env = dict(os.environ)
-    env["FERRY_ORT_LIB"] = ort_lib()
-    env.update(extra)
-    return env
 
 
 def test_autoscaling_and_dashboard_metrics_exist_in_metrics(tmp_path):

@@ -15,8 +15,7 @@ from skl2onnx import to_onnx
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 
-from conftest import ferry_bin, free_port, ort_lib, read_tail
-from test_deploy import Process, base_env
+from conftest import Process, base_env, ferry_bin, free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..", "..")

@@ -14,8 +14,7 @@ import pytest
 import requests
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from conftest import ferry_bin, free_port
-from test_deploy import Process, base_env
+from conftest import Process, base_env, ferry_bin, free_port
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
