@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import boto3
@@ -347,6 +348,69 @@ def base_env(**extra):
     env["FERRY_ORT_LIB"] = ort_lib()
     env.update(extra)
     return env
+
+
+class InferLoad:
+    """Threads sending inference requests back to back (`send(session)` returns the response),
+    recording every outcome: the version each success came from, with its time, every failure,
+    and readiness, probed every 10th request (it must not flip while versions swap)."""
+
+    def __init__(self, srv, send, threads=2):
+        self.srv, self.send = srv, send
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.failures = []
+        self.versions = []          # (time, version) in completion order
+        self.not_ready = 0
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self):
+        session = requests.Session()
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                r = self.send(session)
+                ok = r.status_code == 200
+                version = r.json().get("model_version") if ok else None
+                detail = None if ok else f"{r.status_code} {r.text[:200]}"
+            except requests.RequestException as e:
+                ok, version, detail = False, None, repr(e)
+            ready = True
+            if n % 10 == 0:
+                try:
+                    ready = session.get(self.srv.url + "/v2/health/ready",
+                                        timeout=10).status_code == 200
+                except requests.RequestException:
+                    ready = False
+            with self.lock:
+                self.sent += 1
+                if not ok:
+                    self.failures.append(detail)
+                else:
+                    self.versions.append((time.monotonic(), version))
+                if not ready:
+                    self.not_ready += 1
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def serving(self, version):
+        """Whether the latest success came from `version`."""
+        with self.lock:
+            return bool(self.versions) and self.versions[-1][1] == str(version)
+
+    def first_time_serving(self, version, after):
+        with self.lock:
+            return next((t for t, v in self.versions if v == version and t >= after), None)
 
 
 class ServerFactory:

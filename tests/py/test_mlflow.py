@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import mlflow
@@ -30,7 +29,7 @@ from onnx import numpy_helper
 from skl2onnx import to_onnx
 from sklearn.neural_network import MLPClassifier
 
-from conftest import ferry_bin, free_port, read_tail
+from conftest import InferLoad, ferry_bin, free_port, read_tail
 
 # Wide enough that the coefficients pass onnx's 1 KiB external-data threshold: log_model saves
 # them in a separate `<uuid>.data` file by default, which ferry must download too.
@@ -220,47 +219,6 @@ def ferry_models(*args, env=None):
     return r.stdout
 
 
-class Hammer:
-    """Threads sending requests for one model back to back, recording every outcome."""
-
-    def __init__(self, srv, name, rows, threads=2):
-        self.srv, self.name, self.rows = srv, name, rows
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.sent, self.failures, self.versions = 0, [], []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self):
-        session = requests.Session()
-        while not self.stop.is_set():
-            try:
-                r = infer(self.srv, self.name, self.rows, session=session)
-                ok, detail = r.status_code == 200, f"{r.status_code} {r.text[:200]}"
-                version = r.json().get("model_version") if ok else None
-            except requests.RequestException as e:
-                ok, detail, version = False, repr(e), None
-            with self.lock:
-                self.sent += 1
-                if ok:
-                    self.versions.append(version)
-                else:
-                    self.failures.append(detail)
-
-    def serving(self, version):
-        with self.lock:
-            return bool(self.versions) and self.versions[-1] == str(version)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
-
-
 # ---------------------------------------------------------------------------------------------
 # tests
 
@@ -313,7 +271,8 @@ def test_alias_move_under_load_swaps_with_zero_failed_requests(ferry, mlflow_ser
                        registry=registry(mlflow_server.url, tmp_path)) as srv:
         srv.wait_ready()
         assert first.check(srv, "fraud") == "1"
-        with Hammer(srv, "fraud", first.rows) as hammer:
+        with InferLoad(srv, lambda session: infer(srv, "fraud", first.rows, session=session)) \
+                as hammer:
             time.sleep(1.0)
             client.set_registered_model_alias("fraud", "champion", 2)
             wait_for("version 2 to serve", lambda: hammer.serving(2), srv)
@@ -321,7 +280,7 @@ def test_alias_move_under_load_swaps_with_zero_failed_requests(ferry, mlflow_ser
         print(f"\nMLFLOW SWAP: requests={hammer.sent} failures={len(hammer.failures)}")
         assert hammer.failures == [], hammer.failures[:5]
         assert hammer.sent > 20
-        assert set(hammer.versions) == {"1", "2"}
+        assert {v for _, v in hammer.versions} == {"1", "2"}
         assert second.check(srv, "fraud") == "2"
         assert srv.get("/v2/health/ready").status_code == 200
         wait_for("version 1 to be unloaded", lambda: srv.index_entry("fraud", 1) is None, srv)
@@ -336,7 +295,8 @@ def test_missing_or_non_onnx_versions_keep_the_old_one(ferry, mlflow_server, tmp
     with ferry.running("mlflow-bad", [f"{name}@champion"],
                        registry=registry(mlflow_server.url, tmp_path)) as srv:
         srv.wait_ready()
-        with Hammer(srv, name, good.rows, threads=1) as hammer:
+        with InferLoad(srv, lambda session: infer(srv, name, good.rows, session=session),
+                       threads=1) as hammer:
             # 2: the ONNX file was deleted from the artifact store.
             assert Model(seed=6).log(mlflow_server, name) == 2
             os.remove(os.path.join(mlflow_server.local_artifacts(name, 2), "model.onnx"))
@@ -373,7 +333,7 @@ def test_missing_or_non_onnx_versions_keep_the_old_one(ferry, mlflow_server, tmp
             client.set_registered_model_alias(name, "champion", 5)
             wait_for("version 5 to serve", lambda: hammer.serving(5), srv)
         assert hammer.failures == [], hammer.failures[:5]
-        assert set(hammer.versions) <= {"1", "5"}, set(hammer.versions)
+        assert {v for _, v in hammer.versions} <= {"1", "5"}, {v for _, v in hammer.versions}
         assert fixed.check(srv, name) == "5"
         log = full_log(srv)
         assert "previous version keeps serving" in log

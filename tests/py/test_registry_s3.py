@@ -10,13 +10,12 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 import time
 
 import pytest
 import requests
 
-from conftest import ferry_bin, read_tail
+from conftest import InferLoad, ferry_bin, read_tail
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEMO_CHURN = os.path.join(HERE, "..", "..", "server", "demo", "registry", "churn", "1")
@@ -97,62 +96,6 @@ def metric(srv, name, **labels):
     return total
 
 
-class Client:
-    """Threads sending inference requests continuously, counting every outcome."""
-
-    def __init__(self, srv, threads=2):
-        self.srv = srv
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.sent = 0
-        self.failures = []
-        self.versions = []          # (time, version) in completion order
-        self.not_ready = 0
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self):
-        session = requests.Session()
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            try:
-                r = infer(self.srv, session)
-                ok = r.status_code == 200
-                version = r.json().get("model_version") if ok else None
-                detail = None if ok else f"{r.status_code} {r.text[:200]}"
-            except requests.RequestException as e:
-                ok, version, detail = False, None, repr(e)
-            ready = True
-            if n % 10 == 0:
-                try:
-                    ready = session.get(self.srv.url + "/v2/health/ready",
-                                        timeout=10).status_code == 200
-                except requests.RequestException:
-                    ready = False
-            with self.lock:
-                self.sent += 1
-                if not ok:
-                    self.failures.append(detail)
-                else:
-                    self.versions.append((time.monotonic(), version))
-                if not ready:
-                    self.not_ready += 1
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
-
-    def first_time_serving(self, version, after):
-        with self.lock:
-            return next((t for t, v in self.versions if v == version and t >= after), None)
-
-
 def test_alias_move_swaps_versions_with_zero_failed_requests(ferry, moto_s3, tmp_path):
     moto_s3.client().create_bucket(Bucket=BUCKET)
     assert push(tmp_path, alias="champion") == 1
@@ -161,7 +104,7 @@ def test_alias_move_swaps_versions_with_zero_failed_requests(ferry, moto_s3, tmp
     with ferry.running("s3-swap", cfg["models"], registry=cfg["registry"]) as srv:
         srv.wait_ready()
         assert served_version(srv) == "1"
-        with Client(srv) as client:
+        with InferLoad(srv, lambda session: infer(srv, session)) as client:
             time.sleep(1.0)
             models_cli("alias", "churn", "champion", 2)
             moved = time.monotonic()
@@ -195,7 +138,7 @@ def test_corrupt_and_unloadable_versions_never_replace_the_serving_one(ferry, mo
     cfg = s3_config(ferry, tmp_path, ["churn@champion"], cache_dir=cache)
     with ferry.running("s3-bad", cfg["models"], registry=cfg["registry"]) as srv:
         srv.wait_ready()
-        with Client(srv, threads=1) as client:
+        with InferLoad(srv, lambda session: infer(srv, session), threads=1) as client:
             # A corrupt upload: the artifact in S3 no longer matches the manifest digest.
             assert push(tmp_path) == 2
             s3.put_object(Bucket=BUCKET, Key="prod/churn/2/model.onnx", Body=b"corrupted bytes")
@@ -239,7 +182,7 @@ def test_s3_outage_keeps_serving_the_loaded_model(ferry, moto_s3, tmp_path):
     with ferry.running("s3-outage", cfg["models"], registry=cfg["registry"]) as srv:
         srv.wait_ready()
         moto_s3.stop()
-        with Client(srv, threads=1) as client:
+        with InferLoad(srv, lambda session: infer(srv, session), threads=1) as client:
             time.sleep(3.0)  # many poll intervals with S3 gone
         assert client.failures == [], client.failures[:5]
         assert client.not_ready == 0
@@ -341,7 +284,7 @@ def test_full_cache_disk_keeps_serving_the_old_version(ferry, moto_s3, tmp_path,
         filler, free = fill_leaving(small_cache_fs, LEFT_FREE)
         artifact = os.path.getsize(os.path.join(DEMO_CHURN, "model.onnx"))
         assert 0 < free < artifact, (free, artifact)
-        with Client(srv, threads=2) as client:
+        with InferLoad(srv, lambda session: infer(srv, session), threads=2) as client:
             # Version 2 starts downloading, writes what fits, then gets ENOSPC mid-file.
             assert push(tmp_path) == 2
             models_cli("alias", "churn", "champion", 2)
