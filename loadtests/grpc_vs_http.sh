@@ -41,12 +41,7 @@ for round in 1 2; do
           --concurrency "$c" --seconds "$DUR" | grep RESULT)
       fi
       after=$(cpu "$PID")
-      OUT="$out" python3 -c "
-import os, re
-f = dict(re.findall(r'(\w+)=([0-9.]+)', os.environ['OUT']))
-req, secs = int(f['requests']), float(f['seconds'])
-cpu_us = ($after - $before) * $TICK_US / max(req, 1)
-print(f\"| $round | $proto | $c | {req / secs:,.0f} | {f['p50_us']} | {f['p99_us']} | {f['errors']} | {cpu_us:.1f} |\")"
+      python3 loadtests/result_row.py "$out" "$((after - before))" "$TICK_US" "$round" "$proto" "$c"
     done
   done
 done

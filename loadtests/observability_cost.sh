@@ -48,12 +48,7 @@ for setting in off default all traces; do
     before=$(cpu "$PID")
     out=$(WRK_BODY="$WORK/churn.json" wrk -t1 -c"$c" -d"${DUR}s" -s "$LUA" "http://127.0.0.1:$PORT/v2/models/churn/infer" | grep RESULT)
     after=$(cpu "$PID")
-    OUT="$out" python3 -c "
-import os, re
-f = dict(re.findall(r'(\w+)=([0-9.]+)', os.environ['OUT']))
-req, secs = int(f['requests']), float(f['seconds'])
-cpu_us = ($after - $before) * $TICK_US / max(req, 1)
-print(f\"| $round | $setting | $c | {req / secs:,.0f} | {f['p50_us']} | {f['p99_us']} | {f['errors']} | {cpu_us:.1f} |\")"
+    python3 loadtests/result_row.py "$out" "$((after - before))" "$TICK_US" "$round" "$setting" "$c"
   done
   kill "$PID"; wait "$PID" 2>/dev/null || true
 done
