@@ -30,8 +30,22 @@ def serve_dir(model_dir, tmp_path, name="model", extra=()):
     return Process(args, base_env(), str(tmp_path / f"{name}.log")), f"http://127.0.0.1:{port}"
 
 
-def infer(url, name, x, outputs=None):
-    body = {"inputs": [{"name": "X", "shape": list(x.shape), "datatype": "FP32",
+def served_and_onnxruntime(model_dir, tmp_path, name, x):
+    """`model_dir` served as `name` and its model.onnx in onnxruntime, both given `x` on the
+    graph's one input: (ferry's outputs, onnxruntime's), by output name."""
+    sess = onnxruntime.InferenceSession(str(model_dir / "model.onnx"),
+                                        providers=["CPUExecutionProvider"])
+    input_name = sess.get_inputs()[0].name
+    proc, url = serve_dir(model_dir, tmp_path, name)
+    with proc as p:
+        p.wait_for(url + "/v2/health/ready")
+        got = infer(url, name, x, input_name)
+    ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {input_name: x})))
+    return got, ref
+
+
+def infer(url, name, x, input_name="X"):
+    body = {"inputs": [{"name": input_name, "shape": list(x.shape), "datatype": "FP32",
                         "data": x.ravel().tolist()}]}
     r = requests.post(f"{url}/v2/models/{name}/infer", json=body, timeout=30)
     assert r.status_code == 200, r.text
@@ -74,21 +88,9 @@ def test_a_sklearn_model_exported_as_is_serves(tmp_path):
     d.mkdir()
     onx = to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}})
     (d / "model.onnx").write_bytes(onx.SerializeToString())
-    sess = onnxruntime.InferenceSession(str(d / "model.onnx"),
-                                        providers=["CPUExecutionProvider"])
-    input_name = sess.get_inputs()[0].name
-    proc, url = serve_dir(d, tmp_path, "lr")
-    with proc as p:
-        p.wait_for(url + "/v2/health/ready")
-        body = {"inputs": [{"name": input_name, "shape": [4, 6], "datatype": "FP32",
-                            "data": x[:4].ravel().tolist()}]}
-        r = requests.post(url + "/v2/models/lr/infer", json=body, timeout=30)
-        assert r.status_code == 200, r.text
-        out = {o["name"]: o["data"] for o in r.json()["outputs"]}
-        ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {input_name: x[:4]})))
-        np.testing.assert_array_equal(out["label"], ref["label"])
-        np.testing.assert_allclose(np.array(out["probabilities"]).reshape(4, 2),
-                                   ref["probabilities"], rtol=1e-5, atol=1e-6)
+    got, ref = served_and_onnxruntime(d, tmp_path, "lr", x[:4])
+    np.testing.assert_array_equal(got["label"], ref["label"])
+    np.testing.assert_allclose(got["probabilities"], ref["probabilities"], rtol=1e-5, atol=1e-6)
 
     z = tmp_path / "zipmap"
     z.mkdir()
@@ -137,20 +139,8 @@ def test_onnx_with_external_data_serves(tmp_path):
     onnx.save_model(model, str(d / "model.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="weights.data", size_threshold=1024)
     assert (d / "weights.data").stat().st_size > 0
-    sess = onnxruntime.InferenceSession(str(d / "model.onnx"),
-                                        providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    proc, url = serve_dir(d, tmp_path, "mlp")
-    with proc as p:
-        p.wait_for(url + "/v2/health/ready")
-        body = {"inputs": [{"name": name, "shape": [3, 6], "datatype": "FP32",
-                            "data": x[:3].ravel().tolist()}]}
-        r = requests.post(url + "/v2/models/mlp/infer", json=body, timeout=30)
-        assert r.status_code == 200, r.text
-        out = {o["name"]: o["data"] for o in r.json()["outputs"]}
-        ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {name: x[:3]})))
-        np.testing.assert_allclose(np.array(out["probabilities"]).reshape(3, 2),
-                                   ref["probabilities"], rtol=1e-5, atol=1e-6)
+    got, ref = served_and_onnxruntime(d, tmp_path, "mlp", x[:3])
+    np.testing.assert_allclose(got["probabilities"], ref["probabilities"], rtol=1e-5, atol=1e-6)
 
 
 def test_model_dir_excludes_registry_flags(tmp_path):
