@@ -15,7 +15,7 @@ mod manifest;
 mod mlflow;
 mod model_ref;
 mod onnx_graph;
-pub use onnx_graph::onnx_file_info;
+pub use onnx_graph::{OnnxInfo, onnx_file_info};
 mod registry;
 mod store;
 

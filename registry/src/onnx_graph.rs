@@ -106,7 +106,7 @@ const EXTERNAL: i32 = 1;
 
 /// What ferry needs to know about an ONNX file.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct OnnxInfo {
+pub struct OnnxInfo {
     /// The graph's inputs (initializers excluded) and outputs, as OIP tensors.
     pub signature: Result<Signature, String>,
     /// Files the tensors' external data live in, relative to the model file's directory.
@@ -130,13 +130,14 @@ pub(crate) fn inspect(bytes: &[u8]) -> Result<OnnxInfo, String> {
 /// The signature (or why there is none) and external data files of the ONNX model at `path`,
 /// read without an engine: for plain model files that come without a model.yaml
 /// (`ferry serve --model-dir`, KServe's `/mnt/models`).
-pub fn onnx_file_info(path: &std::path::Path) -> Result<(Signature, BTreeSet<String>), String> {
+/// `Err` when the file cannot be read or is not an ONNX model.
+pub fn onnx_file_info(path: &std::path::Path) -> Result<OnnxInfo, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let info = inspect(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    let signature = info
+    let mut info = inspect(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    info.signature = info
         .signature
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok((signature, info.external_files))
+        .map_err(|e| format!("{}: {e}", path.display()));
+    Ok(info)
 }
 
 fn collect_external(graph: &GraphProto, out: &mut BTreeSet<String>) {

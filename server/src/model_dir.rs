@@ -66,10 +66,20 @@ pub fn registry_from_model_dir(dir: &Path, name: &str) -> Result<ModelDirRegistr
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
             Err(e) => return Err(err(format!("could not read {MANIFEST_FILE}: {e}"))),
         };
+    // An ONNX file is read once: its graph gives the signature (unless model.yaml declares
+    // one) and the external data files.
+    let onnx = if format == "onnx" {
+        Some(ferry_registry::onnx_file_info(&file).map_err(&err)?)
+    } else {
+        None
+    };
     let signature = if given.contains_key("inputs") && given.contains_key("outputs") {
         None
     } else {
-        Some(read_signature(&file, format).map_err(&err)?)
+        Some(match &onnx {
+            Some(info) => info.signature.clone().map_err(&err)?,
+            None => tree_signature(&file, format).map_err(&err)?,
+        })
     };
     let sha256 = ferry_registry::sha256_file(&file).map_err(|e| err(e.to_string()))?;
     let artifact = file
@@ -98,10 +108,9 @@ pub fn registry_from_model_dir(dir: &Path, name: &str) -> Result<ModelDirRegistr
     // ONNX external data (tensors saved beside the graph) is linked and verified like the
     // model file itself.
     let mut files = serde_json::Map::new();
-    if format == "onnx" {
-        let (_, external) = ferry_registry::onnx_file_info(&file).map_err(&err)?;
+    if let Some(info) = onnx {
         let dir_of_file = file.parent().unwrap_or(dir);
-        for rel in external {
+        for rel in info.external_files {
             let inside = std::path::Path::new(&rel)
                 .components()
                 .all(|c| matches!(c, std::path::Component::Normal(_)));
@@ -198,18 +207,14 @@ fn find_model_file(dir: &Path) -> Result<PathBuf, String> {
     }
 }
 
-fn read_signature(file: &Path, format: &str) -> Result<ferry_runtimes::Signature, String> {
-    match format {
-        "onnx" => ferry_registry::onnx_file_info(file).map(|(signature, _)| signature),
-        tree => {
-            let tree_format = if tree == "xgboost" {
-                ferry_runtimes::TreeFormat::Xgboost
-            } else {
-                ferry_runtimes::TreeFormat::Lightgbm
-            };
-            ferry_runtimes::inspect_tree_model(file, tree_format)
-                .map(|info| info.default_signature())
-                .map_err(|e| e.to_string())
-        }
-    }
+/// The default signature of a tree model file (`format`: xgboost or lightgbm).
+fn tree_signature(file: &Path, format: &str) -> Result<ferry_runtimes::Signature, String> {
+    let tree_format = if format == "xgboost" {
+        ferry_runtimes::TreeFormat::Xgboost
+    } else {
+        ferry_runtimes::TreeFormat::Lightgbm
+    };
+    ferry_runtimes::inspect_tree_model(file, tree_format)
+        .map(|info| info.default_signature())
+        .map_err(|e| e.to_string())
 }
