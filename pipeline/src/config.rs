@@ -147,6 +147,29 @@ impl EndpointConfig {
             .chain(self.shadow.iter().map(|s| s.model.as_str()))
     }
 
+    /// The endpoint's preprocess and postprocess chains, compiled (script files read from
+    /// `base_dir`); an error names the key under `at`, e.g. `endpoints[0].postprocess`.
+    pub fn chains(
+        &self,
+        at: &str,
+        base_dir: &std::path::Path,
+        transforms: &ferry_transforms::Registry,
+    ) -> Result<(ferry_transforms::Chain, ferry_transforms::Chain), String> {
+        use ferry_transforms::{BuildOptions, Stage, build_chain};
+        let chain = |steps: &[serde_json::Value], stage, key: &str| {
+            let options = BuildOptions {
+                stage,
+                base_dir,
+                registry: transforms,
+            };
+            build_chain(steps, &options).map_err(|e| format!("`{at}.{key}`: {e}"))
+        };
+        Ok((
+            chain(&self.preprocess, Stage::Pre, "preprocess")?,
+            chain(&self.postprocess, Stage::Post, "postprocess")?,
+        ))
+    }
+
     /// Checks what can be checked without the registry; `at` is the key path, e.g.
     /// `endpoints[0]`. Transform steps are compiled (and checked) when the pipeline is built.
     pub fn validate(&self, at: &str) -> Result<(), ConfigError> {

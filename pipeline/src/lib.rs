@@ -631,20 +631,8 @@ impl Pipeline {
     }
 
     async fn compile(&self, at: &str, config: &EndpointConfig) -> Result<Endpoint, String> {
-        let chain = |steps: &[Value], stage, key: &str| {
-            ferry_transforms::build_chain(
-                steps,
-                &BuildOptions {
-                    stage,
-                    base_dir: &self.base_dir,
-                    registry: &self.core.transforms,
-                },
-            )
-            .map(Arc::new)
-            .map_err(|e| format!("`{at}.{key}`: {e}"))
-        };
-        let pre = chain(&config.preprocess, Stage::Pre, "preprocess")?;
-        let post = chain(&config.postprocess, Stage::Post, "postprocess")?;
+        let (pre, post) = config.chains(at, &self.base_dir, &self.core.transforms)?;
+        let (pre, post) = (Arc::new(pre), Arc::new(post));
         let mut variants = Vec::new();
         for (j, v) in config.variants.iter().enumerate() {
             let model = ModelRef::parse(&v.model)

@@ -426,20 +426,10 @@ impl ServerConfig {
                 .map_err(|e| ConfigError(format!("`features.repo` {}: {e}", f.repo.display())))?;
         }
         let base_dir = self.config_dir.clone().unwrap_or_default();
-        let registry = ferry_transforms::Registry::default();
+        let transforms = ferry_transforms::Registry::default();
         for (i, e) in self.endpoints.iter().enumerate() {
-            for (key, steps, stage) in [
-                ("preprocess", &e.preprocess, ferry_transforms::Stage::Pre),
-                ("postprocess", &e.postprocess, ferry_transforms::Stage::Post),
-            ] {
-                let options = ferry_transforms::BuildOptions {
-                    stage,
-                    base_dir: &base_dir,
-                    registry: &registry,
-                };
-                ferry_transforms::build_chain(steps, &options)
-                    .map_err(|err| ConfigError(format!("`endpoints[{i}].{key}`: {err}")))?;
-            }
+            e.chains(&format!("endpoints[{i}]"), &base_dir, &transforms)
+                .map_err(ConfigError)?;
         }
         Ok(())
     }
