@@ -5,6 +5,7 @@
 //!
 //! Usage: tree_rate --trees FILE --format xgboost|lightgbm --onnx FILE --ort-lib PATH
 //!                  --input NAME --outputs a,b [--rows 65536] [--seconds 3] [--threads 1,2]
+//!                  [--engines trees,ort,trees_onnx]
 //! Prints one `RESULT engine=… threads=… rows_per_s=…` line per engine and thread count.
 
 use ferry_runtimes::{
@@ -103,7 +104,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Err(e) => eprintln!("trees_onnx skipped: {e}"),
         }
+        let wanted = arg("--engines");
         for (name, runtime, input) in engines {
+            if wanted
+                .as_ref()
+                .is_some_and(|w| !w.split(',').any(|e| e == name))
+            {
+                continue;
+            }
             let inputs = [Tensor::new(
                 input,
                 vec![rows, nf],

@@ -103,7 +103,9 @@ pub(crate) struct RawEnsemble {
 }
 
 // Node layout: 12 bytes, children of a split stored side by side (right = left + 1), so a
-// split needs one child index and the step is `left + !go_left`.
+// split needs one child index and the step is `left + !go_left`. A leaf steps to itself (its
+// threshold is NaN, so it always goes "right", and its `left` is its own index - 1): a walk can
+// take a fixed number of steps, the tree's depth, with no test for having arrived.
 const LEAF: u32 = 1 << 31;
 const DEFAULT_LEFT: u32 = 1 << 30;
 /// Categorical or zero-as-missing splits: taken off the hot path.
@@ -112,12 +114,22 @@ const FEATURE_MASK: u32 = SPECIAL - 1;
 
 #[derive(Debug, Clone, Copy)]
 struct Node {
-    /// Split: threshold; leaf: leaf value; categorical split: `special` index in `to_bits`.
+    /// Split: threshold; leaf: NaN; categorical split: `special` index in `to_bits`.
     value: f32,
     /// Feature index plus the flags above.
     feature: u32,
-    /// Index of the left child in `Ensemble::nodes`.
+    /// Index of the left child in `Ensemble::nodes`; a leaf's own index - 1 (wrapping).
     left: u32,
+}
+
+impl Node {
+    fn leaf(at: usize) -> Node {
+        Node {
+            value: f32::NAN,
+            feature: LEAF,
+            left: (at as u32).wrapping_sub(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,7 +161,15 @@ pub(crate) struct Ensemble {
     n_groups: usize,
     base_margin: Vec<f64>,
     nodes: Vec<Node>,
+    /// Per node: a leaf's value (or, for [`RawNode::Leaves`], its start in `leaf_vectors` in
+    /// the bits); 0 for splits.
+    leaf_values: Vec<f32>,
     roots: Vec<u32>,
+    /// Per tree: the fewest and the most steps from the root to a leaf.
+    depths: Vec<(u32, u32)>,
+    /// Whether any split needs [`Ensemble::special_goes_left`]; without one the walk compiles
+    /// with no branch at all.
+    has_specials: bool,
     groups: Vec<u32>,
     specials: Vec<Special>,
     bitsets: Vec<u32>,
@@ -197,7 +217,10 @@ impl Ensemble {
             n_groups: raw.n_groups,
             base_margin: raw.base_margin,
             nodes: Vec::new(),
+            leaf_values: Vec::new(),
             roots: Vec::with_capacity(raw.trees.len()),
+            depths: Vec::with_capacity(raw.trees.len()),
+            has_specials: false,
             groups: Vec::with_capacity(raw.trees.len()),
             specials: Vec::new(),
             bitsets: Vec::new(),
@@ -212,6 +235,7 @@ impl Ensemble {
         if e.nodes.len() > (u32::MAX >> 1) as usize || e.leaf_vectors.len() > u32::MAX as usize {
             return Err("the model has too many nodes".into());
         }
+        e.has_specials = !e.specials.is_empty();
         Ok(e)
     }
 
@@ -230,14 +254,12 @@ impl Ensemble {
             ));
         }
         let base = self.nodes.len();
-        let mut queue = std::collections::VecDeque::from([(0usize, base)]);
-        self.nodes.push(Node {
-            value: 0.0,
-            feature: 0,
-            left: 0,
-        });
+        let mut queue = std::collections::VecDeque::from([(0usize, base, 0u32)]);
+        self.nodes.push(Node::leaf(base));
+        self.leaf_values.push(0.0);
         let mut emitted = 1usize;
-        while let Some((src, dst)) = queue.pop_front() {
+        let (mut shallowest, mut deepest) = (u32::MAX, 0);
+        while let Some((src, dst, level)) = queue.pop_front() {
             let node = tree
                 .nodes
                 .get(src)
@@ -246,11 +268,11 @@ impl Ensemble {
                 RawNode::Leaf(_) if vector => {
                     return Err(format!("leaf {src}: one value among per-output leaves"));
                 }
-                RawNode::Leaf(value) => Node {
-                    value: *value,
-                    feature: LEAF,
-                    left: 0,
-                },
+                RawNode::Leaf(value) => {
+                    (shallowest, deepest) = (shallowest.min(level), deepest.max(level));
+                    self.leaf_values[dst] = *value;
+                    Node::leaf(dst)
+                }
                 RawNode::Leaves(values) => {
                     if values.len() != self.n_groups {
                         return Err(format!(
@@ -259,13 +281,11 @@ impl Ensemble {
                             self.n_groups
                         ));
                     }
+                    (shallowest, deepest) = (shallowest.min(level), deepest.max(level));
                     let start = self.leaf_vectors.len() as u32;
                     self.leaf_vectors.extend_from_slice(values);
-                    Node {
-                        value: f32::from_bits(start),
-                        feature: LEAF,
-                        left: 0,
-                    }
+                    self.leaf_values[dst] = f32::from_bits(start);
+                    Node::leaf(dst)
                 }
                 RawNode::Split {
                     feature,
@@ -288,14 +308,11 @@ impl Ensemble {
                         ));
                     }
                     let child = self.nodes.len();
-                    let filler = Node {
-                        value: 0.0,
-                        feature: 0,
-                        left: 0,
-                    };
-                    self.nodes.extend([filler, filler]);
-                    queue.push_back((*left, child));
-                    queue.push_back((*right, child + 1));
+                    self.nodes
+                        .extend([Node::leaf(child), Node::leaf(child + 1)]);
+                    self.leaf_values.extend([0.0, 0.0]);
+                    queue.push_back((*left, child, level + 1));
+                    queue.push_back((*right, child + 1, level + 1));
                     let mut flags = *feature;
                     if *default_left {
                         flags |= DEFAULT_LEFT;
@@ -341,6 +358,7 @@ impl Ensemble {
             self.nodes[dst] = flat;
         }
         self.roots.push(base as u32);
+        self.depths.push((shallowest, deepest));
         self.groups.push(if vector {
             ALL_GROUPS
         } else {
@@ -406,11 +424,12 @@ impl Ensemble {
             .chunks(ROW_BLOCK * self.n_features)
             .zip(out.chunks_mut(ROW_BLOCK * self.n_groups))
         {
-            match self.aggregate {
-                Aggregate::Sum => self.score_block::<SUM>(block, margins),
-                Aggregate::Sum32 => self.score_block::<SUM32>(block, margins),
-                Aggregate::Min => self.score_block::<MIN>(block, margins),
-                Aggregate::Max => self.score_block::<MAX>(block, margins),
+            match (self.aggregate, self.has_specials) {
+                (Aggregate::Sum, false) => self.score_block::<SUM, false>(block, margins),
+                (Aggregate::Sum, true) => self.score_block::<SUM, true>(block, margins),
+                (Aggregate::Sum32, _) => self.score_block::<SUM32, true>(block, margins),
+                (Aggregate::Min, _) => self.score_block::<MIN, true>(block, margins),
+                (Aggregate::Max, _) => self.score_block::<MAX, true>(block, margins),
             }
         }
         if start.is_some() {
@@ -425,14 +444,19 @@ impl Ensemble {
 
     // Trees in the outer loop: one tree's nodes stay in cache while a block of rows walks it.
     // Rows walk a tree in groups of LANES, one level per step, so the CPU overlaps the
-    // independent node loads of different rows instead of waiting on one row's chain.
+    // independent node loads of different rows instead of waiting on one row's chain. A leaf
+    // steps to itself, so the lanes take the steps to the tree's shallowest leaf with no test;
+    // past it, the group stops when all its lanes stand on leaves (one test per level, not per
+    // lane): deep lopsided trees (LightGBM's) end early, full trees (XGBoost's) never test.
     // AGG is a const parameter so the sum, the one every format but ONNX-ML uses, compiles to
-    // the plain add.
-    fn score_block<const AGG: u8>(&self, rows: &[f32], margins: &mut [f64]) {
+    // the plain add; SPECIALS false drops the categorical/zero-missing test from the step.
+    fn score_block<const AGG: u8, const SPECIALS: bool>(&self, rows: &[f32], margins: &mut [f64]) {
         const LANES: usize = 8;
         let nf = self.n_features;
         let ng = self.n_groups;
-        for (&root, &group) in self.roots.iter().zip(&self.groups) {
+        for ((&root, &group), &(shallowest, deepest)) in
+            self.roots.iter().zip(&self.groups).zip(&self.depths)
+        {
             let vector = group == ALL_GROUPS;
             let group = group as usize;
             let mut row_groups = rows.chunks_exact(nf * LANES);
@@ -441,27 +465,30 @@ impl Ensemble {
                 let mut at = [root as usize; LANES];
                 // Each lane's row, sliced once rather than at every level.
                 let rows: [&[f32]; LANES] = std::array::from_fn(|k| &lanes[k * nf..(k + 1) * nf]);
-                loop {
-                    let mut walking = false;
+                for _ in 0..shallowest {
+                    for (ix, row) in at.iter_mut().zip(&rows) {
+                        *ix = self.step::<SPECIALS>(self.nodes[*ix], row);
+                    }
+                }
+                for _ in shallowest..deepest {
+                    let mut walking = 0;
                     for (ix, row) in at.iter_mut().zip(&rows) {
                         let node = self.nodes[*ix];
-                        if node.feature & LEAF == 0 {
-                            walking = true;
-                            *ix = self.step(node, row);
-                        }
+                        walking |= !node.feature & LEAF;
+                        *ix = self.step::<SPECIALS>(node, row);
                     }
-                    if !walking {
+                    if walking == 0 {
                         break;
                     }
                 }
                 if vector {
                     for (k, ix) in at.iter().enumerate() {
                         let row = &mut margin[k * ng..(k + 1) * ng];
-                        self.add_leaves::<AGG>(row, self.nodes[*ix].value);
+                        self.add_leaves::<AGG>(row, self.leaf_values[*ix]);
                     }
                 } else {
                     for (k, ix) in at.iter().enumerate() {
-                        combine::<AGG>(&mut margin[k * ng + group], self.nodes[*ix].value);
+                        combine::<AGG>(&mut margin[k * ng + group], self.leaf_values[*ix]);
                     }
                 }
             }
@@ -492,24 +519,24 @@ impl Ensemble {
 
     #[inline]
     fn leaf(&self, root: u32, row: &[f32]) -> f32 {
-        let mut node = self.nodes[root as usize];
-        while node.feature & LEAF == 0 {
-            node = self.nodes[self.step(node, row)];
+        let mut at = root as usize;
+        while self.nodes[at].feature & LEAF == 0 {
+            at = self.step::<true>(self.nodes[at], row);
         }
-        node.value
+        self.leaf_values[at]
     }
 
-    /// The child of split `node` that `row` goes to.
+    /// The child of split `node` that `row` goes to; a leaf's own index for a leaf.
     #[inline(always)]
-    fn step(&self, node: Node, row: &[f32]) -> usize {
-        let go_left = if node.feature & SPECIAL == 0 {
+    fn step<const SPECIALS: bool>(&self, node: Node, row: &[f32]) -> usize {
+        let go_left = if !SPECIALS || node.feature & SPECIAL == 0 {
             let x = row[(node.feature & FEATURE_MASK) as usize];
             // NaN fails every comparison, so it goes left only by default.
             (x < node.value) | (x.is_nan() & (node.feature & DEFAULT_LEFT != 0))
         } else {
             self.special_goes_left(node, row)
         };
-        (node.left + u32::from(!go_left)) as usize
+        node.left.wrapping_add(u32::from(!go_left)) as usize
     }
 
     #[cold]
