@@ -467,13 +467,13 @@ impl Ensemble {
                 let rows: [&[f32]; LANES] = std::array::from_fn(|k| &lanes[k * nf..(k + 1) * nf]);
                 for _ in 0..shallowest {
                     for (ix, row) in at.iter_mut().zip(&rows) {
-                        *ix = self.step::<SPECIALS>(self.nodes[*ix], row);
+                        *ix = self.step::<SPECIALS>(self.node(*ix), row);
                     }
                 }
                 for _ in shallowest..deepest {
                     let mut walking = 0;
                     for (ix, row) in at.iter_mut().zip(&rows) {
-                        let node = self.nodes[*ix];
+                        let node = self.node(*ix);
                         walking |= !node.feature & LEAF;
                         *ix = self.step::<SPECIALS>(node, row);
                     }
@@ -526,11 +526,26 @@ impl Ensemble {
         self.leaf_values[at]
     }
 
+    /// The node at `at`, an index `step` returned or a root.
+    #[inline(always)]
+    #[allow(unsafe_code)] // the walk's hot load; measured in loadtests/RESULTS.md
+    fn node(&self, at: usize) -> Node {
+        debug_assert!(at < self.nodes.len());
+        // SAFETY: roots and children are indices `push_tree` wrote into `nodes` (children are
+        // pushed before their index is stored), and a leaf steps to its own index.
+        unsafe { *self.nodes.get_unchecked(at) }
+    }
+
     /// The child of split `node` that `row` goes to; a leaf's own index for a leaf.
     #[inline(always)]
+    #[allow(unsafe_code)] // the walk's hot load; measured in loadtests/RESULTS.md
     fn step<const SPECIALS: bool>(&self, node: Node, row: &[f32]) -> usize {
         let go_left = if !SPECIALS || node.feature & SPECIAL == 0 {
-            let x = row[(node.feature & FEATURE_MASK) as usize];
+            let f = (node.feature & FEATURE_MASK) as usize;
+            debug_assert!(f < row.len());
+            // SAFETY: `build` refuses a split on a feature >= n_features, leaves use feature 0,
+            // and every caller passes a row of exactly n_features (n_features >= 1).
+            let x = unsafe { *row.get_unchecked(f) };
             // NaN fails every comparison, so it goes left only by default.
             (x < node.value) | (x.is_nan() & (node.feature & DEFAULT_LEFT != 0))
         } else {
