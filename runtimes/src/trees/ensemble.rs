@@ -190,7 +190,8 @@ impl Ensemble {
         if raw.n_features == 0 {
             return Err("the model has no features".into());
         }
-        if raw.n_features > FEATURE_MASK as usize {
+        // The walk reads rows widened with each feature's negation (see `widen`).
+        if raw.n_features > (FEATURE_MASK / 2) as usize {
             return Err(format!(
                 "{} features is more than supported",
                 raw.n_features
@@ -307,27 +308,50 @@ impl Ensemble {
                             "node {src}: the child links do not form a tree (a node is reached twice)"
                         ));
                     }
-                    let child = self.nodes.len();
-                    self.nodes
-                        .extend([Node::leaf(child), Node::leaf(child + 1)]);
-                    self.leaf_values.extend([0.0, 0.0]);
-                    queue.push_back((*left, child, level + 1));
-                    queue.push_back((*right, child + 1, level + 1));
                     let mut flags = *feature;
                     if *default_left {
                         flags |= DEFAULT_LEFT;
                     }
                     // `x <= t` is `x < next_up(t)` for every t but +inf, whose next_up is itself.
-                    let fast = match test {
+                    let exact = match test {
                         Test::Less(t) => Some(*t),
                         Test::LessEq(t) if *t != f32::INFINITY => Some(t.next_up()),
                         _ => None,
                     };
+                    let fast = exact.filter(|_| !zero_is_missing);
+                    // NaN fails `<`, so the fast step sends it to the second child. Where it
+                    // should go left, the split is mirrored: children swapped and the test
+                    // `x >= t`, which is `-x < next_up(-t)` on the negated feature.
+                    let mirrored = match fast {
+                        Some(t) if *default_left && t > f32::NEG_INFINITY => Some((-t).next_up()),
+                        _ => None,
+                    };
+                    let child = self.nodes.len();
+                    self.nodes
+                        .extend([Node::leaf(child), Node::leaf(child + 1)]);
+                    self.leaf_values.extend([0.0, 0.0]);
+                    let (first, second) = if mirrored.is_some() {
+                        (right, left)
+                    } else {
+                        (left, right)
+                    };
+                    queue.push_back((*first, child, level + 1));
+                    queue.push_back((*second, child + 1, level + 1));
+                    let fast = match (fast, mirrored) {
+                        (Some(_), Some(t)) => {
+                            flags = *feature + self.n_features as u32;
+                            Some(t)
+                        }
+                        // Left by default with a threshold of -inf or NaN: only NaN goes
+                        // left, which no `<` test says; the slow path.
+                        (Some(_), None) if *default_left => None,
+                        (fast, _) => fast,
+                    };
                     let value = match test {
-                        _ if fast.is_some() && !zero_is_missing => fast.unwrap_or_default(),
+                        _ if fast.is_some() => fast.unwrap_or_default(),
                         Test::Less(t) | Test::LessEq(t) | Test::Equal(t) => {
                             flags |= SPECIAL;
-                            let (op, threshold) = match (test, fast) {
+                            let (op, threshold) = match (test, exact) {
                                 (_, Some(f)) => (Compare::Less, f),
                                 (Test::Equal(_), _) => (Compare::Equal, *t),
                                 _ => (Compare::LessEq, *t),
@@ -407,6 +431,7 @@ impl Ensemble {
     pub fn margins(&self, rows: &[f32]) -> Vec<f64> {
         let n_rows = rows.len() / self.n_features;
         let mut out = Vec::with_capacity(n_rows * self.n_groups);
+        let mut wide = Vec::with_capacity(rows.len().min(ROW_BLOCK * self.n_features) * 2);
         let start = match self.aggregate {
             Aggregate::Sum | Aggregate::Sum32 => None,
             Aggregate::Min => Some(f64::INFINITY),
@@ -424,6 +449,8 @@ impl Ensemble {
             .chunks(ROW_BLOCK * self.n_features)
             .zip(out.chunks_mut(ROW_BLOCK * self.n_groups))
         {
+            self.widen(block, &mut wide);
+            let block = &wide[..];
             match (self.aggregate, self.has_specials) {
                 (Aggregate::Sum, false) => self.score_block::<SUM, false>(block, margins),
                 (Aggregate::Sum, true) => self.score_block::<SUM, true>(block, margins),
@@ -442,6 +469,16 @@ impl Ensemble {
         out
     }
 
+    /// `rows` with each row followed by its negation, the layout the walk reads: mirrored
+    /// splits test the negated copy (`n_features + f`), so no step needs a NaN test.
+    fn widen(&self, rows: &[f32], wide: &mut Vec<f32>) {
+        wide.clear();
+        for row in rows.chunks_exact(self.n_features) {
+            wide.extend_from_slice(row);
+            wide.extend(row.iter().map(|x| -x));
+        }
+    }
+
     // Trees in the outer loop: one tree's nodes stay in cache while a block of rows walks it.
     // Rows walk a tree in groups of LANES, one level per step, so the CPU overlaps the
     // independent node loads of different rows instead of waiting on one row's chain. A leaf
@@ -452,7 +489,7 @@ impl Ensemble {
     // the plain add; SPECIALS false drops the categorical/zero-missing test from the step.
     fn score_block<const AGG: u8, const SPECIALS: bool>(&self, rows: &[f32], margins: &mut [f64]) {
         const LANES: usize = 8;
-        let nf = self.n_features;
+        let nf = self.n_features * 2;
         let ng = self.n_groups;
         for ((&root, &group), &(shallowest, deepest)) in
             self.roots.iter().zip(&self.groups).zip(&self.depths)
@@ -543,11 +580,12 @@ impl Ensemble {
         let go_left = if !SPECIALS || node.feature & SPECIAL == 0 {
             let f = (node.feature & FEATURE_MASK) as usize;
             debug_assert!(f < row.len());
-            // SAFETY: `build` refuses a split on a feature >= n_features, leaves use feature 0,
-            // and every caller passes a row of exactly n_features (n_features >= 1).
+            // SAFETY: `build` writes fast splits on features < 2 * n_features (the negated
+            // half included), leaves use feature 0, and every caller passes a widened row of
+            // exactly 2 * n_features (n_features >= 1).
             let x = unsafe { *row.get_unchecked(f) };
-            // NaN fails every comparison, so it goes left only by default.
-            (x < node.value) | (x.is_nan() & (node.feature & DEFAULT_LEFT != 0))
+            // NaN fails `<`: the second child, which `build` made the default side.
+            x < node.value
         } else {
             self.special_goes_left(node, row)
         };
@@ -782,7 +820,7 @@ pub(crate) mod tests {
     }
 
     fn random_value(rng: &mut Rng) -> f32 {
-        match rng.below(10) {
+        match rng.below(11) {
             0 => f32::NAN,
             1 => 0.0,
             2 => -0.0,
@@ -791,6 +829,7 @@ pub(crate) mod tests {
             5 => rng.below(70) as f32,
             6 => -(rng.below(3) as f32) - 0.5,
             7 => f32::INFINITY,
+            8 => f32::NEG_INFINITY,
             _ => (rng.unit() - 0.5) * 10.0,
         }
     }
