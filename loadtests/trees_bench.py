@@ -2,7 +2,9 @@
 """Engine alone on 65,536-row batches: the `trees` engine on XGBoost's and LightGBM's own files
 against ONNX Runtime on the same models converted by onnxmltools, same rows, one process
 (runtimes/examples/tree_rate.rs), at one and two threads; and the `trees` engine on those ONNX
-files (what `onnx_engine: auto` now picks for them). Quote the ratios, not the rates.
+files (what `onnx_engine: auto` now picks for them). On the LightGBM model also lleaves (PyPI
+`lleaves`, which compiles the trees with LLVM) on the very same rows, at one and two threads.
+Then one-row latency, `trees` vs ONNX Runtime in-process. Quote the ratios, not the rates.
 
 Models are trained here with fixed seeds (issue 21): an XGBoost classifier (500 trees, depth 8,
 50 features) and a LightGBM classifier (500 trees, 63 leaves).
@@ -19,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import warnings
+
+import time
 
 import lightgbm
 import numpy as np
@@ -68,6 +72,24 @@ def ort_lib():
     return out.stdout.strip()
 
 
+def lleaves_rates(model_file, rows_file, n_rows, seconds):
+    """lleaves' rows/s at 1 and 2 threads on the rows tree_rate scored (float64, as lleaves
+    takes them; the conversion is outside the timed loop)."""
+    import lleaves
+    X = np.fromfile(rows_file, dtype="<f4").reshape(n_rows, N_FEATURES).astype(np.float64)
+    model = lleaves.Model(model_file=model_file)
+    model.compile(cache=model_file + ".lleaves.so")
+    rates = {}
+    for threads in (1, 2):
+        model.predict(X, n_jobs=threads)
+        calls, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds or calls < 3:
+            model.predict(X, n_jobs=threads)
+            calls += 1
+        rates[threads] = int(calls * n_rows / (time.perf_counter() - started))
+    return rates
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", default="3")
@@ -76,22 +98,28 @@ def main():
     binary = os.path.join(TARGET, "release", "examples", "tree_rate")
     if not os.access(binary, os.X_OK):
         sys.exit(f"{binary} not built: see the usage at the top of {__file__}")
-    rows = []
+    rows, peer_rows, latency_rows = [], [], []
     with tempfile.TemporaryDirectory() as work:
         for label, fmt, fname, proto in models(work):
             names = [o.name for o in proto.graph.output]
             outputs = ",".join(n for n in ("label", "probabilities") if n in names)
-            cmd = [binary, "--trees", os.path.join(work, fname), "--format", fmt,
-                   "--onnx", os.path.join(work, fname.split(".")[0] + ".onnx"),
-                   "--ort-lib", ort_lib(), "--input", "input", "--outputs", outputs,
-                   "--rows", "65536", "--seconds", args.seconds, "--threads", "1,2"]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
-            rates = {}
-            for m in re.finditer(r"RESULT engine=(\w+) threads=(\d+) .* rows_per_s=(\d+)",
-                                 out.stdout):
-                rates[(m.group(1), int(m.group(2)))] = int(m.group(3))
+            rows_file = os.path.join(work, "rows.f32")
+            base = [binary, "--trees", os.path.join(work, fname), "--format", fmt,
+                    "--onnx", os.path.join(work, fname.split(".")[0] + ".onnx"),
+                    "--ort-lib", ort_lib(), "--input", "input", "--outputs", outputs,
+                    "--seconds", args.seconds]
+            rates = run_rates(base + ["--rows", "65536", "--threads", "1,2",
+                                      "--write-rows", rows_file])
+            one = run_rates(base + ["--rows", "1", "--threads", "1", "--engines", "trees,ort"])
+            t_us, o_us = 1e6 / one[("trees", 1)], 1e6 / one[("ort", 1)]
+            latency_rows.append(f"| {label} | {t_us:.1f} | {o_us:.1f} | {t_us / o_us:.2f} |")
+            if fmt == "lightgbm":
+                peer = lleaves_rates(os.path.join(work, fname), rows_file, 65536,
+                                     float(args.seconds))
+                for t in (1, 2):
+                    trees = rates[("trees", t)]
+                    peer_rows.append(f"| {label} | {t} | {trees} | {peer[t]} | "
+                                     f"{trees / peer[t]:.2f} |")
             for t in (1, 2):
                 trees, ort = rates[("trees", t)], rates[("ort", t)]
                 onnx_rate = rates.get(("trees_onnx", t))
@@ -110,11 +138,33 @@ def main():
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
+        "Same rows, lleaves 1.3.0 (LLVM-compiled) on the LightGBM file:",
+        "",
+        "| model | threads | trees rows/s | lleaves rows/s | trees ÷ lleaves |",
+        "|---|---|---|---|---|",
+        *peer_rows,
+        "",
+        "One row per call, in-process (`--rows 1`, one thread):",
+        "",
+        "| model | trees µs | ort µs | trees ÷ ort |",
+        "|---|---|---|---|",
+        *latency_rows,
+        "",
     ])
     print(table)
     if args.append:
         with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
             f.write("\n" + table)
+
+
+def run_rates(cmd):
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
+    rates = {}
+    for m in re.finditer(r"RESULT engine=(\w+) threads=(\d+) .* rows_per_s=(\d+)", out.stdout):
+        rates[(m.group(1), int(m.group(2)))] = int(m.group(3))
+    return rates
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 //!
 //! Usage: tree_rate --trees FILE --format xgboost|lightgbm --onnx FILE --ort-lib PATH
 //!                  --input NAME --outputs a,b [--rows 65536] [--seconds 3] [--threads 1,2]
-//!                  [--engines trees,ort,trees_onnx]
+//!                  [--engines trees,ort,trees_onnx] [--write-rows FILE]
 //! Prints one `RESULT engine=… threads=… rows_per_s=…` line per engine and thread count.
 
 use ferry_runtimes::{
@@ -76,6 +76,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if u < 0.1 { f32::NAN } else { (u - 0.55) * 6.0 }
         })
         .collect();
+    // For peers outside this process (lleaves): the same rows, little-endian f32, row-major.
+    if let Some(path) = arg("--write-rows") {
+        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::fs::write(&path, bytes)?;
+    }
     for &t in &threads {
         let options = LoadOptions {
             onnx_engine: OnnxEngine::Ort,

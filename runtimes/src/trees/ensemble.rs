@@ -167,9 +167,9 @@ pub(crate) struct Ensemble {
     roots: Vec<u32>,
     /// Per tree: the fewest and the most steps from the root to a leaf.
     depths: Vec<(u32, u32)>,
-    /// Whether any split needs [`Ensemble::special_goes_left`]; without one the walk compiles
+    /// Per tree: whether a split needs [`Ensemble::special_goes_left`]; the other trees walk
     /// with no branch at all.
-    has_specials: bool,
+    special_trees: Vec<bool>,
     groups: Vec<u32>,
     specials: Vec<Special>,
     bitsets: Vec<u32>,
@@ -223,7 +223,7 @@ impl Ensemble {
             leaf_values: Vec::new(),
             roots: Vec::with_capacity(raw.trees.len()),
             depths: Vec::with_capacity(raw.trees.len()),
-            has_specials: false,
+            special_trees: Vec::with_capacity(raw.trees.len()),
             groups: Vec::with_capacity(raw.trees.len()),
             specials: Vec::new(),
             bitsets: Vec::new(),
@@ -238,7 +238,6 @@ impl Ensemble {
         if e.nodes.len() > (u32::MAX >> 1) as usize || e.leaf_vectors.len() > u32::MAX as usize {
             return Err("the model has too many nodes".into());
         }
-        e.has_specials = !e.specials.is_empty();
         Ok(e)
     }
 
@@ -257,6 +256,7 @@ impl Ensemble {
             ));
         }
         let base = self.nodes.len();
+        let specials_before = self.specials.len();
         let mut queue = std::collections::VecDeque::from([(0usize, base, 0u32)]);
         self.nodes.push(Node::leaf(base));
         self.leaf_values.push(0.0);
@@ -385,6 +385,8 @@ impl Ensemble {
         }
         self.roots.push(base as u32);
         self.depths.push((shallowest, deepest));
+        self.special_trees
+            .push(self.specials.len() > specials_before);
         self.groups.push(if vector {
             ALL_GROUPS
         } else {
@@ -453,12 +455,11 @@ impl Ensemble {
         {
             self.widen(block, &mut wide);
             let block = &wide[..];
-            match (self.aggregate, self.has_specials) {
-                (Aggregate::Sum, false) => self.score_block::<SUM, false>(block, margins),
-                (Aggregate::Sum, true) => self.score_block::<SUM, true>(block, margins),
-                (Aggregate::Sum32, _) => self.score_block::<SUM32, true>(block, margins),
-                (Aggregate::Min, _) => self.score_block::<MIN, true>(block, margins),
-                (Aggregate::Max, _) => self.score_block::<MAX, true>(block, margins),
+            match self.aggregate {
+                Aggregate::Sum => self.score_block::<SUM>(block, margins),
+                Aggregate::Sum32 => self.score_block::<SUM32>(block, margins),
+                Aggregate::Min => self.score_block::<MIN>(block, margins),
+                Aggregate::Max => self.score_block::<MAX>(block, margins),
             }
         }
         if start.is_some() {
@@ -483,66 +484,40 @@ impl Ensemble {
 
     // Trees in the outer loop: one tree's nodes stay in cache while a block of rows walks it.
     // Rows walk a tree in groups of LANES, one level per step, so the CPU overlaps the
-    // independent node loads of different rows instead of waiting on one row's chain. A leaf
-    // steps to itself, so the lanes take the steps to the tree's shallowest leaf with no test;
-    // past it, the group stops when all its lanes stand on leaves (one test per level, not per
-    // lane): deep lopsided trees (LightGBM's) end early, full trees (XGBoost's) never test.
+    // independent node loads of different rows instead of waiting on one row's chain.
     // AGG is a const parameter so the sum, the one every format but ONNX-ML uses, compiles to
-    // the plain add; SPECIALS false drops the categorical/zero-missing test from the step.
-    fn score_block<const AGG: u8, const SPECIALS: bool>(&self, rows: &[f32], margins: &mut [f64]) {
+    // the plain add.
+    fn score_block<const AGG: u8>(&self, rows: &[f32], margins: &mut [f64]) {
         let nf = self.n_features * 2;
         let ng = self.n_groups;
-        for ((&root, &group), &(shallowest, deepest)) in
-            self.roots.iter().zip(&self.groups).zip(&self.depths)
-        {
-            let vector = group == ALL_GROUPS;
-            let group = group as usize;
-            let mut row_groups = rows.chunks_exact(nf * LANES);
-            let mut margin_groups = margins.chunks_exact_mut(ng * LANES);
-            for (lanes, margin) in (&mut row_groups).zip(&mut margin_groups) {
+        for (t, &root) in self.roots.iter().enumerate() {
+            let (group, depths) = (self.groups[t], self.depths[t]);
+            for (lanes, margin) in rows
+                .chunks_exact(nf * LANES)
+                .zip(margins.chunks_exact_mut(ng * LANES))
+            {
                 let mut at = [root as usize; LANES];
                 // Each lane's row, sliced once rather than at every level.
                 let rows: [&[f32]; LANES] = std::array::from_fn(|k| &lanes[k * nf..(k + 1) * nf]);
-                for _ in 0..shallowest {
-                    for (ix, row) in at.iter_mut().zip(&rows) {
-                        *ix = self.step::<SPECIALS>(self.node(*ix), row);
-                    }
-                }
-                for _ in shallowest..deepest {
-                    let mut walking = 0;
-                    for (ix, row) in at.iter_mut().zip(&rows) {
-                        let node = self.node(*ix);
-                        walking |= !node.feature & LEAF;
-                        *ix = self.step::<SPECIALS>(node, row);
-                    }
-                    if walking == 0 {
-                        break;
-                    }
-                }
-                if vector {
-                    for (k, ix) in at.iter().enumerate() {
-                        let row = &mut margin[k * ng..(k + 1) * ng];
-                        self.add_leaves::<AGG>(row, self.leaf_values[*ix]);
-                    }
+                if self.special_trees[t] {
+                    self.walk::<true>(&mut at, &rows, depths);
                 } else {
-                    for (k, ix) in at.iter().enumerate() {
-                        combine::<AGG>(&mut margin[k * ng + group], self.leaf_values[*ix]);
-                    }
+                    self.walk::<false>(&mut at, &rows, depths);
+                }
+                for (k, ix) in at.iter().enumerate() {
+                    let margin = &mut margin[k * ng..(k + 1) * ng];
+                    self.add_leaf::<AGG>(margin, group, self.leaf_values[*ix]);
                 }
             }
         }
         let full = rows.len() / (nf * LANES) * LANES;
-        self.score_rows_alone::<AGG, SPECIALS>(&rows[full * nf..], &mut margins[full * ng..]);
+        self.score_rows_alone::<AGG>(&rows[full * nf..], &mut margins[full * ng..]);
     }
 
     // Rows too few to fill the lanes (one-row requests, a block's tail) walk LANES trees at a
     // time instead, so one row still has independent loads in flight. Each row's leaves are
     // added in tree order, as in `score_block`, so both give the same sums.
-    fn score_rows_alone<const AGG: u8, const SPECIALS: bool>(
-        &self,
-        rows: &[f32],
-        margins: &mut [f64],
-    ) {
+    fn score_rows_alone<const AGG: u8>(&self, rows: &[f32], margins: &mut [f64]) {
         let nf = self.n_features * 2;
         let ng = self.n_groups;
         let full = self.roots.len() / LANES * LANES;
@@ -552,21 +527,11 @@ impl Ensemble {
                 let depths = &self.depths[t..t + LANES];
                 let shallowest = depths.iter().map(|d| d.0).min().unwrap_or(0);
                 let deepest = depths.iter().map(|d| d.1).max().unwrap_or(0);
-                for _ in 0..shallowest {
-                    for ix in &mut at {
-                        *ix = self.step::<SPECIALS>(self.node(*ix), row);
-                    }
-                }
-                for _ in shallowest..deepest {
-                    let mut walking = 0;
-                    for ix in &mut at {
-                        let node = self.node(*ix);
-                        walking |= !node.feature & LEAF;
-                        *ix = self.step::<SPECIALS>(node, row);
-                    }
-                    if walking == 0 {
-                        break;
-                    }
+                let rows = [row; LANES];
+                if self.special_trees[t..t + LANES].contains(&true) {
+                    self.walk::<true>(&mut at, &rows, (shallowest, deepest));
+                } else {
+                    self.walk::<false>(&mut at, &rows, (shallowest, deepest));
                 }
                 for (k, ix) in at.iter().enumerate() {
                     self.add_leaf::<AGG>(margin, self.groups[t + k], self.leaf_values[*ix]);
@@ -575,6 +540,36 @@ impl Ensemble {
             for t in full..self.roots.len() {
                 let leaf = self.leaf(self.roots[t], row);
                 self.add_leaf::<AGG>(margin, self.groups[t], leaf);
+            }
+        }
+    }
+
+    // Moves each lane from `at` to its leaf. A leaf steps to itself, so the lanes take the
+    // steps to the shallowest leaf with no test; past it, they stop when all stand on leaves
+    // (one test per level, not per lane): deep lopsided trees (LightGBM's) end early, full
+    // trees (XGBoost's) never test. SPECIALS false (a tree with no categorical or
+    // zero-as-missing split) drops that test from the step.
+    #[inline(always)]
+    fn walk<const SPECIALS: bool>(
+        &self,
+        at: &mut [usize; LANES],
+        rows: &[&[f32]; LANES],
+        (shallowest, deepest): (u32, u32),
+    ) {
+        for _ in 0..shallowest {
+            for (ix, row) in at.iter_mut().zip(rows) {
+                *ix = self.step::<SPECIALS>(self.node(*ix), row);
+            }
+        }
+        for _ in shallowest..deepest {
+            let mut walking = 0;
+            for (ix, row) in at.iter_mut().zip(rows) {
+                let node = self.node(*ix);
+                walking |= !node.feature & LEAF;
+                *ix = self.step::<SPECIALS>(node, row);
+            }
+            if walking == 0 {
+                break;
             }
         }
     }
