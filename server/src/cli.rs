@@ -164,11 +164,13 @@ pub struct ModelsArgs {
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
     /// Publish DIR (the artifact plus a model.yaml with format, artifact, inputs and outputs)
-    /// as the next version of a model. Computes the sha256 digests, uploads the files, then
-    /// the manifest (a version exists once its manifest does), and never overwrites an
-    /// existing version. Writes the published manifest back to DIR/model.yaml.
+    /// as the next version of a model. For an ONNX file (the one *.onnx in DIR) or an
+    /// XGBoost/LightGBM file (model.json, model.ubj, model.txt) model.yaml may be left out or
+    /// partial: push fills what it lacks from the file. Computes the sha256 digests, uploads
+    /// the files, then the manifest (a version exists once its manifest does), and never
+    /// overwrites an existing version. Writes the published manifest back to DIR/model.yaml.
     Push {
-        /// Directory holding the artifact and model.yaml.
+        /// Directory holding the artifact and (optional for ONNX and tree files) model.yaml.
         dir: PathBuf,
         /// Model name ([a-z0-9][a-z0-9_-]{0,62}).
         #[arg(long)]

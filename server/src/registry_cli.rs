@@ -80,7 +80,11 @@ pub async fn run(args: ModelsArgs, out: &mut impl Write) -> anyhow::Result<()> {
             alias,
             version,
         } => {
-            if let Some(filled) = fill_tree_manifest(&dir)? {
+            let filled = match fill_tree_manifest(&dir)? {
+                Some(filled) => Some(filled),
+                None => fill_onnx_manifest(&dir)?,
+            };
+            if let Some(filled) = filled {
                 writeln!(out, "{filled}")?;
             }
             let manifest = registry
@@ -163,17 +167,7 @@ pub(crate) const TREE_FILES: [(&str, &str); 3] = [
 fn fill_tree_manifest(dir: &std::path::Path) -> anyhow::Result<Option<String>> {
     use serde_yaml::{Mapping, Value};
     let path = dir.join(ferry_registry::MANIFEST_FILE);
-    let mut map = match std::fs::read_to_string(&path) {
-        Ok(text) => match serde_yaml::from_str::<Value>(&text)
-            .with_context(|| format!("Could not parse {}", path.display()))?
-        {
-            Value::Mapping(m) => m,
-            Value::Null => Mapping::new(),
-            _ => anyhow::bail!("{} must be a YAML mapping", path.display()),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Mapping::new(),
-        Err(e) => return Err(e).with_context(|| format!("Could not read {}", path.display())),
-    };
+    let mut map = read_manifest_map(&path)?;
     let declared = map
         .get("format")
         .and_then(Value::as_str)
@@ -271,6 +265,98 @@ fn fill_tree_manifest(dir: &std::path::Path) -> anyhow::Result<Option<String>> {
             Some(k) => format!("classifier with {k} classes"),
             None => "regressor".to_string(),
         }
+    )))
+}
+
+/// `DIR/model.yaml` as a mapping; empty when the file is absent.
+fn read_manifest_map(path: &std::path::Path) -> anyhow::Result<serde_yaml::Mapping> {
+    use serde_yaml::{Mapping, Value};
+    match std::fs::read_to_string(path) {
+        Ok(text) => match serde_yaml::from_str::<Value>(&text)
+            .with_context(|| format!("Could not parse {}", path.display()))?
+        {
+            Value::Mapping(m) => Ok(m),
+            Value::Null => Ok(Mapping::new()),
+            _ => anyhow::bail!("{} must be a YAML mapping", path.display()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Mapping::new()),
+        Err(e) => Err(e).with_context(|| format!("Could not read {}", path.display())),
+    }
+}
+
+/// For ONNX models, fills in what `DIR/model.yaml` leaves out — `format`, `artifact` (the one
+/// `*.onnx` in DIR), `inputs` and `outputs` (the graph's own) and `files` (its external data
+/// files) — as Triton completes an ONNX model's config, and writes it back. A model.yaml may
+/// be absent. Returns a line saying what was filled, or `None` when the directory holds no
+/// ONNX model (or its manifest is complete).
+fn fill_onnx_manifest(dir: &std::path::Path) -> anyhow::Result<Option<String>> {
+    use serde_yaml::Value;
+    let path = dir.join(ferry_registry::MANIFEST_FILE);
+    let mut map = read_manifest_map(&path)?;
+    if map
+        .get("format")
+        .and_then(Value::as_str)
+        .is_some_and(|f| f != "onnx")
+    {
+        return Ok(None);
+    }
+    let artifact = match map.get("artifact").and_then(Value::as_str) {
+        Some(a) if a.ends_with(".onnx") => a.to_string(),
+        Some(_) => return Ok(None),
+        None => {
+            let mut found: Vec<String> = std::fs::read_dir(dir)
+                .with_context(|| format!("Could not read {}", dir.display()))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".onnx") && dir.join(n).is_file())
+                .collect();
+            found.sort();
+            match &found[..] {
+                [] => return Ok(None),
+                [one] => one.clone(),
+                _ => anyhow::bail!(
+                    "{} holds several ONNX files ({}): name one as `artifact` in model.yaml",
+                    dir.display(),
+                    found.join(", ")
+                ),
+            }
+        }
+    };
+    if ["format", "artifact", "inputs", "outputs"]
+        .iter()
+        .all(|k| map.contains_key(*k))
+    {
+        return Ok(None);
+    }
+    let file = dir.join(&artifact);
+    let info = ferry_registry::onnx_file_info(&file).map_err(|e| anyhow::anyhow!(e))?;
+    let mut values = vec![
+        ("format", Value::from("onnx")),
+        ("artifact", Value::from(artifact.clone())),
+    ];
+    if !(map.contains_key("inputs") && map.contains_key("outputs")) {
+        let signature = info.signature.map_err(|e| {
+            anyhow::anyhow!("{e}; declare `inputs` and `outputs` in {}", path.display())
+        })?;
+        values.push(("inputs", serde_yaml::to_value(&signature.inputs)?));
+        values.push(("outputs", serde_yaml::to_value(&signature.outputs)?));
+    }
+    if !info.external_files.is_empty() {
+        values.push(("files", serde_yaml::to_value(&info.external_files)?));
+    }
+    let mut filled = Vec::new();
+    for (key, value) in values {
+        if !map.contains_key(key) {
+            map.insert(key.into(), value);
+            filled.push(key);
+        }
+    }
+    std::fs::write(&path, serde_yaml::to_string(&Value::Mapping(map))?)
+        .with_context(|| format!("Could not write {}", path.display()))?;
+    Ok(Some(format!(
+        "Filled {} of {} from {artifact} (ONNX).",
+        filled.join(", "),
+        path.display(),
     )))
 }
 

@@ -143,6 +143,53 @@ def test_onnx_with_external_data_serves(tmp_path):
     np.testing.assert_allclose(got["probabilities"], ref["probabilities"], rtol=1e-5, atol=1e-6)
 
 
+def test_push_fills_an_onnx_manifest_and_the_version_serves(tmp_path):
+    """`ferry models push` of a directory holding only an ONNX file (its weights external, as
+    mlflow.onnx writes them) fills model.yaml from the graph (format, artifact, inputs,
+    outputs, and the weights file with its digest), and the published version serves from the
+    registry with what onnxruntime answers."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+    from sklearn.neural_network import MLPClassifier
+    x, y = make_classification(n_samples=200, n_features=6, random_state=2)
+    x = x.astype(np.float32)
+    mlp = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0).fit(x, y)
+    model = to_onnx(mlp, x[:1], options={id(mlp): {"zipmap": False}})
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init), init.name))
+    src = tmp_path / "export"
+    src.mkdir()
+    onnx.save_model(model, str(src / "mlp.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.data", size_threshold=1024)
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    r = subprocess.run([ferry_bin(), "models", "--registry", str(registry), "push", str(src),
+                        "--name", "mlp"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Filled format, artifact, inputs, outputs, files" in r.stdout, r.stdout
+    manifest = yaml.safe_load(open(registry / "mlp" / "1" / "model.yaml"))
+    assert manifest["artifact"] == "mlp.onnx"
+    weights = open(src / "weights.data", "rb").read()
+    assert manifest["files"] == {"weights.data": hashlib.sha256(weights).hexdigest()}
+    sess = onnxruntime.InferenceSession(str(src / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    assert [i["name"] for i in manifest["inputs"]] == [i.name for i in sess.get_inputs()]
+    assert [o["name"] for o in manifest["outputs"]] == [o.name for o in sess.get_outputs()]
+
+    port = free_port()
+    args = [ferry_bin(), "serve", "--registry", str(registry), "--models", "mlp@1",
+            "--listen", f"127.0.0.1:{port}", "--grpc-listen", "off"]
+    url = f"http://127.0.0.1:{port}"
+    with Process(args, base_env(), str(tmp_path / "serve.log")) as p:
+        p.wait_for(url + "/v2/health/ready")
+        input_name = sess.get_inputs()[0].name
+        got = infer(url, "mlp", x[:4], input_name)
+    ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {input_name: x[:4]})))
+    np.testing.assert_array_equal(got["label"].ravel(), ref["label"])
+    np.testing.assert_allclose(got["probabilities"], ref["probabilities"], rtol=1e-5, atol=1e-6)
+
+
 def test_model_dir_excludes_registry_flags(tmp_path):
     r = subprocess.run([ferry_bin(), "serve", "--model-dir", str(tmp_path), "--registry",
                         str(tmp_path)], capture_output=True, text=True, timeout=30,
