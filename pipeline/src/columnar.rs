@@ -478,15 +478,22 @@ fn outputs_frame(outputs: &[Tensor]) -> Option<Frame> {
 }
 
 /// The model inputs from the columns named like them: a numeric column is `[rows]`, a list
-/// column whose rows all have k numeric values is `[rows, k]`. None where the row path would
-/// decide differently or report a row (nulls, NaN or infinite values, ragged lists, integers
-/// that do not fit, other types), so only exact equivalents take this path.
+/// column whose rows all have k numeric values is `[rows, k]`. Null and NaN values of a float
+/// column reach a floating-point input as NaN, as on the row path (where JSON holds null for
+/// both). None where the row path would decide differently or report a row (null rows or
+/// integers, infinite values, ragged lists, integers that do not fit, other types), so only
+/// exact equivalents take this path.
 pub fn batch_to_tensors(batch: &RecordBatch, signature: &Signature) -> Option<Vec<Tensor>> {
     let rows = batch.num_rows();
     let mut tensors = Vec::with_capacity(signature.inputs.len());
     for spec in &signature.inputs {
         let column = batch.column_by_name(&spec.name)?;
-        if column.null_count() > 0 {
+        // A null list is a row the row path refuses; null values are judged below.
+        let list = matches!(
+            column.data_type(),
+            ArrowType::FixedSizeList(..) | ArrowType::List(_)
+        );
+        if list && column.null_count() > 0 {
             return None;
         }
         let (values, shape) = match column.data_type() {
@@ -512,17 +519,29 @@ pub fn batch_to_tensors(batch: &RecordBatch, signature: &Signature) -> Option<Ve
             }
             _ => (column.clone(), vec![rows]),
         };
-        if values.null_count() > 0 {
+        let floats = matches!(values.data_type(), ArrowType::Float32 | ArrowType::Float64)
+            && matches!(spec.datatype, DataType::Fp32 | DataType::Fp64);
+        if values.null_count() > 0 && !floats {
             return None;
         }
-        let data = numbers(&values, spec.datatype)?;
+        let mut data = numbers(&values, spec.datatype)?;
+        if let Some(nulls) = values.nulls().filter(|n| n.null_count() > 0) {
+            for i in (0..nulls.len()).filter(|&i| nulls.is_null(i)) {
+                match &mut data {
+                    TensorData::Fp32(v) => v[i] = f32::NAN,
+                    TensorData::Fp64(v) => v[i] = f64::NAN,
+                    _ => return None,
+                }
+            }
+        }
         tensors.push(Tensor::new(spec.name.clone(), shape, data).ok()?);
     }
     Some(tensors)
 }
 
 /// Converts as the row path does (Arrow → JSON number → the input's type): floats must be
-/// finite (JSON has no NaN), integers reach floating-point inputs through f64.
+/// finite or NaN (which the row path's JSON holds as null, read back as NaN; infinities it
+/// cannot hold), integers reach floating-point inputs through f64.
 fn numbers(values: &ArrayRef, to: DataType) -> Option<TensorData> {
     macro_rules! ints {
         ($conv:expr) => {
@@ -547,8 +566,8 @@ fn numbers(values: &ArrayRef, to: DataType) -> Option<TensorData> {
                 .collect::<Option<Vec<_>>>()
         };
     }
-    let finite32 = |v: &[f32]| v.iter().all(|x| x.is_finite());
-    let finite64 = |v: &[f64]| v.iter().all(|x| x.is_finite());
+    let finite32 = |v: &[f32]| v.iter().all(|x| x.is_finite() || x.is_nan());
+    let finite64 = |v: &[f64]| v.iter().all(|x| x.is_finite() || x.is_nan());
     match to {
         DataType::Fp32 => match values.data_type() {
             ArrowType::Float32 => {
@@ -671,11 +690,47 @@ mod tests {
     }
 
     #[test]
+    fn missing_floats_reach_the_model_as_nan_on_both_paths() {
+        let mut x = FixedSizeListBuilder::new(Float32Builder::new(), 3);
+        x.values().append_slice(&[1.0, f32::NAN, 3.0]);
+        x.append(true);
+        x.values().append_value(4.0);
+        x.values().append_null();
+        x.values().append_value(6.0);
+        x.append(true);
+        let batch = RecordBatch::try_from_iter([
+            ("X", Arc::new(x.finish()) as ArrayRef),
+            (
+                "amount",
+                Arc::new(Float64Array::from(vec![Some(f64::NAN), None])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let sig = signature(&[
+            ("X", DataType::Fp32, vec![-1, 3]),
+            ("amount", DataType::Fp64, vec![-1]),
+        ]);
+        let columns = batch_to_tensors(&batch, &sig).expect("NaN and null floats stay columnar");
+        // NaN != NaN: compare what they print.
+        assert_eq!(
+            format!("{columns:?}"),
+            format!("{:?}", via_rows(&batch, &sig))
+        );
+        assert_eq!(
+            format!("{:?}", columns[0].data),
+            format!(
+                "{:?}",
+                TensorData::Fp32(vec![1.0, f32::NAN, 3.0, 4.0, f32::NAN, 6.0])
+            )
+        );
+    }
+
+    #[test]
     fn what_the_row_path_would_judge_row_by_row_is_left_to_it() {
         let sig = signature(&[("X", DataType::Fp32, vec![-1, 3])]);
-        let nan = fixed_list(&[[1.0, f32::NAN, 3.0]]);
-        let batch = RecordBatch::try_from_iter([("X", nan)]).unwrap();
-        assert!(batch_to_tensors(&batch, &sig).is_none(), "NaN");
+        let inf = fixed_list(&[[1.0, f32::INFINITY, 3.0]]);
+        let batch = RecordBatch::try_from_iter([("X", inf)]).unwrap();
+        assert!(batch_to_tensors(&batch, &sig).is_none(), "infinity");
         let mut ragged = ListBuilder::new(Float32Builder::new());
         ragged.values().append_slice(&[1.0, 2.0, 3.0]);
         ragged.append(true);
@@ -684,9 +739,10 @@ mod tests {
         let batch =
             RecordBatch::try_from_iter([("X", Arc::new(ragged.finish()) as ArrayRef)]).unwrap();
         assert!(batch_to_tensors(&batch, &sig).is_none(), "ragged");
-        let nulls = Arc::new(Float64Array::from(vec![Some(1.0), None])) as ArrayRef;
+        let nulls = Arc::new(Int64Array::from(vec![Some(1), None])) as ArrayRef;
         let batch = RecordBatch::try_from_iter([("X", nulls)]).unwrap();
-        assert!(batch_to_tensors(&batch, &sig).is_none(), "null");
+        let one = signature(&[("X", DataType::Fp32, vec![-1])]);
+        assert!(batch_to_tensors(&batch, &one).is_none(), "null integer");
         let batch = RecordBatch::try_from_iter([(
             "Y",
             Arc::new(Float64Array::from(vec![1.0])) as ArrayRef,

@@ -8,17 +8,40 @@ use ferry_runtimes::{DataType, TensorData};
 const MAX_PREALLOCATED_ELEMENTS: usize = 4096;
 
 /// Decodes a JSON tensor body (flat or nested row-major) straight into a typed buffer, without
-/// building an intermediate JSON tree; stops at the first element past `count`.
+/// building an intermediate JSON tree; stops at the first element past `count`. `null` is
+/// refused (OIP v2 tensors are numbers).
 pub fn decode_json<'de, D: serde::Deserializer<'de>>(
     datatype: DataType,
     data: D,
     count: usize,
+) -> Result<TensorData, String> {
+    decode(datatype, data, count, false)
+}
+
+/// [`decode_json`] for rows (`instances`, endpoint rows, batch rows), where `null` is a
+/// missing value: in a FP32/FP64 input it becomes NaN, which tree models route by each split's
+/// default direction (JSON has no NaN; pandas' `to_json` and ferry's batch reader write null).
+/// Other types still refuse it.
+pub fn decode_json_missing_as_nan<'de, D: serde::Deserializer<'de>>(
+    datatype: DataType,
+    data: D,
+    count: usize,
+) -> Result<TensorData, String> {
+    decode(datatype, data, count, true)
+}
+
+fn decode<'de, D: serde::Deserializer<'de>>(
+    datatype: DataType,
+    data: D,
+    count: usize,
+    null_is_nan: bool,
 ) -> Result<TensorData, String> {
     let mut sink = Sink {
         out: TensorData::with_capacity(datatype, count.min(MAX_PREALLOCATED_ELEMENTS)),
         datatype,
         count,
         index: 0,
+        null_is_nan,
         error: None,
     };
     let outcome = data.deserialize_any(Element(&mut sink));
@@ -41,6 +64,7 @@ enum Leaf<'a> {
     U64(u64),
     F64(f64),
     Str(&'a str),
+    Null,
     Other(&'static str),
 }
 
@@ -53,6 +77,7 @@ impl std::fmt::Display for Leaf<'_> {
             Leaf::F64(x) => write!(f, "{x}"),
             Leaf::Str(s) if s.len() > 40 => write!(f, "a string of {} bytes", s.len()),
             Leaf::Str(s) => write!(f, "{s:?}"),
+            Leaf::Null => f.write_str("null"),
             Leaf::Other(what) => f.write_str(what),
         }
     }
@@ -63,6 +88,8 @@ struct Sink {
     datatype: DataType,
     count: usize,
     index: usize,
+    /// `null` reads as NaN in floating-point data.
+    null_is_nan: bool,
     /// The first problem, in ferry's words (serde's own message would add noise).
     error: Option<String>,
 }
@@ -87,10 +114,12 @@ impl Sink {
                 $vec.push(n.ok_or_else(wrong)?)
             }};
         }
+        let null_is_nan = self.null_is_nan;
         let float = || match leaf {
             Leaf::I64(n) => Some(n as f64),
             Leaf::U64(n) => Some(n as f64),
             Leaf::F64(x) => Some(x),
+            Leaf::Null if null_is_nan => Some(f64::NAN),
             _ => None,
         };
         match &mut self.out {
@@ -108,7 +137,7 @@ impl Sink {
             TensorData::Int64(vec) => int!(vec, i64),
             TensorData::Fp32(vec) => {
                 let x = float().ok_or_else(wrong)? as f32;
-                if !x.is_finite() {
+                if x.is_infinite() {
                     return Err(format!(
                         "`data[{index}]` is {leaf}, which is out of range for FP32"
                     ));
@@ -166,7 +195,7 @@ impl<'de> serde::de::Visitor<'de> for Element<'_> {
         self.leaf(Leaf::Str(v))
     }
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        self.leaf(Leaf::Other("null"))
+        self.leaf(Leaf::Null)
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
         self.leaf(Leaf::Other("an object"))

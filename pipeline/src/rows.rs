@@ -5,7 +5,7 @@
 //! Shared by the pipeline and the v1 HTTP handler. The errors say whose fault a failure is
 //! (the rows' or the model's) and carry no HTTP status: `http::error` maps them.
 
-use super::json_tensor::decode_json;
+use super::json_tensor::decode_json_missing_as_nan;
 use ferry_runtimes::{Signature, Tensor, TensorData, element_count};
 use serde_json::{Map, Value};
 
@@ -94,7 +94,7 @@ fn to_tensors<'a>(
         shape.extend_from_slice(&inner);
         let total = per_row.checked_mul(rows).ok_or_else(too_large)?;
         let all = Value::Array(values.into_iter().cloned().collect());
-        let data = decode_json(spec.datatype, &all, total).map_err(|e| {
+        let data = decode_json_missing_as_nan(spec.datatype, &all, total).map_err(|e| {
             InvalidRows(format!(
                 "input `{}`: {e} (every instance must have shape {inner:?}, like instances[0], and the model expects {:?} per instance)",
                 spec.name,

@@ -246,6 +246,55 @@ def test_trees_equal_the_library(server, zoo, model):
             np.testing.assert_allclose(have, want, rtol=RTOL, atol=ATOL, err_msg=model)
 
 
+@pytest.mark.parametrize("model", ["xgb-logistic", "lgb-binary"])
+def test_missing_values_in_parquet_and_json_rows_equal_the_library(server, zoo, model, tmp_path):
+    """Missing values as users' files and JSON hold them: NaN and null in a Parquet list column
+    (`ferry batch`, column-wise into Parquet and through JSON rows into JSON Lines) and null in
+    v1 `instances` (JSON has no NaN) reach the model as NaN and answer what the library
+    answers for NaN; no row is refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    X, want = zoo["X"], zoo["cases"][model]
+    n = 3000
+    flat = pa.array(X[:n].reshape(-1), mask=np.isnan(X[:n].reshape(-1)) & (np.arange(n * N_FEATURES) % 2 == 0))
+    column = pa.FixedSizeListArray.from_arrays(flat, N_FEATURES).cast(pa.list_(pa.float32()))
+    assert column.flatten().null_count > 0 and np.isnan(column.flatten().to_numpy(zero_copy_only=False)).sum() > 0
+    inp = tmp_path / "in"
+    inp.mkdir()
+    pq.write_table(pa.table({"id": pa.array(np.arange(n)), "X": column}), inp / "rows.parquet")
+    cfg = tmp_path / "ferry.json"
+    cfg.write_text(json.dumps({"registry": {"uri": zoo["registry"]},
+                               "endpoints": [{"name": "scored", "variants": [
+                                   {"name": "main", "model": f"{model}@1"}]}]}))
+    for fmt, path in (("parquet", "column-wise"), ("jsonl", "JSON rows")):
+        out = tmp_path / f"out-{fmt}"
+        r = subprocess.run([ferry_bin(), "batch", "--config", str(cfg), "--endpoint", "scored",
+                            "--input", str(inp), "--output", str(out), "--id-columns", "id",
+                            "--chunk-rows", "1000", "--format", fmt],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"{n} rows read, {n} scored, 0 failed" in r.stdout, r.stdout
+        columnar = int(re.search(r"(\d+) of \d+ scored rows went column-wise", r.stdout).group(1))
+        assert (columnar == n) if path == "column-wise" else (columnar == 0), r.stdout
+        if fmt == "parquet":
+            got = pq.read_table(str(out)).sort_by("id").to_pydict()
+        else:
+            lines = [json.loads(line) for line in open(out / "rows.jsonl")]
+            got = {k: [row[k] for row in sorted(lines, key=lambda row: row["id"])]
+                   for k in ("label", "probabilities")}
+        np.testing.assert_array_equal(got["label"], want["label"][:n], err_msg=path)
+        probs = np.array(got["probabilities"], dtype=np.float64)
+        assert np.abs(probs - want["probabilities"][:n]).max() <= ATOL, path
+
+    instances = [[None if np.isnan(v) else float(v) for v in row] for row in X[:200]]
+    resp = server.post(f"/v1/models/{model}:predict", json={"instances": instances})
+    assert resp.status_code == 200, resp.text
+    preds = resp.json()["predictions"]
+    assert [p["label"] for p in preds] == want["label"][:200].tolist()
+    assert np.abs(np.array([p["probabilities"] for p in preds])
+                  - want["probabilities"][:200]).max() <= ATOL
+
+
 def test_metadata_and_filled_manifest(server, zoo):
     meta = server.get("/v2/models/lgb-binary").json()
     assert meta["platform"] == "lightgbm_trees", meta
