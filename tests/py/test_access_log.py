@@ -129,3 +129,24 @@ def test_off_by_config(ferry):
         assert access_lines(srv) == []
     finally:
         srv.stop()
+
+
+def test_text_log_to_a_file_has_no_colour_codes(ferry, fixtures):
+    """Logs that go to a file (a pipe, `kubectl logs`) are plain text: the terminal colour
+    escape codes would reach log search as `\\x1b[2m` noise around every field."""
+    srv = ferry.new("plain-text", ["churn@champion"], "ort")
+    srv.start()
+    try:
+        srv.wait_ready()
+        case = fixtures.case("churn")
+        r = requests.post(srv.url + "/v2/models/churn/infer", json=json_infer_body(case))
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 10
+        text = ""
+        while "ferry::access" not in text and time.monotonic() < deadline:
+            time.sleep(0.1)
+            text = open(srv.log_path, errors="replace").read()
+        assert "ferry::access" in text and "path=/v2/models/churn/infer" in text, text[-2000:]
+        assert "\x1b[" not in text, text[-2000:]
+    finally:
+        srv.stop()
