@@ -175,7 +175,27 @@ fn signature(graph: &GraphProto) -> Result<Signature, String> {
         .iter()
         .map(|o| tensor_spec("output", o))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Signature { inputs, outputs })
+    Ok(Signature {
+        outputs: batch_first_outputs(&inputs, outputs),
+        inputs,
+    })
+}
+
+/// When every input is batch-first (a variable first dimension), an output whose first
+/// dimension is the fixed size 1 answers one row per input row too: onnxmltools' LightGBM
+/// converter declares `label` as `[1]` whatever the batch, and onnxruntime returns `[rows]`
+/// (logging that the graph's shape is wrong). Taken literally, `[1]` would fail every batch of
+/// more than one row.
+fn batch_first_outputs(inputs: &[TensorSpec], mut outputs: Vec<TensorSpec>) -> Vec<TensorSpec> {
+    let batched = !inputs.is_empty() && inputs.iter().all(|i| i.shape.first() == Some(&-1));
+    if batched {
+        for output in &mut outputs {
+            if output.shape.first() == Some(&1) {
+                output.shape[0] = -1;
+            }
+        }
+    }
+    outputs
 }
 
 fn tensor_spec(kind: &str, value: &ValueInfoProto) -> Result<TensorSpec, String> {
@@ -309,6 +329,33 @@ pub(crate) mod tests {
             info.external_files.into_iter().collect::<Vec<_>>(),
             vec!["sub.data".to_string(), "weights.data".to_string()]
         );
+    }
+
+    #[test]
+    fn a_fixed_first_dimension_of_1_on_a_batched_graph_is_the_batch() {
+        let graph = |input: &[Option<i64>]| ModelProto {
+            graph: Some(GraphProto {
+                input: vec![value("input", 1, input)],
+                output: vec![
+                    value("label", 7, &[Some(1)]),
+                    value("probabilities", 1, &[None, Some(2)]),
+                    value("pair", 1, &[Some(2)]),
+                ],
+                ..Default::default()
+            }),
+        };
+        let sig = inspect(&graph(&[None, Some(50)]).encode_to_vec())
+            .unwrap()
+            .signature
+            .unwrap();
+        let shapes: Vec<_> = sig.outputs.iter().map(|o| o.shape.clone()).collect();
+        assert_eq!(shapes, vec![vec![-1], vec![-1, 2], vec![2]]);
+        // A graph for exactly one row keeps its [1].
+        let sig = inspect(&graph(&[Some(1), Some(50)]).encode_to_vec())
+            .unwrap()
+            .signature
+            .unwrap();
+        assert_eq!(sig.outputs[0].shape, vec![1]);
     }
 
     #[test]
