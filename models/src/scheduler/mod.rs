@@ -9,6 +9,7 @@
 
 mod merge;
 mod planner;
+mod queue;
 
 pub use planner::BatchPolicy;
 
@@ -78,7 +79,7 @@ pub struct QueueOptions {
 pub struct ComputeQueue {
     label: String,
     options: QueueOptions,
-    job_tx: Option<crossbeam_channel::Sender<Job>>,
+    job_tx: Option<queue::Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
     metrics: QueueMetrics,
 }
@@ -139,7 +140,7 @@ impl ComputeQueue {
         options: QueueOptions,
         metrics: ModelMetrics,
     ) -> std::io::Result<ComputeQueue> {
-        let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(options.capacity.max(1));
+        let (job_tx, job_rx) = queue::bounded::<Job>(options.capacity.max(1));
         let queue_metrics = QueueMetrics::new(&metrics, model, &version.to_string());
         let context = WorkerContext {
             runtime,
@@ -156,7 +157,7 @@ impl ComputeQueue {
         match batching {
             Some(policy) => {
                 // One slot: the batcher assembles the next batch while this one runs.
-                let (batch_tx, batch_rx) = crossbeam_channel::bounded::<Vec<Job>>(1);
+                let (batch_tx, batch_rx) = queue::bounded::<Vec<Job>>(1);
                 let ctx = context.clone();
                 threads.push(spawn(
                     format!("ferry-batcher-{model}-{version}"),
@@ -241,14 +242,14 @@ impl ComputeQueue {
                 self.metrics.pushed.inc();
                 self.metrics.depth.inc();
             }
-            Err(crossbeam_channel::TrySendError::Full(_)) => {
+            Err(queue::TrySendError::Full(_)) => {
                 self.metrics.rejected.inc();
                 return Err(ScheduleError::QueueFull {
                     model: self.label.clone(),
                     capacity: self.options.capacity,
                 });
             }
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+            Err(queue::TrySendError::Disconnected(_)) => {
                 return Err(ScheduleError::Closed {
                     model: self.label.clone(),
                 });
@@ -282,8 +283,8 @@ impl Drop for ComputeQueue {
 }
 
 fn batcher(
-    job_rx: crossbeam_channel::Receiver<Job>,
-    batch_tx: crossbeam_channel::Sender<Vec<Job>>,
+    job_rx: queue::Receiver<Job>,
+    batch_tx: queue::Sender<Vec<Job>>,
     policy: BatchPolicy,
     ctx: WorkerContext,
 ) {
@@ -299,8 +300,8 @@ fn batcher(
         // Take what is already waiting, up to a full batch.
         while !planner.has_full_batch() {
             match job_rx.try_recv() {
-                Ok(job) => planner.push(job),
-                Err(_) => break,
+                Some(job) => planner.push(job),
+                None => break,
             }
         }
         for job in planner.drain_abandoned() {
@@ -320,8 +321,8 @@ fn batcher(
         };
         match job_rx.recv_deadline(deadline) {
             Ok(job) => planner.push(job),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => open = false,
+            Err(queue::RecvTimeoutError::Timeout) => {}
+            Err(queue::RecvTimeoutError::Disconnected) => open = false,
         }
     }
 }
