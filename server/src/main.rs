@@ -335,8 +335,15 @@ async fn batch(args: BatchArgs) -> anyhow::Result<i32> {
         s.seconds,
         s.rows_per_second()
     );
+    let rest = if s.rows_columnar < s.rows_scored {
+        "; the others went through JSON rows (JSON Lines output or a non-Parquet input, \
+         shadows, capture, steps without a column form, or values judged row by row: \
+         README, \"Column-wise scoring\")"
+    } else {
+        ""
+    };
     println!(
-        "batch: {} of {} scored rows went column-wise (no JSON rows: the endpoint has no transforms, shadows or capture, and the input columns map onto the model's inputs or features join)",
+        "batch: {} of {} scored rows went column-wise (no JSON rows){rest}",
         s.rows_columnar, s.rows_scored
     );
     if s.rows_failed_before > 0 {
