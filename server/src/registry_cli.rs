@@ -24,6 +24,17 @@ pub async fn run(args: ModelsArgs, out: &mut impl Write) -> anyhow::Result<()> {
             "no registry: pass --registry DIR|s3://bucket/prefix|mlflow+http://HOST:PORT (or FERRY_REGISTRY), --config FILE, or for import --to DIR|s3://bucket/prefix"
         );
     }
+    // Publishing into a local registry that does not exist yet creates it (as S3 needs no
+    // prefix created first); reading one that does not exist stays an error, as a typo.
+    if matches!(
+        args.command,
+        ModelsCommand::Push { .. } | ModelsCommand::Import { .. }
+    ) && let Some(dir) = local_registry_dir(&registry_config.uri)
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("Could not create the registry {}", dir.display()))?;
+    }
     let registry = Registry::open(&registry_config.options())
         .await
         // The URI as given may carry credentials (refused, but not to be echoed).
@@ -150,6 +161,14 @@ pub async fn run(args: ModelsArgs, out: &mut impl Write) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The directory of a local registry URI (a path or `file://`); None for S3 and MLflow.
+fn local_registry_dir(uri: &str) -> Option<std::path::PathBuf> {
+    if let Some(path) = uri.strip_prefix("file://") {
+        return Some(path.into());
+    }
+    (!uri.contains("://") && uri != "mlflow").then(|| uri.into())
 }
 
 /// Tree model files `push` recognises, in the order it prefers them, with their format.

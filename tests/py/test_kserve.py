@@ -145,7 +145,8 @@ def test_onnx_with_external_data_serves(tmp_path):
 
 def test_push_fills_an_onnx_manifest_and_the_version_serves(tmp_path):
     """`ferry models push` of a directory holding only an ONNX file (its weights external, as
-    mlflow.onnx writes them) fills model.yaml from the graph (format, artifact, inputs,
+    mlflow.onnx writes them), into a local registry not created yet, fills model.yaml from the
+    graph (format, artifact, inputs,
     outputs, and the weights file with its digest), and the published version serves from the
     registry with what onnxruntime answers."""
     import hashlib
@@ -163,8 +164,12 @@ def test_push_fills_an_onnx_manifest_and_the_version_serves(tmp_path):
     src.mkdir()
     onnx.save_model(model, str(src / "mlp.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="weights.data", size_threshold=1024)
-    registry = tmp_path / "registry"
-    registry.mkdir()
+    # The first push into a local registry creates its directory; reading one that does not
+    # exist is still an error (a typo).
+    registry = tmp_path / "registries" / "team"
+    r = subprocess.run([ferry_bin(), "models", "--registry", str(tmp_path / "nosuch"), "list"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "nosuch" in r.stderr, r.stderr
     r = subprocess.run([ferry_bin(), "models", "--registry", str(registry), "push", str(src),
                         "--name", "mlp"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
