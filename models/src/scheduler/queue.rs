@@ -5,6 +5,7 @@
 //! at 64 connections (perf, loadtests/RESULTS.md): the batcher and compute threads yielded to
 //! each other instead of leaving the cores to the I/O threads. Here a receiver with nothing to
 //! take sleeps on a condition variable at once, and a sender wakes exactly one receiver.
+//! Senders never wait: a full queue is refused (`try_send`), which the server answers with 429.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -20,7 +21,6 @@ struct Shared<T> {
     state: Mutex<State<T>>,
     capacity: usize,
     not_empty: Condvar,
-    not_full: Condvar,
 }
 
 impl<T> Shared<T> {
@@ -59,7 +59,6 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         }),
         capacity: capacity.max(1),
         not_empty: Condvar::new(),
-        not_full: Condvar::new(),
     });
     (Sender(shared.clone()), Receiver(shared))
 }
@@ -77,27 +76,6 @@ impl<T> Sender<T> {
         drop(state);
         self.0.not_empty.notify_one();
         Ok(())
-    }
-
-    /// Waits for room; gives the item back when every receiver is gone.
-    pub fn send(&self, item: T) -> Result<(), T> {
-        let mut state = self.0.lock();
-        loop {
-            if state.receivers == 0 {
-                return Err(item);
-            }
-            if state.items.len() < self.0.capacity {
-                state.items.push_back(item);
-                drop(state);
-                self.0.not_empty.notify_one();
-                return Ok(());
-            }
-            state = self
-                .0
-                .not_full
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
-        }
     }
 }
 
@@ -147,9 +125,7 @@ impl<T> Receiver<T> {
     }
 
     fn take(&self, state: &mut State<T>) -> Option<T> {
-        let item = state.items.pop_front()?;
-        self.0.not_full.notify_one();
-        Some(item)
+        state.items.pop_front()
     }
 }
 
@@ -181,12 +157,7 @@ impl<T> Drop for Sender<T> {
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        let mut state = self.0.lock();
-        state.receivers -= 1;
-        if state.receivers == 0 {
-            drop(state);
-            self.0.not_full.notify_all();
-        }
+        self.0.lock().receivers -= 1;
     }
 }
 
@@ -215,7 +186,6 @@ mod tests {
         let (tx, rx) = bounded(1);
         drop(rx);
         assert_eq!(tx.try_send(1), Err(TrySendError::Disconnected(1)));
-        assert_eq!(tx.send(2), Err(2));
     }
 
     #[test]
@@ -239,14 +209,19 @@ mod tests {
     }
 
     #[test]
-    fn blocking_send_waits_for_room_and_many_threads_lose_nothing() {
-        let (tx, rx) = bounded::<u64>(1);
+    fn many_producers_and_consumers_lose_and_duplicate_nothing() {
+        let (tx, rx) = bounded::<u64>(4);
         let producers: Vec<_> = (0..4)
             .map(|p| {
                 let tx = tx.clone();
                 std::thread::spawn(move || {
                     for i in 0..2000 {
-                        tx.send(p * 10_000 + i).unwrap();
+                        let mut item = p * 10_000 + i;
+                        // A full queue is the caller's to retry (the server answers 429).
+                        while let Err(TrySendError::Full(back)) = tx.try_send(item) {
+                            item = back;
+                            std::thread::yield_now();
+                        }
                     }
                 })
             })
