@@ -267,12 +267,14 @@ impl Ensemble {
                 .nodes
                 .get(src)
                 .ok_or_else(|| format!("a child index {src} is out of range"))?;
+            if !matches!(node, RawNode::Split { .. }) {
+                (shallowest, deepest) = (shallowest.min(level), deepest.max(level));
+            }
             let flat = match node {
                 RawNode::Leaf(_) if vector => {
                     return Err(format!("leaf {src}: one value among per-output leaves"));
                 }
                 RawNode::Leaf(value) => {
-                    (shallowest, deepest) = (shallowest.min(level), deepest.max(level));
                     self.leaf_values[dst] = *value;
                     Node::leaf(dst)
                 }
@@ -284,7 +286,6 @@ impl Ensemble {
                             self.n_groups
                         ));
                     }
-                    (shallowest, deepest) = (shallowest.min(level), deepest.max(level));
                     let start = self.leaf_vectors.len() as u32;
                     self.leaf_vectors.extend_from_slice(values);
                     self.leaf_values[dst] = f32::from_bits(start);
@@ -320,37 +321,33 @@ impl Ensemble {
                         Test::LessEq(t) if *t != f32::INFINITY => Some(t.next_up()),
                         _ => None,
                     };
-                    let fast = exact.filter(|_| !zero_is_missing);
                     // NaN fails `<`, so the fast step sends it to the second child. Where it
                     // should go left, the split is mirrored: children swapped and the test
-                    // `x >= t`, which is `-x < next_up(-t)` on the negated feature.
-                    let mirrored = match fast {
-                        Some(t) if *default_left && t > f32::NEG_INFINITY => Some((-t).next_up()),
+                    // `x >= t`, which is `-x < next_up(-t)` on the negated feature. Left by
+                    // default with a threshold of -inf or NaN, only NaN goes left, which no
+                    // `<` test says: the slow path. `fast` is (threshold, mirrored).
+                    let fast = match exact.filter(|_| !zero_is_missing) {
+                        Some(t) if !*default_left => Some((t, false)),
+                        Some(t) if t > f32::NEG_INFINITY => Some(((-t).next_up(), true)),
                         _ => None,
                     };
+                    let mirrored = matches!(fast, Some((_, true)));
                     let child = self.nodes.len();
                     self.nodes
                         .extend([Node::leaf(child), Node::leaf(child + 1)]);
                     self.leaf_values.extend([0.0, 0.0]);
-                    let (first, second) = if mirrored.is_some() {
+                    let (first, second) = if mirrored {
                         (right, left)
                     } else {
                         (left, right)
                     };
                     queue.push_back((*first, child, level + 1));
                     queue.push_back((*second, child + 1, level + 1));
-                    let fast = match (fast, mirrored) {
-                        (Some(_), Some(t)) => {
-                            flags = *feature + self.n_features as u32;
-                            Some(t)
-                        }
-                        // Left by default with a threshold of -inf or NaN: only NaN goes
-                        // left, which no `<` test says; the slow path.
-                        (Some(_), None) if *default_left => None,
-                        (fast, _) => fast,
-                    };
+                    if mirrored {
+                        flags = *feature + self.n_features as u32;
+                    }
                     let value = match test {
-                        _ if fast.is_some() => fast.unwrap_or_default(),
+                        _ if let Some((t, _)) = fast => t,
                         Test::Less(t) | Test::LessEq(t) | Test::Equal(t) => {
                             flags |= SPECIAL;
                             let (op, threshold) = match (test, exact) {
