@@ -24,5 +24,8 @@ pub use error::RegistryError;
 pub use manifest::{FeatureSpec, MANIFEST_FILE, Manifest, ModelFormat, is_valid_name};
 pub use mlflow::{is_mlflow_uri, parse_model_uri as parse_mlflow_model_uri};
 pub use model_ref::{ModelRef, Selector};
-pub use registry::{ModelInfo, Registry, RegistryOptions, VerifiedModel, VersionInfo, sha256_file};
+pub use registry::{
+    ModelInfo, Registry, RegistryOptions, VerifiedModel, VersionInfo,
+    local_path as local_registry_path, sha256_file,
+};
 pub use store::{LocalStore, ObjectInfo, S3Options, S3Store, Store, parse_s3_uri};

@@ -95,6 +95,15 @@ pub struct ModelInfo {
     pub aliases: BTreeMap<String, u64>,
 }
 
+/// The directory a registry URI names when it is local (a path or `file://`); None for S3,
+/// MLflow and other schemes.
+pub fn local_path(uri: &str) -> Option<&str> {
+    if let Some(rest) = uri.strip_prefix("file://") {
+        return Some(rest);
+    }
+    (!uri.contains("://") && !is_mlflow_uri(uri)).then_some(uri)
+}
+
 fn version_key(name: &str, version: u64) -> String {
     format!("{name}/{version}")
 }
@@ -121,14 +130,10 @@ impl FileRegistry {
                 cache: Some(cache),
             });
         }
-        let path = if let Some(rest) = uri.strip_prefix("file://") {
-            rest
-        } else if uri.contains("://") {
+        let Some(path) = local_path(uri) else {
             return Err(invalid(
                 "use a local path, a file:// URI, s3://bucket/prefix or mlflow+http://HOST:PORT",
             ));
-        } else {
-            uri
         };
         if path.is_empty() {
             return Err(invalid("the path is empty"));

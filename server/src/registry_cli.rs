@@ -29,11 +29,11 @@ pub async fn run(args: ModelsArgs, out: &mut impl Write) -> anyhow::Result<()> {
     if matches!(
         args.command,
         ModelsCommand::Push { .. } | ModelsCommand::Import { .. }
-    ) && let Some(dir) = local_registry_dir(&registry_config.uri)
-        && !dir.exists()
+    ) && let Some(dir) = ferry_registry::local_registry_path(&registry_config.uri)
+        && !std::path::Path::new(dir).exists()
     {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("Could not create the registry {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("Could not create the registry {dir}"))?;
     }
     let registry = Registry::open(&registry_config.options())
         .await
@@ -163,14 +163,6 @@ pub async fn run(args: ModelsArgs, out: &mut impl Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The directory of a local registry URI (a path or `file://`); None for S3 and MLflow.
-fn local_registry_dir(uri: &str) -> Option<std::path::PathBuf> {
-    if let Some(path) = uri.strip_prefix("file://") {
-        return Some(path.into());
-    }
-    (!uri.contains("://") && uri != "mlflow").then(|| uri.into())
-}
-
 /// Tree model files `push` recognises, in the order it prefers them, with their format.
 pub(crate) const TREE_FILES: [(&str, &str); 3] = [
     ("model.json", "xgboost"),
@@ -249,18 +241,15 @@ fn fill_tree_manifest(dir: &std::path::Path) -> anyhow::Result<Option<String>> {
     let info = ferry_runtimes::inspect_tree_model(&file, tree_format)
         .with_context(|| format!("Could not read the model file {}", file.display()))?;
     let signature = info.default_signature();
-    let mut filled = Vec::new();
-    for (key, value) in [
-        ("format", Value::from(format.clone())),
-        ("artifact", Value::from(artifact.clone())),
-        ("inputs", serde_yaml::to_value(&signature.inputs)?),
-        ("outputs", serde_yaml::to_value(&signature.outputs)?),
-    ] {
-        if !map.contains_key(key) {
-            map.insert(key.into(), value);
-            filled.push(key);
-        }
-    }
+    let mut filled = insert_missing(
+        &mut map,
+        vec![
+            ("format", Value::from(format.clone())),
+            ("artifact", Value::from(artifact.clone())),
+            ("inputs", serde_yaml::to_value(&signature.inputs)?),
+            ("outputs", serde_yaml::to_value(&signature.outputs)?),
+        ],
+    );
     if let Some(names) = &info.feature_names {
         let metadata = map
             .entry("metadata".into())
@@ -272,8 +261,7 @@ fn fill_tree_manifest(dir: &std::path::Path) -> anyhow::Result<Option<String>> {
             filled.push("metadata.feature_names");
         }
     }
-    std::fs::write(&path, serde_yaml::to_string(&Value::Mapping(map))?)
-        .with_context(|| format!("Could not write {}", path.display()))?;
+    write_manifest_map(&path, map)?;
     Ok(Some(format!(
         "Filled {} of {} from {artifact} ({format}, {} features, {} trees, {}).",
         filled.join(", "),
@@ -301,6 +289,29 @@ fn read_manifest_map(path: &std::path::Path) -> anyhow::Result<serde_yaml::Mappi
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Mapping::new()),
         Err(e) => Err(e).with_context(|| format!("Could not read {}", path.display())),
     }
+}
+
+/// Inserts each `(key, value)` the manifest lacks; returns the keys inserted.
+fn insert_missing(
+    map: &mut serde_yaml::Mapping,
+    values: Vec<(&'static str, serde_yaml::Value)>,
+) -> Vec<&'static str> {
+    let mut filled = Vec::new();
+    for (key, value) in values {
+        if !map.contains_key(key) {
+            map.insert(key.into(), value);
+            filled.push(key);
+        }
+    }
+    filled
+}
+
+fn write_manifest_map(path: &std::path::Path, map: serde_yaml::Mapping) -> anyhow::Result<()> {
+    std::fs::write(
+        path,
+        serde_yaml::to_string(&serde_yaml::Value::Mapping(map))?,
+    )
+    .with_context(|| format!("Could not write {}", path.display()))
 }
 
 /// For ONNX models, fills in what `DIR/model.yaml` leaves out — `format`, `artifact` (the one
@@ -363,15 +374,8 @@ fn fill_onnx_manifest(dir: &std::path::Path) -> anyhow::Result<Option<String>> {
     if !info.external_files.is_empty() {
         values.push(("files", serde_yaml::to_value(&info.external_files)?));
     }
-    let mut filled = Vec::new();
-    for (key, value) in values {
-        if !map.contains_key(key) {
-            map.insert(key.into(), value);
-            filled.push(key);
-        }
-    }
-    std::fs::write(&path, serde_yaml::to_string(&Value::Mapping(map))?)
-        .with_context(|| format!("Could not write {}", path.display()))?;
+    let filled = insert_missing(&mut map, values);
+    write_manifest_map(&path, map)?;
     Ok(Some(format!(
         "Filled {} of {} from {artifact} (ONNX).",
         filled.join(", "),
