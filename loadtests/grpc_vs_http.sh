@@ -17,15 +17,14 @@ command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2;
 [ -x "$LOAD" ] || { echo "build grpc-load first (see the usage above)" >&2; exit 1; }
 WORK="$(mktemp -d)"
 trap 'kill "$PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
+source loadtests/common.sh
 ORT=$(python3 scripts/find-ort-lib.py)
-python3 -c "import json,random; random.seed(1); print(json.dumps({'inputs':[{'name':'X','shape':[1,30],'datatype':'FP32','data':[round(random.uniform(-2,2),4) for _ in range(30)]}]}))" > "$WORK/body.json"
-cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+churn_body "$WORK/body.json"
 PORT=$((20000 + RANDOM % 20000)); GPORT=$((PORT + 1))
 FERRY_LOG=warn "$BIN" serve --listen "127.0.0.1:$PORT" --grpc-listen "127.0.0.1:$GPORT" \
   --onnx-engine "$ENGINE" --ort-lib "$ORT" >"$WORK/ferry.log" 2>&1 &
 PID=$!
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null && break; sleep 0.1; done
+wait_ready "$PORT"
 echo "model $MODEL, engine $ENGINE, $DUR s per run"
 echo "| round | protocol | c | req/s | p50 µs | p99 µs | errors | server CPU µs/req |"
 echo "|---|---|---|---|---|---|---|---|"
@@ -34,7 +33,7 @@ for round in 1 2; do
     for proto in http grpc; do
       before=$(cpu "$PID")
       if [ "$proto" = http ]; then
-        out=$(WRK_BODY="$WORK/body.json" wrk -t1 -c"$c" -d"${DUR}s" -s loadtests/wrk_report.lua \
+        out=$(WRK_BODY="$WORK/body.json" wrk -t1 -c"$c" -d"${DUR}s" -s "$LUA" \
           "http://127.0.0.1:$PORT/v2/models/$MODEL/infer" | grep RESULT)
       else
         out=$("$LOAD" --addr "127.0.0.1:$GPORT" --model "$MODEL" --shape 1,30 \

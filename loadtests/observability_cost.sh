@@ -12,11 +12,10 @@ WORK="$(mktemp -d)"
 SINK_PID=""
 trap 'rm -rf "$WORK"; [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null' EXIT
 cd "$(dirname "$0")/.."
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
-LUA=loadtests/wrk_report.lua
+source loadtests/common.sh
 ORT=$(python3 scripts/find-ort-lib.py)
 REG="$PWD/server/demo/registry"
-python3 -c "import json,random; random.seed(1); print(json.dumps({'inputs':[{'name':'X','shape':[1,30],'datatype':'FP32','data':[round(random.uniform(-2,2),4) for _ in range(30)]}]}))" > "$WORK"/churn.json
+churn_body "$WORK"/churn.json
 SINK_PORT=$((20000 + RANDOM % 20000))
 python3 -c "
 import http.server, sys
@@ -27,7 +26,6 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
 http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()" "$SINK_PORT" &
 SINK_PID=$!
-cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 echo "| round | setting | c | req/s | p50 µs | p99 µs | errors | server CPU µs/req |"
 echo "|---|---|---|---|---|---|---|---|"
 for round in 1 2; do
@@ -43,12 +41,9 @@ for setting in off default all traces; do
   [ "$setting" = traces ] && ENVS+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT")
   env "${ENVS[@]}" "$BIN" serve --config "$WORK/ferry.yaml" --listen "127.0.0.1:$PORT" --grpc-listen off --ort-lib "$ORT" >"$WORK/$setting.log" 2>&1 &
   PID=$!
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null && break; sleep 0.1; done
+  wait_ready "$PORT"
   for c in 1 64; do
-    before=$(cpu "$PID")
-    out=$(WRK_BODY="$WORK/churn.json" wrk -t1 -c"$c" -d"${DUR}s" -s "$LUA" "http://127.0.0.1:$PORT/v2/models/churn/infer" | grep RESULT)
-    after=$(cpu "$PID")
-    python3 loadtests/result_row.py "$out" "$((after - before))" "$TICK_US" "$round" "$setting" "$c"
+    wrk_row "$PID" "$c" "http://127.0.0.1:$PORT/v2/models/churn/infer" "$WORK/churn.json" "$round" "$setting"
   done
   kill "$PID"; wait "$PID" 2>/dev/null || true
 done

@@ -46,8 +46,7 @@ CHURN = os.path.join(ROOT, "server", "demo", "registry", "churn", "1", "model.on
 
 
 def ferry():
-    binary = os.environ.get("FERRY_BIN") or os.path.join(
-        os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "ferry")
+    binary = os.environ.get("FERRY_BIN") or os.path.join(trees_bench.TARGET, "release", "ferry")
     if not os.access(binary, os.X_OK):
         sys.exit(f"{binary} not built: see the usage at the top of {__file__}")
     return binary
@@ -196,10 +195,7 @@ def main():
         *rows,
         "",
     ])
-    print(table)
-    if args.append:
-        with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
-            f.write("\n" + table)
+    trees_bench.report(table, args.append)
 
 
 if __name__ == "__main__":

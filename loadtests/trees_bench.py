@@ -151,8 +151,13 @@ def main():
         *latency_rows,
         "",
     ])
+    report(table, args.append)
+
+
+def report(table, append):
+    """Prints a result table and, with --append, adds it to loadtests/RESULTS.md."""
     print(table)
-    if args.append:
+    if append:
         with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
             f.write("\n" + table)
 

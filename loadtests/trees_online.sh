@@ -10,12 +10,10 @@ BIN=$1; DUR=${2:-6}
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 cd "$(dirname "$0")/.."
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
-LUA=loadtests/wrk_report.lua
+source loadtests/common.sh
 ORT=$(python3 scripts/find-ort-lib.py)
 REG="$PWD/server/demo/registry"
-python3 -c "import json,random; random.seed(1); print(json.dumps({'inputs':[{'name':'X','shape':[1,30],'datatype':'FP32','data':[round(random.uniform(-2,2),4) for _ in range(30)]}]}))" > "$WORK"/churn.json
-cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+churn_body "$WORK"/churn.json
 echo "| round | engine | c | req/s | p50 µs | p99 µs | errors | server CPU µs/req |"
 echo "|---|---|---|---|---|---|---|---|"
 for round in 1 2; do
@@ -24,13 +22,10 @@ for engine in ort trees; do
   printf 'registry: {uri: %s}\nmodels: [churn@champion]\nonnx_engine: %s\n' "$REG" "$engine" > "$WORK/ferry.yaml"
   "$BIN" serve --config "$WORK/ferry.yaml" --listen "127.0.0.1:$PORT" --grpc-listen off --ort-lib "$ORT" >"$WORK/$engine.log" 2>&1 &
   PID=$!
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null && break; sleep 0.1; done
+  wait_ready "$PORT"
   grep -q "engine=$engine" "$WORK/$engine.log" || { echo "churn did not load on $engine:"; cat "$WORK/$engine.log"; exit 1; }
   for c in 1 64; do
-    before=$(cpu "$PID")
-    out=$(WRK_BODY="$WORK/churn.json" wrk -t1 -c"$c" -d"${DUR}s" -s "$LUA" "http://127.0.0.1:$PORT/v2/models/churn/infer" | grep RESULT)
-    after=$(cpu "$PID")
-    python3 loadtests/result_row.py "$out" "$((after - before))" "$TICK_US" "$round" "$engine" "$c"
+    wrk_row "$PID" "$c" "http://127.0.0.1:$PORT/v2/models/churn/infer" "$WORK/churn.json" "$round" "$engine"
   done
   kill "$PID"; wait "$PID" 2>/dev/null || true
 done
