@@ -122,23 +122,31 @@ def test_a_directory_ferry_cannot_serve_is_refused_with_the_reason(tmp_path, con
     assert "--model-dir" in r.stderr and message in r.stderr, r.stderr
 
 
-def test_onnx_with_external_data_serves(tmp_path):
-    """A graph whose weights live in a file beside it (onnx's save_as_external_data, as
-    mlflow.onnx writes by default) is served with that file linked and verified."""
+def export_mlp_with_external_weights(d, fname, seed):
+    """A scikit-learn MLP exported by skl2onnx into directory `d` as `fname`, its weights in
+    `weights.data` beside it (onnx's save_as_external_data, as mlflow.onnx writes by default).
+    Returns rows for it."""
     import onnx
     from onnx import numpy_helper
     from sklearn.neural_network import MLPClassifier
-    x, y = make_classification(n_samples=200, n_features=6, random_state=1)
+    x, y = make_classification(n_samples=200, n_features=6, random_state=seed)
     x = x.astype(np.float32)
     mlp = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0).fit(x, y)
     model = to_onnx(mlp, x[:1], options={id(mlp): {"zipmap": False}})
     for init in model.graph.initializer:
         init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init), init.name))
-    d = tmp_path / "ext"
     d.mkdir()
-    onnx.save_model(model, str(d / "model.onnx"), save_as_external_data=True,
+    onnx.save_model(model, str(d / fname), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="weights.data", size_threshold=1024)
     assert (d / "weights.data").stat().st_size > 0
+    return x
+
+
+def test_onnx_with_external_data_serves(tmp_path):
+    """A graph whose weights live in a file beside it (onnx's save_as_external_data, as
+    mlflow.onnx writes by default) is served with that file linked and verified."""
+    d = tmp_path / "ext"
+    x = export_mlp_with_external_weights(d, "model.onnx", seed=1)
     got, ref = served_and_onnxruntime(d, tmp_path, "mlp", x[:3])
     np.testing.assert_allclose(got["probabilities"], ref["probabilities"], rtol=1e-5, atol=1e-6)
 
@@ -146,24 +154,12 @@ def test_onnx_with_external_data_serves(tmp_path):
 def test_push_fills_an_onnx_manifest_and_the_version_serves(tmp_path):
     """`ferry models push` of a directory holding only an ONNX file (its weights external, as
     mlflow.onnx writes them), into a local registry not created yet, fills model.yaml from the
-    graph (format, artifact, inputs,
-    outputs, and the weights file with its digest), and the published version serves from the
-    registry with what onnxruntime answers."""
+    graph (format, artifact, inputs, outputs, and the weights file with its digest), and the
+    published version serves from the registry with what onnxruntime answers."""
     import hashlib
 
-    import onnx
-    from onnx import numpy_helper
-    from sklearn.neural_network import MLPClassifier
-    x, y = make_classification(n_samples=200, n_features=6, random_state=2)
-    x = x.astype(np.float32)
-    mlp = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0).fit(x, y)
-    model = to_onnx(mlp, x[:1], options={id(mlp): {"zipmap": False}})
-    for init in model.graph.initializer:
-        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init), init.name))
     src = tmp_path / "export"
-    src.mkdir()
-    onnx.save_model(model, str(src / "mlp.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="weights.data", size_threshold=1024)
+    x = export_mlp_with_external_weights(src, "mlp.onnx", seed=2)
     # The first push into a local registry creates its directory; reading one that does not
     # exist is still an error (a typo).
     registry = tmp_path / "registries" / "team"
