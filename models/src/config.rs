@@ -128,10 +128,20 @@ pub struct BatchingConfig {
     /// Batch sizes sent as soon as they are reached.
     #[serde(default)]
     pub preferred_batch_sizes: Vec<usize>,
+    /// A request whose predicted engine time is below this many microseconds runs on the
+    /// I/O thread that received it when nothing is queued, skipping the compute-thread
+    /// hand-off (two thread wake-ups). 0 always queues. Only with `max_queue_delay_us: 0`:
+    /// a delay asks for batches, so requests wait for them.
+    #[serde(default = "default_inline_below_us")]
+    pub inline_below_us: u64,
 }
 
 fn default_max_batch_size() -> usize {
     64
+}
+
+fn default_inline_below_us() -> u64 {
+    50
 }
 
 impl Default for BatchingConfig {
@@ -140,6 +150,7 @@ impl Default for BatchingConfig {
             max_batch_size: default_max_batch_size(),
             max_queue_delay_us: 0,
             preferred_batch_sizes: Vec::new(),
+            inline_below_us: default_inline_below_us(),
         }
     }
 }
@@ -153,6 +164,12 @@ impl BatchingConfig {
         })
     }
 
+    /// The engine-time limit below which an idle model runs a request on the caller's thread.
+    pub fn inline_below(&self) -> Option<Duration> {
+        (self.inline_below_us > 0 && self.max_queue_delay_us == 0)
+            .then(|| Duration::from_micros(self.inline_below_us))
+    }
+
     /// Range checks; `key` is the key path in the config, e.g. `models[0].batching`, and the
     /// message names it.
     pub fn validate(&self, key: &str) -> Result<(), String> {
@@ -160,6 +177,12 @@ impl BatchingConfig {
             return Err(format!(
                 "`{key}.max_queue_delay_us` is {} µs; use at most 10000000 (10 s)",
                 self.max_queue_delay_us
+            ));
+        }
+        if self.inline_below_us > 10_000 {
+            return Err(format!(
+                "`{key}.inline_below_us` is {} µs; use at most 10000 (10 ms): longer calls would hold up the I/O thread's other connections",
+                self.inline_below_us
             ));
         }
         if let Some(p) = self
@@ -254,6 +277,15 @@ mod tests {
             err.starts_with("`models[3].batching.preferred_batch_sizes` has 128"),
             "{err}"
         );
+        s.batching = Some(BatchingConfig {
+            inline_below_us: 20_000,
+            ..BatchingConfig::default()
+        });
+        let err = s.validate("models[3]").unwrap_err();
+        assert!(
+            err.starts_with("`models[3].batching.inline_below_us` is 20000 µs"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -266,5 +298,20 @@ mod tests {
         let p = BatchingConfig::default().policy().unwrap();
         assert_eq!(p.max_batch_rows, 64);
         assert_eq!(p.max_delay, Duration::ZERO);
+        // Inline runs only without a batching delay, and 0 turns them off.
+        assert_eq!(
+            BatchingConfig::default().inline_below(),
+            Some(Duration::from_micros(50))
+        );
+        let delayed = BatchingConfig {
+            max_queue_delay_us: 100,
+            ..BatchingConfig::default()
+        };
+        assert_eq!(delayed.inline_below(), None);
+        let off = BatchingConfig {
+            inline_below_us: 0,
+            ..BatchingConfig::default()
+        };
+        assert_eq!(off.inline_below(), None);
     }
 }

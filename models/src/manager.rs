@@ -583,6 +583,7 @@ impl ModelManager {
                 .unwrap_or(self.config.queue_capacity),
             batching: batching.policy(),
             default_timeout: self.config.request_timeout,
+            inline_below: batching.inline_below(),
         };
         let metrics = self.metrics.clone();
         let name = name.to_string();

@@ -27,6 +27,8 @@ pub struct ModelMetrics {
     pub queue_depth: IntGaugeVec,
     /// Requests turned away because a compute queue was full.
     pub queue_rejected: IntCounterVec,
+    /// Requests run on the thread that received them, without queueing (a cheap, idle model).
+    pub inline_runs: IntCounterVec,
     /// Model version loads by outcome (`ready`, `failed`).
     pub model_loads: IntCounterVec,
     /// 1 when a model version is loaded and warmed up.
@@ -94,6 +96,11 @@ impl ModelMetrics {
                 "Requests answered 429 because the compute queue was full.",
                 &["model", "version"],
             ),
+            inline_runs: counter(
+                "ferry_inline_runs_total",
+                "Requests run on the I/O thread that received them, skipping the compute queue (the model is cheap and nothing was queued).",
+                &["model", "version"],
+            ),
             model_loads: counter(
                 "ferry_model_loads_total",
                 "Model version loads, by outcome.",
@@ -125,6 +132,7 @@ impl ModelMetrics {
         registry.register(Box::new(self.queue_popped.clone()))?;
         registry.register(Box::new(self.queue_depth.clone()))?;
         registry.register(Box::new(self.queue_rejected.clone()))?;
+        registry.register(Box::new(self.inline_runs.clone()))?;
         registry.register(Box::new(self.model_loads.clone()))?;
         registry.register(Box::new(self.model_ready.clone()))?;
         registry.register(Box::new(self.devices.clone()))?;

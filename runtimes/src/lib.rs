@@ -142,6 +142,13 @@ pub trait Runtime: Send + Sync {
     /// [`Runtime::signature`]; the outputs come back in signature order.
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError>;
 
+    /// Runs `inputs` on the caller's thread if that needs no wait for another call to finish;
+    /// `None` when it would wait (an engine whose sessions are all busy), and the caller queues
+    /// the request instead. Engines whose `run` never waits on another call just run.
+    fn try_run_now(&self, inputs: &[Tensor]) -> Option<Result<Vec<Tensor>, RuntimeError>> {
+        Some(self.run(inputs))
+    }
+
     /// Where the model runs; engines without GPU support run on the CPU.
     fn device(&self) -> Device {
         Device::Cpu

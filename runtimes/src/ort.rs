@@ -156,6 +156,32 @@ impl OrtRuntime {
     }
 }
 
+impl OrtRuntime {
+    fn run_on(
+        &self,
+        session: &mut Session,
+        inputs: &[Tensor],
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        let values = inputs
+            .iter()
+            .map(|t| Ok((t.name.as_str(), to_value(t)?)))
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        let outputs = session
+            .run(values)
+            .map_err(|e| RuntimeError::inference(ENGINE, e))?;
+        self.signature
+            .outputs
+            .iter()
+            .map(|spec| {
+                let value = outputs.get(&spec.name).ok_or_else(|| {
+                    RuntimeError::inference(ENGINE, format!("no output `{}`", spec.name))
+                })?;
+                from_value(&spec.name, value)
+            })
+            .collect()
+    }
+}
+
 fn datatype(ty: TensorElementType) -> Option<DataType> {
     Some(match ty {
         TensorElementType::Bool => DataType::Bool,
@@ -262,23 +288,15 @@ impl Runtime for OrtRuntime {
     }
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
-        let values = inputs
-            .iter()
-            .map(|t| Ok((t.name.as_str(), to_value(t)?)))
-            .collect::<Result<Vec<_>, RuntimeError>>()?;
-        let mut session = self.session();
-        let outputs = session
-            .run(values)
-            .map_err(|e| RuntimeError::inference(ENGINE, e))?;
-        self.signature
-            .outputs
-            .iter()
-            .map(|spec| {
-                let value = outputs.get(&spec.name).ok_or_else(|| {
-                    RuntimeError::inference(ENGINE, format!("no output `{}`", spec.name))
-                })?;
-                from_value(&spec.name, value)
-            })
-            .collect()
+        self.run_on(&mut self.session(), inputs)
+    }
+
+    fn try_run_now(&self, inputs: &[Tensor]) -> Option<Result<Vec<Tensor>, RuntimeError>> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.sessions.len();
+        (0..n).find_map(|i| {
+            let mut session = self.sessions[(start + i) % n].try_lock().ok()?;
+            Some(self.run_on(&mut session, inputs))
+        })
     }
 }

@@ -67,6 +67,7 @@ async fn check(engine: OnnxEngine) {
         capacity: 4096,
         batching: Some(policy),
         default_timeout: None,
+        inline_below: None,
     };
     let queue =
         Arc::new(ComputeQueue::start("mlp", 1, runtime.clone(), options, metrics.clone()).unwrap());

@@ -112,3 +112,49 @@ def test_full_queue_answers_429(tiny_queue_server, fixtures):
     r = requests.post(tiny_queue_server.url + infer_path("mlp"), data=body, headers=headers,
                       timeout=120)
     assert r.status_code == 200, r.text[:300]
+
+
+def prom_sum(text, name, **labels):
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.parametrize("inline_below_us", [10_000, 0])
+def test_cheap_one_row_requests_run_inline_with_the_same_answers(ferry, fixtures, inline_below_us):
+    """Sequential 1-row requests on the small tree model: with an inline limit they run on
+    the I/O thread once the model's cost is known (ferry_inline_runs_total counts them), with
+    0 every one goes through the compute queue; the answers are the reference's either way."""
+    case = fixtures.case("churn")
+    x = ref_array(case["inputs"][0])
+    outs = {o["name"]: ref_array(o) for o in case["outputs"]}
+    n = 30
+    with ferry.running(f"inline-{inline_below_us}", ["churn@1"], onnx_engine="ort",
+                       batching={"inline_below_us": inline_below_us}) as srv:
+        srv.wait_ready()
+        for i in range(n):
+            row = i % x.shape[0]
+            body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, x.shape[1]],
+                                "data": x[row].tolist()}]}
+            r = requests.post(srv.url + infer_path("churn"), json=body, timeout=30)
+            assert r.status_code == 200, r.text[:300]
+            for out in r.json()["outputs"]:
+                exp = outs[out["name"]][row:row + 1]
+                got = np.array(out["data"]).reshape(out["shape"])
+                if exp.dtype.kind == "f":
+                    np.testing.assert_allclose(got, exp, rtol=TOL, atol=TOL)
+                else:
+                    np.testing.assert_array_equal(got, exp)
+        text = requests.get(srv.url + "/metrics", timeout=10).text
+    inline = prom_sum(text, "ferry_inline_runs_total", model="churn", version="1")
+    queued = prom_sum(text, "ferry_queue_pushed_total", model="churn", version="1")
+    if inline_below_us:
+        # The warm-up call at load does not pass the queue; the first request has no cost
+        # estimate yet, so at least it queues.
+        assert inline >= n - 2 and queued >= 1, (inline, queued)
+    else:
+        assert (inline, queued) == (0, n), (inline, queued)
+    assert inline + queued == n

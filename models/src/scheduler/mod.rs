@@ -17,6 +17,7 @@ use crate::metrics::ModelMetrics;
 use ferry_runtimes::{Runtime, RuntimeError, Tensor};
 use planner::{BatchPlanner, Batchable};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -72,6 +73,37 @@ pub struct QueueOptions {
     pub batching: Option<BatchPolicy>,
     /// Deadline for requests that do not set their own.
     pub default_timeout: Option<Duration>,
+    /// Requests predicted to take the engine less than this run on the submitting thread
+    /// when nothing is queued; `None` always queues.
+    pub inline_below: Option<Duration>,
+}
+
+/// What one row costs the engine, learned from the calls the model makes: an exponentially
+/// weighted mean of nanoseconds per row (0 until the first call), so a 1-row request is
+/// predicted from recent 1-row calls and a large one is never predicted cheap by them.
+#[derive(Default)]
+struct CostEstimate {
+    ns_per_row: AtomicU64,
+}
+
+impl CostEstimate {
+    fn record(&self, rows: usize, elapsed: Duration) {
+        let sample = (elapsed.as_nanos() as u64 / rows.max(1) as u64).max(1);
+        let old = self.ns_per_row.load(Ordering::Relaxed);
+        // Racing updates may drop a sample; the mean moves by 1/8 per call, so that is noise.
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.ns_per_row.store(new, Ordering::Relaxed);
+    }
+
+    /// Whether `rows` rows are predicted to take less than `limit`; unknown is not cheap.
+    fn cheaper_than(&self, rows: usize, limit: Duration) -> bool {
+        let per_row = self.ns_per_row.load(Ordering::Relaxed);
+        per_row > 0 && (per_row as u128) * (rows as u128) < limit.as_nanos()
+    }
 }
 
 /// The compute queue and threads of one model version. Dropping it closes the queue and joins
@@ -81,7 +113,7 @@ pub struct ComputeQueue {
     options: QueueOptions,
     job_tx: Option<queue::Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
-    metrics: QueueMetrics,
+    context: WorkerContext,
 }
 
 /// Metric handles of one model version, resolved once so the hot path does no label lookups.
@@ -94,6 +126,7 @@ struct QueueMetrics {
     queue_time: prometheus::Histogram,
     infer_time: prometheus::Histogram,
     batch_rows: prometheus::Histogram,
+    inline_runs: prometheus::IntCounter,
 }
 
 impl QueueMetrics {
@@ -111,6 +144,7 @@ impl QueueMetrics {
                 .stage_duration
                 .with_label_values(&[model, version, "infer"]),
             batch_rows: metrics.batch_rows.with_label_values(&labels),
+            inline_runs: metrics.inline_runs.with_label_values(&labels),
         }
     }
 }
@@ -119,6 +153,7 @@ impl QueueMetrics {
 struct WorkerContext {
     runtime: Arc<dyn Runtime>,
     metrics: QueueMetrics,
+    cost: Arc<CostEstimate>,
 }
 
 impl WorkerContext {
@@ -144,7 +179,8 @@ impl ComputeQueue {
         let queue_metrics = QueueMetrics::new(&metrics, model, &version.to_string());
         let context = WorkerContext {
             runtime,
-            metrics: queue_metrics.clone(),
+            metrics: queue_metrics,
+            cost: Arc::default(),
         };
         let mut threads = Vec::new();
         let batching = options
@@ -190,7 +226,7 @@ impl ComputeQueue {
             options,
             job_tx: Some(job_tx),
             threads,
-            metrics: queue_metrics,
+            context,
         })
     }
 
@@ -207,11 +243,23 @@ impl ComputeQueue {
         inputs: Vec<Tensor>,
         timeout: Option<Duration>,
     ) -> Result<Vec<Tensor>, ScheduleError> {
-        let (reply, reply_rx) = oneshot::channel();
         let rows = inputs
             .first()
             .and_then(|t| t.shape.first().copied())
             .unwrap_or(1);
+        let Some(job_tx) = &self.job_tx else {
+            return Err(ScheduleError::Closed {
+                model: self.label.clone(),
+            });
+        };
+        if let Some(limit) = self.options.inline_below
+            && self.context.cost.cheaper_than(rows, limit)
+            && job_tx.is_empty()
+            && let Some(result) = self.run_inline(&inputs, rows)
+        {
+            return result.map_err(Into::into);
+        }
+        let (reply, reply_rx) = oneshot::channel();
         let shape_key = inputs
             .iter()
             .map(|t| t.shape.get(1..).unwrap_or_default().to_vec())
@@ -225,18 +273,13 @@ impl ComputeQueue {
             queue_span: tracing::debug_span!(target: "ferry::stage", "stage", otel.name = "queue"),
             enqueued: Instant::now(),
         };
-        let Some(job_tx) = &self.job_tx else {
-            return Err(ScheduleError::Closed {
-                model: self.label.clone(),
-            });
-        };
         match job_tx.try_send(job) {
             Ok(()) => {
-                self.metrics.pushed.inc();
-                self.metrics.depth.inc();
+                self.context.metrics.pushed.inc();
+                self.context.metrics.depth.inc();
             }
             Err(queue::TrySendError::Full(_)) => {
-                self.metrics.rejected.inc();
+                self.context.metrics.rejected.inc();
                 return Err(ScheduleError::QueueFull {
                     model: self.label.clone(),
                     capacity: self.options.capacity,
@@ -263,6 +306,31 @@ impl ComputeQueue {
                 }),
             },
         }
+    }
+}
+
+impl ComputeQueue {
+    /// Runs a request on the submitting thread: for a model this cheap, the hand-off to a
+    /// compute thread and back (two wake-ups, ~20–40 µs of CPU) costs more than the call.
+    /// `None` when the engine is busy with another call; the request then queues.
+    fn run_inline(
+        &self,
+        inputs: &[Tensor],
+        rows: usize,
+    ) -> Option<Result<Vec<Tensor>, RuntimeError>> {
+        let ctx = &self.context;
+        let _span =
+            tracing::debug_span!(target: "ferry::stage", "stage", otel.name = "model", rows)
+                .entered();
+        let started = Instant::now();
+        let result = ctx.runtime.try_run_now(inputs)?;
+        let elapsed = started.elapsed();
+        ctx.cost.record(rows, elapsed);
+        ctx.metrics.inline_runs.inc();
+        ctx.metrics.queue_time.observe(0.0);
+        ctx.metrics.infer_time.observe(elapsed.as_secs_f64());
+        ctx.metrics.batch_rows.observe(rows as f64);
+        Some(result)
     }
 }
 
@@ -336,7 +404,9 @@ fn run_batch(ctx: &WorkerContext, mut jobs: Vec<Job>) {
     if let [_] = jobs.as_slice() {
         let job = jobs.into_iter().next().expect("one job. This is a bug.");
         let result = job.span.in_scope(|| ctx.runtime.run(&job.inputs));
-        infer_time.observe(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        ctx.cost.record(rows, elapsed);
+        infer_time.observe(elapsed.as_secs_f64());
         let _ = job.reply.send(result);
         return;
     }
@@ -352,7 +422,9 @@ fn run_batch(ctx: &WorkerContext, mut jobs: Vec<Job>) {
                     .into(),
         }),
     };
-    infer_time.observe(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
+    ctx.cost.record(rows, elapsed);
+    infer_time.observe(elapsed.as_secs_f64());
     let outputs = match result {
         Ok(outputs) => outputs,
         Err(e) => {
@@ -442,11 +514,125 @@ mod tests {
             capacity,
             batching,
             default_timeout: None,
+            inline_below: None,
         }
     }
 
     fn x(v: f32) -> Vec<Tensor> {
         vec![Tensor::new("x", vec![1], TensorData::Fp32(vec![v])).unwrap()]
+    }
+
+    /// Echoes its input and records the name of the thread each call ran on; `busy` makes
+    /// `try_run_now` answer that the engine would have to wait.
+    struct ThreadRecorder {
+        signature: Signature,
+        threads: Mutex<Vec<String>>,
+        busy: std::sync::atomic::AtomicBool,
+    }
+
+    impl Runtime for ThreadRecorder {
+        fn engine(&self) -> Engine {
+            Engine::Tract
+        }
+        fn signature(&self) -> &Signature {
+            &self.signature
+        }
+        fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            self.threads.lock().unwrap().push(name);
+            Ok(inputs.to_vec())
+        }
+        fn try_run_now(&self, inputs: &[Tensor]) -> Option<Result<Vec<Tensor>, RuntimeError>> {
+            (!self.busy.load(std::sync::atomic::Ordering::SeqCst)).then(|| self.run(inputs))
+        }
+    }
+
+    fn recorder() -> Arc<ThreadRecorder> {
+        let spec = TensorSpec {
+            name: "x".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1],
+        };
+        Arc::new(ThreadRecorder {
+            signature: Signature {
+                inputs: vec![spec.clone()],
+                outputs: vec![spec],
+            },
+            threads: Mutex::default(),
+            busy: Default::default(),
+        })
+    }
+
+    fn rows(n: usize) -> Vec<Tensor> {
+        vec![Tensor::new("x", vec![n], TensorData::Fp32(vec![1.5; n])).unwrap()]
+    }
+
+    #[test]
+    fn cost_estimate_is_unknown_until_a_call_and_scales_with_rows() {
+        let cost = CostEstimate::default();
+        assert!(!cost.cheaper_than(1, Duration::from_secs(1)));
+        cost.record(10, Duration::from_micros(20));
+        assert!(cost.cheaper_than(1, Duration::from_micros(50)));
+        assert!(cost.cheaper_than(24, Duration::from_micros(50)));
+        assert!(!cost.cheaper_than(25, Duration::from_micros(50)));
+        // Slower calls move the mean up by an eighth of the difference each.
+        for _ in 0..64 {
+            cost.record(1, Duration::from_micros(100));
+        }
+        assert!(!cost.cheaper_than(1, Duration::from_micros(50)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cheap_idle_model_runs_on_the_submitting_thread_until_it_is_busy() {
+        let runtime = recorder();
+        let options = QueueOptions {
+            inline_below: Some(Duration::from_millis(5)),
+            ..opts(
+                8,
+                Some(BatchPolicy {
+                    max_batch_rows: 64,
+                    max_delay: Duration::ZERO,
+                    preferred_rows: Vec::new(),
+                }),
+            )
+        };
+        let queue =
+            ComputeQueue::start("m", 1, runtime.clone(), options, ModelMetrics::new()).unwrap();
+        // The first call has no cost estimate yet, so it queues; the second is predicted cheap.
+        assert_eq!(queue.submit(rows(1)).await.unwrap(), rows(1));
+        assert_eq!(queue.submit(rows(2)).await.unwrap(), rows(2));
+        // A request predicted to take longer than the limit queues.
+        assert_eq!(queue.submit(rows(100_000)).await.unwrap(), rows(100_000));
+        // So does one arriving while the engine is busy with another call.
+        runtime
+            .busy
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(queue.submit(rows(3)).await.unwrap(), rows(3));
+        let threads = runtime.threads.lock().unwrap().clone();
+        let compute = |name: &String| name.starts_with("ferry-compute-m-1");
+        assert!(compute(&threads[0]), "{threads:?}");
+        assert!(!compute(&threads[1]), "{threads:?}");
+        assert!(compute(&threads[2]), "{threads:?}");
+        assert!(compute(&threads[3]), "{threads:?}");
+        assert_eq!(queue.context.metrics.inline_runs.get(), 1);
+        assert_eq!(queue.context.metrics.pushed.get(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_an_inline_limit_every_request_queues() {
+        let runtime = recorder();
+        let queue =
+            ComputeQueue::start("m", 1, runtime.clone(), opts(8, None), ModelMetrics::new())
+                .unwrap();
+        for n in 1..4 {
+            assert_eq!(queue.submit(rows(n)).await.unwrap(), rows(n));
+        }
+        let threads = runtime.threads.lock().unwrap().clone();
+        assert!(
+            threads.iter().all(|t| t.starts_with("ferry-compute-m-1")),
+            "{threads:?}"
+        );
+        assert_eq!(queue.context.metrics.inline_runs.get(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,7 +655,7 @@ mod tests {
             async move { q.submit(x(2.0)).await }
         });
         // Wait until the second job sits in the queue.
-        while queue.metrics.depth.get() != 1 {
+        while queue.context.metrics.depth.get() != 1 {
             tokio::task::yield_now().await;
         }
         let third = queue.submit(x(3.0)).await;
@@ -482,7 +668,7 @@ mod tests {
         assert_eq!(first.await.unwrap().unwrap(), x(1.0));
         assert_eq!(second.await.unwrap().unwrap(), x(2.0));
         assert_eq!(runtime.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
-        assert_eq!(queue.metrics.rejected.get(), 1);
+        assert_eq!(queue.context.metrics.rejected.get(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,7 +693,7 @@ mod tests {
             let q = queue.clone();
             async move { q.submit(x(2.0)).await }
         });
-        while queue.metrics.depth.get() != 1 {
+        while queue.context.metrics.depth.get() != 1 {
             tokio::task::yield_now().await;
         }
         abandoned.abort();

@@ -77,6 +77,10 @@ impl<T> Sender<T> {
         self.0.not_empty.notify_one();
         Ok(())
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().items.is_empty()
+    }
 }
 
 impl<T> Receiver<T> {
