@@ -16,6 +16,12 @@ use ferry_server::config::{FeaturesConfig, ModelEntry, ServerConfig};
 use std::io::IsTerminal;
 use std::time::Duration;
 
+// Requests allocate across the tokio threads, and glibc's arenas then contend: malloc, free
+// and their arena locks were ~15% of server CPU per 1-row request at 64 connections
+// (loadtests/RESULTS.md, "Hot path"). mimalloc keeps per-thread free lists.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
