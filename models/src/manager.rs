@@ -27,6 +27,8 @@ pub struct LoadedModel {
     pub queue: ComputeQueue,
     /// Engine intra-op threads this version was given.
     pub intra_op_threads: usize,
+    /// ONNX Runtime sessions (calls that can run at once) when the engine is ONNX Runtime.
+    pub ort_sessions: Option<usize>,
 }
 
 impl LoadedModel {
@@ -124,6 +126,9 @@ pub enum SyncOutcome {
 
 /// Longest wait between polls while the registry is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Models up to this size (artifact plus external files) get an ONNX Runtime session per usable
+/// core; larger ones one per compute thread.
+const SMALL_MODEL_BYTES: u64 = 32 << 20;
 
 pub struct ModelManager {
     registry: Registry,
@@ -240,6 +245,27 @@ impl ModelManager {
             ),
             n => n,
         }
+    }
+
+    /// ONNX Runtime sessions for a model version: one per compute thread, and for a small
+    /// model one per usable core, so that every I/O thread can run a cheap request inline at
+    /// the same time (ONNX Runtime runs one call per session at a time; each session holds a
+    /// copy of the weights, hence only for small models).
+    fn sessions(&self, verified: &ferry_registry::VerifiedModel, instances: usize) -> usize {
+        let bytes: u64 = verified
+            .manifest
+            .files
+            .keys()
+            .chain(std::iter::once(&verified.manifest.artifact))
+            .filter_map(|f| std::fs::metadata(verified.dir.join(f)).ok())
+            .map(|m| m.len())
+            .sum();
+        if bytes <= SMALL_MODEL_BYTES {
+            instances.max(self.devices.cpu.usable_cores)
+        } else {
+            instances
+        }
+        .max(1)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelSlot>> {
@@ -571,10 +597,11 @@ impl ModelManager {
             onnx_engine: settings.onnx_engine.unwrap_or(self.config.onnx_engine),
             intra_op_threads: self.intra_op_threads(settings, instances),
             intra_op_spinning: false,
-            sessions: 1,
+            sessions: self.sessions(&verified, instances),
             device: placement.device,
         };
         let intra_op_threads = options.intra_op_threads;
+        let sessions = options.sessions;
         let batching = settings.batching.as_ref().unwrap_or(&self.config.batching);
         let queue_options = QueueOptions {
             threads: instances,
@@ -625,6 +652,8 @@ impl ModelManager {
                     .map_err(|e| {
                         LoadError::Other(format!("could not start compute threads: {e}"))
                     })?;
+            let ort_sessions =
+                (runtime.engine() == ferry_runtimes::Engine::Ort).then_some(sessions);
             Ok(LoadedModel {
                 name,
                 version,
@@ -632,6 +661,7 @@ impl ModelManager {
                 runtime,
                 queue,
                 intra_op_threads,
+                ort_sessions,
             })
         });
         let loaded = task

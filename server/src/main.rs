@@ -22,7 +22,19 @@ use std::time::Duration;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc keeps freed pages and purges them on later activity of the heap that freed them.
+/// A model version's weights are freed by a thread that then idles or exits, so without an
+/// immediate purge an unloaded version stayed resident (tests/py/test_candle.py measures it).
+#[allow(unsafe_code)]
+fn return_freed_memory_at_once() {
+    // `mi_option_purge_delay` in mimalloc.h (v2 and v3); the Rust bindings do not name it.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets one process-wide option, which mimalloc reads atomically.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+}
+
 fn main() -> anyhow::Result<()> {
+    return_freed_memory_at_once();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {

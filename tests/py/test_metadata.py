@@ -93,6 +93,20 @@ def test_http_model_metadata(basic_server, suffix):
     check_model_metadata(r.json(), "mlp", MLP_INPUTS, MLP_OUTPUTS)
 
 
+def test_small_onnx_models_get_a_runtime_session_per_usable_core(basic_server):
+    """So every I/O thread can run a cheap request inline at once: the demo models are tiny,
+    so each gets as many ONNX Runtime sessions as the server found usable cores."""
+    cores = None
+    for line in basic_server.get("/metrics").text.splitlines():
+        if line.startswith('ferry_devices{kind="cpu"}'):
+            cores = int(float(line.rsplit(" ", 1)[1]))
+    assert cores and cores >= 1
+    for model in ("churn", "mlp"):
+        params = basic_server.get(f"/v2/models/{model}").json()["parameters"]
+        assert params["engine"] == "ort", params
+        assert params["onnxruntime_sessions"] == cores, params
+
+
 @pytest.mark.parametrize("suffix", ["/ready", "/versions/1/ready"], ids=["default", "v1"])
 def test_http_model_ready(basic_server, suffix):
     assert basic_server.get(f"/v2/models/churn{suffix}").status_code == 200

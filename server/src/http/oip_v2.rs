@@ -103,7 +103,7 @@ pub async fn model_metadata(
         .iter()
         .map(u64::to_string)
         .collect();
-    Ok(Json(json!({
+    let mut body = json!({
         "name": model.name,
         "versions": versions,
         "platform": platform(&model),
@@ -116,8 +116,11 @@ pub async fn model_metadata(
             "intra_op_threads": model.intra_op_threads,
             "metadata": model.manifest.metadata,
         },
-    }))
-    .into_response())
+    });
+    if let Some(n) = model.ort_sessions {
+        body["parameters"]["onnxruntime_sessions"] = n.into();
+    }
+    Ok(Json(body).into_response())
 }
 
 pub async fn model_ready(
