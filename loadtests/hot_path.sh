@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Issue 17's figures, side by side in one invocation, loopback only, wrk -t1:
+#  1. the demo churn model (100 trees, 30 features), one row per OIP v2 JSON request, at c=1
+#     and c=64 against: the HTTP ceiling (bare axum returning a fixed body), ferry with default
+#     settings (only the registry and the model named), and FastAPI + uvicorn + onnxruntime
+#     with 2 workers (peers/fastapi_onnx.py). Server CPU per request from /proc (the peer's
+#     worker processes included).
+#  2. dynamic batching on (default: 64 rows, no delay) vs off (max_batch_size 1) at c=32, on a
+#     wide MLP written here (512 -> 2048 -> 2048 -> 1, FP32; one 1-row call costs hundreds of
+#     µs) and on churn.
+# Prints the tables and each of the issue's ratios next to its target. Quote ratios: the
+# machine is shared and noisy, and wrk shares its cores with the server.
+#
+# Usage: bash loadtests/hot_path.sh [SECONDS_PER_RUN]   (needs wrk; pip install -r loadtests/requirements.txt)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-6}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
+command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk" >&2; exit 1; }
+cargo build --release --locked -p ferry-server -p ferry-loadtests >/dev/null
+FERRY="$CARGO_TARGET_DIR/release/ferry"
+CEILING="$CARGO_TARGET_DIR/release/http-ceiling"
+ORT=$(python3 scripts/find-ort-lib.py)
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+source loadtests/common.sh
+# The peer runs worker processes: count the CPU of the whole process tree.
+cpu() { local t=0 p; for p in $1 $(pgrep -P "$1" || true); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo $t; }
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+churn_body "$WORK/churn.json"
+REG="$WORK/registry"
+cp -r server/demo/registry "$REG"
+python3 - "$WORK" <<'EOF'
+import json, os, sys
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+work = sys.argv[1]
+rng = np.random.default_rng(7)
+dims = [512, 2048, 2048, 1]
+inits, nodes, prev = [], [], "X"
+for i, (a, b) in enumerate(zip(dims, dims[1:])):
+    inits.append(numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"W{i}"))
+    out = "Y" if i == len(dims) - 2 else f"h{i}"
+    nodes.append(helper.make_node("MatMul", [prev, f"W{i}"], [out if out == "Y" else f"m{i}"]))
+    if out != "Y":
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [out]))
+    prev = out
+graph = helper.make_graph(nodes, "wide_mlp",
+                          [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 512])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 1])], inits)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+os.makedirs(f"{work}/wide", exist_ok=True)
+onnx.save(model, f"{work}/wide/model.onnx")
+with open(f"{work}/wide.json", "w") as f:
+    json.dump({"inputs": [{"name": "X", "shape": [1, 512], "datatype": "FP32",
+                           "data": [round(float(v), 4) for v in rng.uniform(-1, 1, 512)]}]}, f)
+EOF
+"$FERRY" models push "$WORK/wide" --name wide --registry "$REG" >/dev/null
+
+ROWS="$WORK/rows.md"
+run_server() { # label port pid url body c...
+  local label=$1 port=$2 pid=$3 url=$4 body=$5; shift 5
+  for c in "$@"; do wrk_row "$pid" "$c" "http://127.0.0.1:$port$url" "$body" "$label" | tee -a "$ROWS"; done
+}
+ferry_up() { # yaml-extra -> sets PORT PID
+  PORT=$(port)
+  printf 'registry: {uri: %s}\nmodels: [churn@champion, wide@1]\n%b\n' "$REG" "$1" > "$WORK/ferry.yaml"
+  "$FERRY" serve --config "$WORK/ferry.yaml" --listen "127.0.0.1:$PORT" --grpc-listen off --ort-lib "$ORT" >"$WORK/ferry.log" 2>&1 &
+  PID=$!; PIDS+=("$PID")
+  wait_ready "$PORT"
+}
+
+echo "| server | c | req/s | p50 µs | p99 µs | errors | server CPU µs/req |"
+echo "|---|---|---|---|---|---|---|"
+PORT=$(port)
+"$CEILING" --listen "127.0.0.1:$PORT" >"$WORK/ceiling.log" 2>&1 & PID=$!; PIDS+=("$PID")
+wait_ready "$PORT"
+run_server ceiling "$PORT" "$PID" /v2/models/churn/infer "$WORK/churn.json" 1 64
+kill "$PID"; wait "$PID" 2>/dev/null || true
+
+ferry_up ""
+run_server ferry "$PORT" "$PID" /v2/models/churn/infer "$WORK/churn.json" 1 64
+kill "$PID"; wait "$PID" 2>/dev/null || true
+
+PORT=$(port)
+python3 loadtests/peers/fastapi_onnx.py "$REG/churn/1/model.onnx" "$PORT" 2 >"$WORK/fastapi.log" 2>&1 & PID=$!; PIDS+=("$PID")
+wait_ready "$PORT"
+run_server fastapi-2w "$PORT" "$PID" /v2/models/churn/infer "$WORK/churn.json" 1 64
+kill "$PID"; wait "$PID" 2>/dev/null || true
+
+echo
+echo "| batching | model | c | req/s | p50 µs | p99 µs | errors | server CPU µs/req |"
+echo "|---|---|---|---|---|---|---|---|"
+for mode in on off; do
+  if [ $mode = on ]; then ferry_up ""; else ferry_up "batching: {max_batch_size: 1}"; fi
+  run_server "batching-$mode | wide" "$PORT" "$PID" /v2/models/wide/infer "$WORK/wide.json" 32
+  run_server "batching-$mode | churn" "$PORT" "$PID" /v2/models/churn/infer "$WORK/churn.json" 32
+  kill "$PID"; wait "$PID" 2>/dev/null || true
+done
+
+echo
+python3 - "$ROWS" <<'EOF'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    key = tuple(cells[:-6])
+    rps, p50, p99, err, cpu = float(cells[-5].replace(",", "")), int(cells[-4]), int(cells[-3]), int(cells[-2]), float(cells[-1])
+    rows[key + (int(cells[-6]),)] = dict(rps=rps, p50=p50, p99=p99, cpu=cpu)
+c, f, p = (lambda n: rows[("ceiling", n)]), (lambda n: rows[("ferry", n)]), (lambda n: rows[("fastapi-2w", n)])
+def line(name, value, target, ok):
+    print(f"- {name}: {value} (target {target}) {'met' if ok else 'NOT met'}")
+line("c=64 req/s, ferry ÷ ceiling", f"{100 * f(64)['rps'] / c(64)['rps']:.0f}%", "≥ 60%", f(64)['rps'] >= 0.6 * c(64)['rps'])
+line("c=64 req/s, ferry ÷ FastAPI 2 workers", f"{f(64)['rps'] / p(64)['rps']:.1f}×", "≥ 5×", f(64)['rps'] >= 5 * p(64)['rps'])
+line("c=64 p99, ferry − ceiling", f"{(f(64)['p99'] - c(64)['p99']) / 1000:+.1f} ms", "≤ +2 ms", f(64)['p99'] - c(64)['p99'] <= 2000)
+line("c=64 server CPU per request", f"{f(64)['cpu']:.1f} µs (ceiling {c(64)['cpu']:.1f})", "≤ 25 µs", f(64)['cpu'] <= 25)
+line("c=1 server CPU per request, ferry ÷ ceiling", f"{f(1)['cpu'] / c(1)['cpu']:.2f}×", "≤ 2×", f(1)['cpu'] <= 2 * c(1)['cpu'])
+line("c=1 p50, ferry − ceiling", f"{f(1)['p50'] - c(1)['p50']} µs", "≤ 60 µs", f(1)['p50'] - c(1)['p50'] <= 60)
+b = lambda mode, m: rows[(f"batching-{mode}", m, 32)]
+wide = b("on", "wide")["rps"] / b("off", "wide")["rps"]
+churn = b("on", "churn")["rps"] / b("off", "churn")["rps"]
+line("c=32 wide MLP, batching on ÷ off", f"{wide:.2f}×", "≥ 1.5×", wide >= 1.5)
+line("c=32 churn, batching on ÷ off", f"{churn:.2f}×", "≥ 0.95×", churn >= 0.95)
+EOF
