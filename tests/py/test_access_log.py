@@ -150,3 +150,35 @@ def test_text_log_to_a_file_has_no_colour_codes(ferry, fixtures):
         assert "\x1b[" not in text, text[-2000:]
     finally:
         srv.stop()
+
+
+def test_server_errors_are_logged_with_request_id_and_model(ferry):
+    """A 5xx is logged at warn with the request's id and model at the default log level (the
+    request span itself is debug-level, so the line carries them as its own fields)."""
+    srv = ferry.new("fault-log", ["mlp@1"], "ort")
+    srv.env_overrides["FERRY_LOG_FORMAT"] = "json"
+    srv.start()
+    try:
+        srv.wait_ready()
+        n = 20000
+        body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [n, 64],
+                            "data": [0.5] * (n * 64)}]}
+        # Far more work than a 1 ms deadline allows: the queue answers 503.
+        r = requests.post(srv.url + "/v2/models/mlp/infer", json=body, timeout=60,
+                          headers={"x-ferry-timeout-ms": "1", "x-request-id": "slow-1"})
+        assert r.status_code == 503, r.text[:300]
+        deadline = time.monotonic() + 10
+        failed = []
+        while not failed and time.monotonic() < deadline:
+            with open(srv.log_path, errors="replace") as f:
+                entries = [json.loads(l) for l in f if l.strip().startswith("{")]
+            failed = [e for e in entries if e["fields"].get("message") == "Request failed."]
+            time.sleep(0.1)
+        assert len(failed) == 1, failed
+        (line,) = failed
+        assert line["level"] == "WARN"
+        fields = line["fields"]
+        assert fields["request_id"] == "slow-1" and fields["model"] == "mlp", fields
+        assert fields["error_type"] and "deadline" in fields["error"], fields
+    finally:
+        srv.stop()

@@ -178,7 +178,8 @@ impl InferenceService {
     ) -> Answer<T> {
         use crate::telemetry::{access, otel};
         let started = Instant::now();
-        let span = tracing::info_span!(
+        // Debug-level for the same reason as the HTTP request span (`http::observe`).
+        let span = tracing::debug_span!(
             "request",
             request_id = %request_id,
             protocol = "grpc",
@@ -209,6 +210,20 @@ impl InferenceService {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
+        if let Err(status) = &result
+            && matches!(code, tonic::Code::Internal | tonic::Code::Unavailable)
+        {
+            tracing::warn!(
+                request_id = %request_id,
+                protocol = "grpc",
+                rpc,
+                model = labels.model.as_deref(),
+                version = labels.version.as_deref(),
+                grpc_code = ?code,
+                error = %status.message(),
+                "Request failed."
+            );
+        }
         if tracing_on {
             span.record("rpc.grpc.status_code", code as i64);
         }
