@@ -6,7 +6,7 @@
 #     with 2 workers (peers/fastapi_onnx.py). Server CPU per request from /proc (the peer's
 #     worker processes included).
 #  2. dynamic batching on (default: 64 rows, no delay) vs off (max_batch_size 1) at c=32, on a
-#     wide MLP written here (512 -> 2048 -> 2048 -> 1, FP32; one 1-row call costs hundreds of
+#     wide MLP (loadtests/wide_mlp.py: 512 -> 2048 -> 2048 -> 1, FP32; one 1-row call costs ~1 ms
 #     µs) and on churn.
 # Prints the tables and each of the issue's ratios next to its target. Quote ratios: the
 # machine is shared and noisy, and wrk shares its cores with the server.
@@ -33,33 +33,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 churn_body "$WORK/churn.json"
 REG="$WORK/registry"
 cp -r server/demo/registry "$REG"
-python3 - "$WORK" <<'EOF'
-import json, os, sys
-import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
-work = sys.argv[1]
-rng = np.random.default_rng(7)
-dims = [512, 2048, 2048, 1]
-inits, nodes, prev = [], [], "X"
-for i, (a, b) in enumerate(zip(dims, dims[1:])):
-    inits.append(numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"W{i}"))
-    out = "Y" if i == len(dims) - 2 else f"h{i}"
-    nodes.append(helper.make_node("MatMul", [prev, f"W{i}"], [out if out == "Y" else f"m{i}"]))
-    if out != "Y":
-        nodes.append(helper.make_node("Relu", [f"m{i}"], [out]))
-    prev = out
-graph = helper.make_graph(nodes, "wide_mlp",
-                          [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 512])],
-                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 1])], inits)
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-model.ir_version = 8
-os.makedirs(f"{work}/wide", exist_ok=True)
-onnx.save(model, f"{work}/wide/model.onnx")
-with open(f"{work}/wide.json", "w") as f:
-    json.dump({"inputs": [{"name": "X", "shape": [1, 512], "datatype": "FP32",
-                           "data": [round(float(v), 4) for v in rng.uniform(-1, 1, 512)]}]}, f)
-EOF
+python3 loadtests/wide_mlp.py "$WORK"
 "$FERRY" models push "$WORK/wide" --name wide --registry "$REG" >/dev/null
 
 ROWS="$WORK/rows.md"

@@ -140,7 +140,7 @@ def hey(port, model, body, conns, duration):
         status = int(row["status-code"])
         if status == 200:
             ok.append(float(row["response-time"]) * 1e6)
-        elif status == 429:
+        elif status in (429, 503):  # shed: refused before any work, with Retry-After
             rejected += 1
         else:
             other += 1
