@@ -2,7 +2,8 @@
 # Issue 17's figures, side by side in one invocation, loopback only, wrk -t1:
 #  1. the demo churn model (100 trees, 30 features), one row per OIP v2 JSON request, at c=1
 #     and c=64 against: the HTTP ceiling (bare axum returning a fixed body), ferry with default
-#     settings (only the registry and the model named), and FastAPI + uvicorn + onnxruntime
+#     settings (only the registry and the model named; `onnx_engine: auto` puts churn on the
+#     trees engine), ferry with `onnx_engine: ort`, and FastAPI + uvicorn + onnxruntime
 #     with 2 workers (peers/fastapi_onnx.py). Server CPU per request from /proc (the peer's
 #     worker processes included).
 #  2. dynamic batching on (default: 64 rows, no delay) vs off (max_batch_size 1) at c=32, on a
@@ -66,6 +67,11 @@ kill "$PID"; wait "$PID" 2>/dev/null || true
 
 ferry_up ""
 run_server ferry "$PORT" "$PID" /v2/models/churn/infer "$WORK/churn.json" 1 64
+kill "$PID"; wait "$PID" 2>/dev/null || true
+# The default (`onnx_engine: auto`) runs churn's tree ensemble on ferry's own trees engine;
+# this row keeps ONNX Runtime, the peer's engine.
+ferry_up "onnx_engine: ort"
+run_server ferry-ort "$PORT" "$PID" /v2/models/churn/infer "$WORK/churn.json" 1 64
 kill "$PID"; wait "$PID" 2>/dev/null || true
 
 PORT=$(port)
@@ -140,6 +146,13 @@ line("c=1 p50, ferry − ceiling", f"{f(1)['p50'] - c(1)['p50']} µs", "≤ 60 �
 b = lambda mode, m: rows[(f"batching-{mode}", m, 32)]
 wide = b("on", "wide")["rps"] / b("off", "wide")["rps"]
 churn = b("on", "churn")["rps"] / b("off", "churn")["rps"]
+o = lambda n: rows[("ferry-ort", n)]
+print("With `onnx_engine: ort` (the peer's engine):")
+line("  c=64 req/s, ferry ÷ ceiling", f"{100 * o(64)['rps'] / c(64)['rps']:.0f}%", "≥ 60%", o(64)['rps'] >= 0.6 * c(64)['rps'])
+line("  c=64 req/s, ferry ÷ FastAPI 2 workers", f"{o(64)['rps'] / p(64)['rps']:.1f}×", "≥ 5×", o(64)['rps'] >= 5 * p(64)['rps'])
+line("  c=64 server CPU per request", f"{o(64)['cpu']:.1f} µs", "≤ 25 µs", o(64)['cpu'] <= 25)
+line("  c=1 server CPU per request, ferry ÷ ceiling", f"{o(1)['cpu'] / c(1)['cpu']:.2f}×", "≤ 2×", o(1)['cpu'] <= 2 * c(1)['cpu'])
+line("  c=1 p50, ferry − ceiling", f"{o(1)['p50'] - c(1)['p50']} µs", "≤ 60 µs", o(1)['p50'] - c(1)['p50'] <= 60)
 line("c=32 wide MLP, batching on ÷ off", f"{wide:.2f}×", "≥ 1.5×", wide >= 1.5)
 minilm = b("on", "minilm")["rps"] / b("off", "minilm")["rps"]
 line("c=32 MiniLM on Candle, batching on ÷ off", f"{minilm:.2f}×", "≥ 1.5×", minilm >= 1.5)

@@ -50,10 +50,11 @@ pub async fn predict(
     State(state): State<AppState>,
     Path(endpoint): Path<String>,
     request_id: Option<Extension<RequestId>>,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
     let started = Instant::now();
+    // Moved out rather than cloned by the `HeaderMap` extractor.
+    let (axum::http::request::Parts { headers, .. }, body) = request.into_parts();
     let result: Result<Response, ApiError> = async {
         let body = read_body(&headers, body, state.max_body_bytes).await?;
         let rows = ferry_pipeline::stage_span("decode").in_scope(|| decode_request(&body))?;

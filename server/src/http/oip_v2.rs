@@ -4,9 +4,10 @@ use crate::http::error::ApiError;
 use crate::http::{AppState, oip, read_body, request_timeout, v1};
 use crate::telemetry::metrics::UNKNOWN_MODEL;
 use axum::Json;
-use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_models::LoadedModel;
@@ -229,12 +230,10 @@ async fn submit(
     })
 }
 
-pub async fn infer(
-    State(state): State<AppState>,
-    path: PathParams,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub async fn infer(State(state): State<AppState>, path: PathParams, request: Request) -> Response {
+    // The request's own headers, moved out: the `HeaderMap` extractor clones them (~2% of a
+    // 1-row request's CPU at c=64).
+    let (Parts { headers, .. }, body) = request.into_parts();
     with_metrics(&state, "v2", async |slot: &mut Option<Arc<LoadedModel>>| {
         let p = params(path)?;
         let model = state
@@ -294,9 +293,11 @@ pub async fn infer(
 pub async fn v1_predict(
     State(state): State<AppState>,
     path: PathParams,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    // The request's own headers, moved out: the `HeaderMap` extractor clones them (~2% of a
+    // 1-row request's CPU at c=64).
+    let (Parts { headers, .. }, body) = request.into_parts();
     with_metrics(&state, "v1", async |slot: &mut Option<Arc<LoadedModel>>| {
         let p = params(path)?;
         let target = &p["model_verb"];
