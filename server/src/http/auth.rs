@@ -4,13 +4,9 @@
 //! Clients send `Authorization: Bearer <key>` or `x-api-key: <key>`. Health, metadata and
 //! metrics stay open so probes and scrapers need no secret.
 
-use super::AppState;
 use super::error::ApiError;
 use crate::config::ServerConfig;
-use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -95,18 +91,6 @@ impl ApiKeys {
         } else {
             Err(ApiError::Unauthorized("the API key is not valid".into()))
         }
-    }
-}
-
-/// Middleware for the inference routes.
-pub async fn require_api_key(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match state.api_keys.authorize(request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
     }
 }
 

@@ -103,14 +103,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models/{model_verb}", post(oip_v2::v1_predict))
         .route("/v1/endpoints/{endpoint}/predict", post(endpoints::predict))
         .route("/v1/features", post(endpoints::features))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            limit_inflight,
-        ))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_api_key,
-        ));
+        .route_layer(middleware::from_fn_with_state(state.clone(), admit));
     Router::new()
         .merge(inference)
         .route("/v2/health/live", get(oip_v2::live))
@@ -149,9 +142,14 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Sheds load before any work is done: beyond `max_concurrent_requests` inference requests in
-/// flight, the answer is an immediate 429, so accepted requests keep their latency.
-async fn limit_inflight(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Admits an inference request: its API key when keys are configured (401/403 otherwise),
+/// then a slot under `max_concurrent_requests`. Beyond it the answer is an immediate 429,
+/// shedding load before any work so accepted requests keep their latency. One layer for both:
+/// each `from_fn` layer boxes a future and clones the inner service per request.
+async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Err(e) = state.api_keys.authorize(request.headers()) {
+        return e.into_response();
+    }
     match state.inflight.clone().try_acquire_owned() {
         Ok(_permit) => next.run(request).await,
         Err(_) => ApiError::Overloaded(
