@@ -29,6 +29,8 @@ pub struct LoadedModel {
     pub intra_op_threads: usize,
     /// ONNX Runtime sessions (calls that can run at once) when the engine is ONNX Runtime.
     pub ort_sessions: Option<usize>,
+    /// This version's request counters and latency histogram, resolved once.
+    pub request_metrics: crate::metrics::RequestMetrics,
 }
 
 impl LoadedModel {
@@ -613,6 +615,7 @@ impl ModelManager {
             inline_below: batching.inline_below(),
         };
         let metrics = self.metrics.clone();
+        let request_families = self.metrics.clone();
         let name = name.to_string();
         let from_cache = verified.from_cache;
         let loader = self.runtime_loader.clone();
@@ -654,6 +657,8 @@ impl ModelManager {
                     })?;
             let ort_sessions =
                 (runtime.engine() == ferry_runtimes::Engine::Ort).then_some(sessions);
+            let request_metrics =
+                crate::metrics::RequestMetrics::new(&request_families, &name, &version.to_string());
             Ok(LoadedModel {
                 name,
                 version,
@@ -662,6 +667,7 @@ impl ModelManager {
                 queue,
                 intra_op_threads,
                 ort_sessions,
+                request_metrics,
             })
         });
         let loaded = task

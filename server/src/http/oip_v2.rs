@@ -182,18 +182,27 @@ where
         span.record("model", name);
         span.record("version", version.as_str());
         crate::telemetry::access::record_model(name, &version);
-        state
-            .metrics
-            .requests
-            .with_label_values(&[protocol, name, &version])
-            .inc();
+    }
+    let resolved = model.as_ref().map(|m| &m.request_metrics);
+    if let Some(m) = &model {
+        match m.request_metrics.requests(protocol) {
+            Some(counter) => counter.inc(),
+            None => state
+                .metrics
+                .requests
+                .with_label_values(&[protocol, name, &version])
+                .inc(),
+        }
     }
     match &result {
-        Ok(_) => state
-            .metrics
-            .request_duration
-            .with_label_values(&[name, &version])
-            .observe(started.elapsed().as_secs_f64()),
+        Ok(_) => match resolved {
+            Some(r) => r.duration().observe(started.elapsed().as_secs_f64()),
+            None => state
+                .metrics
+                .request_duration
+                .with_label_values(&[name, &version])
+                .observe(started.elapsed().as_secs_f64()),
+        },
         Err(e) => state
             .metrics
             .request_errors

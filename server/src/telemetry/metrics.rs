@@ -5,11 +5,8 @@
 //! registry, never from a client string that did not resolve to a served model).
 
 use ferry_models::ModelMetrics;
-use ferry_models::metrics::LATENCY_BUCKETS;
 use ferry_pipeline::PipelineMetrics;
-use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 /// Label value for requests whose model name did not resolve (keeps cardinality bounded).
 pub const UNKNOWN_MODEL: &str = "_unknown";
@@ -65,17 +62,6 @@ impl Metrics {
                 .expect("metric names are unique. This is a bug.");
             c
         };
-        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-                labels,
-            )
-            .expect("metric definitions are valid. This is a bug.");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("metric names are unique. This is a bug.");
-            h
-        };
         let gauge = |name: &str, help: &str| {
             let g =
                 IntGauge::new(name, help).expect("metric definitions are valid. This is a bug.");
@@ -101,23 +87,15 @@ impl Metrics {
             .register(&registry)
             .expect("metric names are unique. This is a bug.");
         Metrics(std::sync::Arc::new(MetricFamilies {
+            // Defined and registered by `ferry-models`, which resolves them per loaded version.
+            requests: models.requests.clone(),
+            request_duration: models.request_duration.clone(),
             models,
             pipeline,
-            requests: counter(
-                "ferry_requests_total",
-                "Inference requests received.",
-                &["protocol", "model", "version"],
-            ),
             request_errors: counter(
                 "ferry_request_errors_total",
                 "Inference requests that failed, by error type.",
                 &["model", "error_type"],
-            ),
-            request_duration: histogram(
-                "ferry_request_duration_seconds",
-                "Inference request latency from decoded request to encoded response.",
-                &["model", "version"],
-                LATENCY_BUCKETS,
             ),
             http_responses: counter(
                 "ferry_http_responses_total",
