@@ -175,6 +175,12 @@ impl ComputeQueue {
         options: QueueOptions,
         metrics: ModelMetrics,
     ) -> std::io::Result<ComputeQueue> {
+        let mut options = options;
+        // GPU engines keep to their compute threads: a CUDA context is bound per thread, and
+        // a GPU call's launch and copy cost is not what the hand-off saving is sized for.
+        if runtime.device() != ferry_runtimes::Device::Cpu {
+            options.inline_below = None;
+        }
         let (job_tx, job_rx) = queue::bounded::<Job>(options.capacity.max(1));
         let queue_metrics = QueueMetrics::new(&metrics, model, &version.to_string());
         let context = WorkerContext {
@@ -528,6 +534,7 @@ mod tests {
         signature: Signature,
         threads: Mutex<Vec<String>>,
         busy: std::sync::atomic::AtomicBool,
+        device: ferry_runtimes::Device,
     }
 
     impl Runtime for ThreadRecorder {
@@ -545,9 +552,16 @@ mod tests {
         fn try_run_now(&self, inputs: &[Tensor]) -> Option<Result<Vec<Tensor>, RuntimeError>> {
             (!self.busy.load(std::sync::atomic::Ordering::SeqCst)).then(|| self.run(inputs))
         }
+        fn device(&self) -> ferry_runtimes::Device {
+            self.device
+        }
     }
 
     fn recorder() -> Arc<ThreadRecorder> {
+        recorder_on(ferry_runtimes::Device::Cpu)
+    }
+
+    fn recorder_on(device: ferry_runtimes::Device) -> Arc<ThreadRecorder> {
         let spec = TensorSpec {
             name: "x".into(),
             datatype: DataType::Fp32,
@@ -560,6 +574,7 @@ mod tests {
             },
             threads: Mutex::default(),
             busy: Default::default(),
+            device,
         })
     }
 
@@ -620,10 +635,21 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_an_inline_limit_every_request_queues() {
-        let runtime = recorder();
+        every_request_queues(recorder(), opts(8, None)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gpu_model_never_runs_inline() {
+        let options = QueueOptions {
+            inline_below: Some(Duration::from_secs(1)),
+            ..opts(8, None)
+        };
+        every_request_queues(recorder_on(ferry_runtimes::Device::Cuda(0)), options).await;
+    }
+
+    async fn every_request_queues(runtime: Arc<ThreadRecorder>, options: QueueOptions) {
         let queue =
-            ComputeQueue::start("m", 1, runtime.clone(), opts(8, None), ModelMetrics::new())
-                .unwrap();
+            ComputeQueue::start("m", 1, runtime.clone(), options, ModelMetrics::new()).unwrap();
         for n in 1..4 {
             assert_eq!(queue.submit(rows(n)).await.unwrap(), rows(n));
         }
