@@ -2,8 +2,15 @@
 LUA=loadtests/wrk_report.lua
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
-# CPU ticks (user + system) process $1 has used so far.
-cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# CPU ticks (user + system) process $1 and its child processes (a peer's workers) have used
+# so far.
+cpu() {
+  local t=0 p
+  for p in $1 $(pgrep -P "$1" || true); do
+    t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo $t
+}
 
 # The demo churn model's 1-row OIP v2 JSON body (fixed seed), written to file $1.
 churn_body() {

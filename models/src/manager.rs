@@ -615,7 +615,6 @@ impl ModelManager {
             inline_below: batching.inline_below(),
         };
         let metrics = self.metrics.clone();
-        let request_families = self.metrics.clone();
         let name = name.to_string();
         let from_cache = verified.from_cache;
         let loader = self.runtime_loader.clone();
@@ -650,6 +649,8 @@ impl ModelManager {
                     "Dynamic batching is off: the signature has no variable batch dimension."
                 );
             }
+            let request_metrics =
+                crate::metrics::RequestMetrics::new(&metrics, &name, &version.to_string());
             let queue =
                 ComputeQueue::start(&name, version, runtime.clone(), queue_options, metrics)
                     .map_err(|e| {
@@ -657,8 +658,6 @@ impl ModelManager {
                     })?;
             let ort_sessions =
                 (runtime.engine() == ferry_runtimes::Engine::Ort).then_some(sessions);
-            let request_metrics =
-                crate::metrics::RequestMetrics::new(&request_families, &name, &version.to_string());
             Ok(LoadedModel {
                 name,
                 version,

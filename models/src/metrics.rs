@@ -159,6 +159,24 @@ impl ModelMetrics {
     }
 }
 
+/// The protocol an inference request came in on: the `protocol` label of `ferry_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    V1,
+    V2,
+    Grpc,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::V1 => "v1",
+            Protocol::V2 => "v2",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
 /// One model version's request metrics, resolved at load: the request path increments them
 /// without a label lookup (three `with_label_values` per request were ~1.5% of a 1-row
 /// request's CPU, most of it contended atomics on the families' locks).
@@ -172,28 +190,26 @@ pub struct RequestMetrics {
 
 impl RequestMetrics {
     pub fn new(metrics: &ModelMetrics, model: &str, version: &str) -> RequestMetrics {
-        let requests = |protocol| {
+        let requests = |protocol: Protocol| {
             metrics
                 .requests
-                .with_label_values(&[protocol, model, version])
+                .with_label_values(&[protocol.as_str(), model, version])
         };
         RequestMetrics {
-            v1: requests("v1"),
-            v2: requests("v2"),
-            grpc: requests("grpc"),
+            v1: requests(Protocol::V1),
+            v2: requests(Protocol::V2),
+            grpc: requests(Protocol::Grpc),
             duration: metrics
                 .request_duration
                 .with_label_values(&[model, version]),
         }
     }
 
-    /// The request counter of `protocol` (`v1`, `v2`, `grpc`); `None` for another.
-    pub fn requests(&self, protocol: &str) -> Option<&prometheus::IntCounter> {
+    pub fn requests(&self, protocol: Protocol) -> &prometheus::IntCounter {
         match protocol {
-            "v1" => Some(&self.v1),
-            "v2" => Some(&self.v2),
-            "grpc" => Some(&self.grpc),
-            _ => None,
+            Protocol::V1 => &self.v1,
+            Protocol::V2 => &self.v2,
+            Protocol::Grpc => &self.grpc,
         }
     }
 

@@ -157,6 +157,12 @@ struct WorkerContext {
 }
 
 impl WorkerContext {
+    /// Records one engine call of `rows` rows: the cost estimate and the `infer` stage.
+    fn engine_call_took(&self, rows: usize, elapsed: Duration) {
+        self.cost.record(rows, elapsed);
+        self.metrics.infer_time.observe(elapsed.as_secs_f64());
+    }
+
     /// Counts a job as leaving the queue.
     fn popped(&self, job: &Job) {
         self.metrics.popped.inc();
@@ -172,10 +178,9 @@ impl ComputeQueue {
         model: &str,
         version: u64,
         runtime: Arc<dyn Runtime>,
-        options: QueueOptions,
+        mut options: QueueOptions,
         metrics: ModelMetrics,
     ) -> std::io::Result<ComputeQueue> {
-        let mut options = options;
         // GPU engines keep to their compute threads: a CUDA context is bound per thread, and
         // a GPU call's launch and copy cost is not what the hand-off saving is sized for.
         if runtime.device() != ferry_runtimes::Device::Cpu {
@@ -313,9 +318,7 @@ impl ComputeQueue {
             },
         }
     }
-}
 
-impl ComputeQueue {
     /// Runs a request on the submitting thread: for a model this cheap, the hand-off to a
     /// compute thread and back (two wake-ups, ~20–40 µs of CPU) costs more than the call.
     /// `None` when the engine is busy with another call; the request then queues.
@@ -330,11 +333,9 @@ impl ComputeQueue {
                 .entered();
         let started = Instant::now();
         let result = ctx.runtime.try_run_now(inputs)?;
-        let elapsed = started.elapsed();
-        ctx.cost.record(rows, elapsed);
+        ctx.engine_call_took(rows, started.elapsed());
         ctx.metrics.inline_runs.inc();
         ctx.metrics.queue_time.observe(0.0);
-        ctx.metrics.infer_time.observe(elapsed.as_secs_f64());
         ctx.metrics.batch_rows.observe(rows as f64);
         Some(result)
     }
@@ -400,7 +401,6 @@ fn run_batch(ctx: &WorkerContext, mut jobs: Vec<Job>) {
         })
         .collect();
     ctx.metrics.batch_rows.observe(rows as f64);
-    let infer_time = &ctx.metrics.infer_time;
     let batch_span = tracing::debug_span!("batch", rows, jobs = jobs.len());
     for job in &jobs {
         batch_span.follows_from(&job.span);
@@ -410,9 +410,7 @@ fn run_batch(ctx: &WorkerContext, mut jobs: Vec<Job>) {
     if let [_] = jobs.as_slice() {
         let job = jobs.into_iter().next().expect("one job. This is a bug.");
         let result = job.span.in_scope(|| ctx.runtime.run(&job.inputs));
-        let elapsed = started.elapsed();
-        ctx.cost.record(rows, elapsed);
-        infer_time.observe(elapsed.as_secs_f64());
+        ctx.engine_call_took(rows, started.elapsed());
         let _ = job.reply.send(result);
         return;
     }
@@ -428,9 +426,7 @@ fn run_batch(ctx: &WorkerContext, mut jobs: Vec<Job>) {
                     .into(),
         }),
     };
-    let elapsed = started.elapsed();
-    ctx.cost.record(rows, elapsed);
-    infer_time.observe(elapsed.as_secs_f64());
+    ctx.engine_call_took(rows, started.elapsed());
     let outputs = match result {
         Ok(outputs) => outputs,
         Err(e) => {
@@ -494,19 +490,24 @@ mod tests {
         }
     }
 
-    fn gated() -> (Arc<GatedRuntime>, mpsc::Receiver<()>, mpsc::Sender<()>) {
-        let (started_tx, started_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel();
+    /// FP32 `x` of any length in, the same `x` out.
+    fn echo_signature() -> Signature {
         let spec = TensorSpec {
             name: "x".into(),
             datatype: DataType::Fp32,
             shape: vec![-1],
         };
+        Signature {
+            inputs: vec![spec.clone()],
+            outputs: vec![spec],
+        }
+    }
+
+    fn gated() -> (Arc<GatedRuntime>, mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
         let runtime = Arc::new(GatedRuntime {
-            signature: Signature {
-                inputs: vec![spec.clone()],
-                outputs: vec![spec],
-            },
+            signature: echo_signature(),
             started: Mutex::new(started_tx),
             release: Mutex::new(release_rx),
             calls: Default::default(),
@@ -562,16 +563,8 @@ mod tests {
     }
 
     fn recorder_on(device: ferry_runtimes::Device) -> Arc<ThreadRecorder> {
-        let spec = TensorSpec {
-            name: "x".into(),
-            datatype: DataType::Fp32,
-            shape: vec![-1],
-        };
         Arc::new(ThreadRecorder {
-            signature: Signature {
-                inputs: vec![spec.clone()],
-                outputs: vec![spec],
-            },
+            signature: echo_signature(),
             threads: Mutex::default(),
             busy: Default::default(),
             device,

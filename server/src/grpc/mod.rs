@@ -471,7 +471,7 @@ impl GrpcInferenceService for InferenceService {
                     }
                 };
             }
-            crate::http::with_model_metrics(&self.state, "grpc", async |slot| {
+            crate::http::with_model_metrics(&self.state, ferry_models::metrics::Protocol::Grpc, async |slot| {
                 self.infer_model(request, &headers, slot).await
             })
             .await

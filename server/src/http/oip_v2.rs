@@ -11,6 +11,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_models::LoadedModel;
+use ferry_models::metrics::Protocol;
 use ferry_pipeline::rows;
 use ferry_pipeline::stage_span;
 use serde_json::json;
@@ -164,7 +165,7 @@ pub async fn repository_index(State(state): State<AppState>) -> Json<serde_json:
 /// labels (or `_unknown` when the model did not resolve). HTTP and gRPC share it.
 pub(crate) async fn with_model_metrics<T, F>(
     state: &AppState,
-    protocol: &str,
+    protocol: Protocol,
     work: F,
 ) -> Result<T, ApiError>
 where
@@ -177,32 +178,25 @@ where
         Some(m) => (m.name.as_str(), m.version.to_string()),
         None => (UNKNOWN_MODEL, String::new()),
     };
-    if model.is_some() {
+    if let Some(m) = &model {
         let span = tracing::Span::current();
         span.record("model", name);
         span.record("version", version.as_str());
         crate::telemetry::access::record_model(name, &version);
-    }
-    let resolved = model.as_ref().map(|m| &m.request_metrics);
-    if let Some(m) = &model {
-        match m.request_metrics.requests(protocol) {
-            Some(counter) => counter.inc(),
-            None => state
-                .metrics
-                .requests
-                .with_label_values(&[protocol, name, &version])
-                .inc(),
-        }
+        m.request_metrics.requests(protocol).inc();
     }
     match &result {
-        Ok(_) => match resolved {
-            Some(r) => r.duration().observe(started.elapsed().as_secs_f64()),
-            None => state
-                .metrics
-                .request_duration
-                .with_label_values(&[name, &version])
-                .observe(started.elapsed().as_secs_f64()),
-        },
+        Ok(_) => {
+            let seconds = started.elapsed().as_secs_f64();
+            match &model {
+                Some(m) => m.request_metrics.duration().observe(seconds),
+                None => state
+                    .metrics
+                    .request_duration
+                    .with_label_values(&[name, &version])
+                    .observe(seconds),
+            }
+        }
         Err(e) => state
             .metrics
             .request_errors
@@ -213,7 +207,7 @@ where
 }
 
 /// [`with_model_metrics`] for HTTP handlers: an error becomes its response.
-async fn with_metrics<F>(state: &AppState, protocol: &str, work: F) -> Response
+async fn with_metrics<F>(state: &AppState, protocol: Protocol, work: F) -> Response
 where
     F: AsyncFnOnce(&mut Option<Arc<LoadedModel>>) -> Result<Response, ApiError>,
 {
@@ -243,7 +237,7 @@ pub async fn infer(State(state): State<AppState>, path: PathParams, request: Req
     // The request's own headers, moved out: the `HeaderMap` extractor clones them (~2% of a
     // 1-row request's CPU at c=64).
     let (Parts { headers, .. }, body) = request.into_parts();
-    with_metrics(&state, "v2", async |slot: &mut Option<Arc<LoadedModel>>| {
+    with_metrics(&state, Protocol::V2, async |slot| {
         let p = params(path)?;
         let model = state
             .models
@@ -307,7 +301,7 @@ pub async fn v1_predict(
     // The request's own headers, moved out: the `HeaderMap` extractor clones them (~2% of a
     // 1-row request's CPU at c=64).
     let (Parts { headers, .. }, body) = request.into_parts();
-    with_metrics(&state, "v1", async |slot: &mut Option<Arc<LoadedModel>>| {
+    with_metrics(&state, Protocol::V1, async |slot| {
         let p = params(path)?;
         let target = &p["model_verb"];
         let Some(name) = target.strip_suffix(":predict") else {
