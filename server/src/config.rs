@@ -73,6 +73,10 @@ pub struct ServerConfig {
     /// so the models together never oversubscribe the machine. tract runs single-threaded.
     #[serde(default)]
     pub intra_op_threads: usize,
+    /// Threads that serve HTTP and gRPC connections, each connection on one of them for its
+    /// whole life; 0 (the default) = one per usable core.
+    #[serde(default)]
+    pub io_threads: usize,
     /// Inference requests handled at once (all models and endpoints); beyond it new requests
     /// get 429 at once instead of queueing in the HTTP layer.
     #[serde(default = "default_max_concurrent_requests")]
@@ -323,6 +327,7 @@ impl ServerConfig {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             instances: 1,
             intra_op_threads: 0,
+            io_threads: 0,
             max_concurrent_requests: default_max_concurrent_requests(),
             batching: BatchingConfig::default(),
             request_timeout_ms: default_request_timeout_ms(),
@@ -499,6 +504,12 @@ impl ServerConfig {
             return err(format!(
                 "`intra_op_threads` must be between 0 (automatic) and 1024, got {}",
                 self.intra_op_threads
+            ));
+        }
+        if self.io_threads > 1024 {
+            return err(format!(
+                "`io_threads` must be between 0 (one per usable core) and 1024, got {}",
+                self.io_threads
             ));
         }
         self.batching.validate("batching").map_err(ConfigError)?;

@@ -18,15 +18,15 @@ pub mod demo;
 pub mod fuzzing;
 pub mod grpc;
 pub mod http;
+pub mod io_threads;
 pub mod model_dir;
 pub mod registry_cli;
 pub mod reload;
 pub mod telemetry;
 
-use axum::serve::ListenerExt;
 use config::ServerConfig;
 use http::AppState;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use telemetry::metrics::Metrics;
@@ -203,12 +203,18 @@ pub async fn serve_with(
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     // The gRPC listener stops accepting when HTTP does.
     let (grpc_stop_tx, mut grpc_stop_rx) = tokio::sync::watch::channel(false);
-    let listener = listener.tap_io(no_delay);
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let threads = io_threads::IoThreads::start(
+        match config.io_threads {
+            0 => io_threads::default_count(),
+            n => n,
+        },
+        "ferry-http",
+    )?;
+    tracing::info!(
+        io_threads = threads.len(),
+        "Connections are served on the I/O threads (`io_threads`)."
+    );
+    let server = io_threads::serve(listener, router, &threads, async move {
         shutdown.await;
         shutting_down.store(true, Ordering::Relaxed);
         if !drain.delay.is_zero() {
@@ -225,15 +231,10 @@ pub async fn serve_with(
         let _ = grpc_stop_tx.send(true);
         let _ = stopped_tx.send(());
     });
-    let grpc_server = async move {
+    let grpc_server = async {
         match (grpc_listener, grpc_router) {
             (Some(l), Some(router)) => {
-                let l = l.tap_io(no_delay);
-                axum::serve(
-                    l,
-                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move {
+                io_threads::serve(l, router, &threads, async move {
                     let _ = grpc_stop_rx.wait_for(|stop| *stop).await;
                 })
                 .await
@@ -250,7 +251,7 @@ pub async fn serve_with(
         }
     };
     tokio::select! {
-        result = async { tokio::try_join!(server.into_future(), grpc_server) } => { result?; }
+        result = async { tokio::try_join!(server, grpc_server) } => { result?; }
         () = deadline => {
             tracing::warn!(
                 timeout_seconds = timeout.as_secs_f64(),
@@ -261,12 +262,6 @@ pub async fn serve_with(
     // Captured predictions still buffered are written before the process exits.
     pipeline.shutdown().await;
     Ok(())
-}
-
-/// Small responses go out at once: with Nagle's algorithm on, a response written in several
-/// pieces (HTTP/2 headers, data and trailers frames) waits for the client's delayed ACK.
-fn no_delay(tcp: &mut tokio::net::TcpStream) {
-    let _ = tcp.set_nodelay(true);
 }
 
 /// While draining, every response tells the client to close its connection: keep-alive

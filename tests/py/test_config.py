@@ -133,6 +133,7 @@ def test_config_check_prints_the_effective_config_redacted(tmp_path, fixtures):
                                                                 "weight": 1}],
                                     "postprocess": [{"script": {"source": "let x = ;"}}]}]),
      "`endpoints[0].postprocess`"),
+    (lambda c: c.update(io_threads=5000), "`io_threads`"),
     (lambda c: c.update(bogus_key=1), "bogus_key"),
 ])
 def test_config_check_names_the_bad_key(tmp_path, fixtures, mutate, message):

@@ -158,3 +158,41 @@ def test_cheap_one_row_requests_run_inline_with_the_same_answers(ferry, fixtures
     else:
         assert (inline, queued) == (0, n), (inline, queued)
     assert inline + queued == n
+
+
+@pytest.mark.parametrize("io_threads", [1, 3])
+def test_every_connection_is_served_whatever_the_io_thread_count(ferry, fixtures, io_threads):
+    """Connections are pinned to I/O threads: with one thread (every connection on it) or with
+    more threads than cores, many concurrent keep-alive connections each get their own rows
+    back, and the log says how many threads serve."""
+    case = fixtures.case("churn")
+    x = ref_array(case["inputs"][0])
+    outs = {o["name"]: ref_array(o) for o in case["outputs"]}
+    n = 12
+    with ferry.running(f"io-threads-{io_threads}", ["churn@1"], onnx_engine="ort",
+                       io_threads=io_threads) as srv:
+        srv.wait_ready()
+        with open(srv.log_path, encoding="utf-8") as f:
+            start_log = f.read()
+        assert f"io_threads={io_threads}" in start_log, start_log[-2000:]
+
+        def one(i):
+            with requests.Session() as session:
+                for k in range(10):
+                    row = (i + k) % x.shape[0]
+                    body = {"inputs": [{"name": "X", "datatype": "FP32",
+                                        "shape": [1, x.shape[1]], "data": x[row].tolist()}]}
+                    r = session.post(srv.url + infer_path("churn"), json=body, timeout=30)
+                    if r.status_code != 200:
+                        return f"connection {i}: {r.status_code} {r.text[:200]}"
+                    got = {o["name"]: np.array(o["data"]) for o in r.json()["outputs"]}
+                    for name, ref in outs.items():
+                        exp = ref[row:row + 1].reshape(-1)
+                        ok = (np.allclose(got[name], exp, rtol=TOL, atol=TOL)
+                              if exp.dtype.kind == "f" else np.array_equal(got[name], exp))
+                        if not ok:
+                            return f"connection {i}: {name} differs from row {row}'s"
+            return None
+
+        bad = [r for r in run_threads(one, n) if r is not None]
+        assert not bad, bad[:5]
