@@ -194,10 +194,7 @@ pub async fn serve_with(
     });
     let shutting_down = state.shutting_down.clone();
     let pipeline = state.pipeline.clone();
-    let router = app(state).layer(axum::middleware::from_fn_with_state(
-        shutting_down.clone(),
-        close_while_draining,
-    ));
+    let router = app(state);
     let drain = config.drain.clone();
     // Set once accepting has stopped: from then on in-flight requests have `drain.timeout`.
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
@@ -262,23 +259,4 @@ pub async fn serve_with(
     // Captured predictions still buffered are written before the process exits.
     pipeline.shutdown().await;
     Ok(())
-}
-
-/// While draining, every response tells the client to close its connection: keep-alive
-/// clients (a proxy's upstream pool, a kube-proxy'd client) open a new one, which a load
-/// balancer that took this replica out of rotation sends elsewhere, and no idle connection
-/// is left to race against the close when accepting stops.
-async fn close_while_draining(
-    axum::extract::State(draining): axum::extract::State<Arc<AtomicBool>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let mut response = next.run(request).await;
-    if draining.load(Ordering::Relaxed) {
-        response.headers_mut().insert(
-            axum::http::header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-    }
-    response
 }

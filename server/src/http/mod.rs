@@ -90,22 +90,32 @@ impl AppStateInner {
     }
 }
 
+/// The inference routes: behind the optional API keys and the one in-flight limit (see
+/// `admit`); health, metadata and metrics stay outside so probes and scrapes answer under
+/// overload. All are POST-only.
+const INFERENCE_ROUTES: [&str; 5] = [
+    "/v2/models/{model}/infer",
+    "/v2/models/{model}/versions/{version}/infer",
+    // `{model}:predict` is one path segment: the handler splits off the verb.
+    "/v1/models/{model_verb}",
+    "/v1/endpoints/{endpoint}/predict",
+    "/v1/features",
+];
+
 pub fn app(state: AppState) -> Router {
-    // Inference routes, behind the optional API keys and one in-flight limit; health,
-    // metadata and metrics stay outside so probes and scrapes answer under overload.
-    let inference = Router::new()
-        .route("/v2/models/{model}/infer", post(oip_v2::infer))
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(oip_v2::infer),
-        )
-        // `{model}:predict` is one path segment: the handler splits off the verb.
-        .route("/v1/models/{model_verb}", post(oip_v2::v1_predict))
-        .route("/v1/endpoints/{endpoint}/predict", post(endpoints::predict))
-        .route("/v1/features", post(endpoints::features))
-        .route_layer(middleware::from_fn_with_state(state.clone(), admit));
+    let [
+        v2_infer,
+        v2_version_infer,
+        v1_predict,
+        endpoint_predict,
+        features,
+    ] = INFERENCE_ROUTES;
     Router::new()
-        .merge(inference)
+        .route(v2_infer, post(oip_v2::infer))
+        .route(v2_version_infer, post(oip_v2::infer))
+        .route(v1_predict, post(oip_v2::v1_predict))
+        .route(endpoint_predict, post(endpoints::predict))
+        .route(features, post(endpoints::features))
         .route("/v2/health/live", get(oip_v2::live))
         .route("/v2/health/ready", get(oip_v2::ready))
         .route("/v2", get(oip_v2::server_metadata))
@@ -144,19 +154,18 @@ pub fn app(state: AppState) -> Router {
 
 /// Admits an inference request: its API key when keys are configured (401/403 otherwise),
 /// then a slot under `max_concurrent_requests`. Beyond it the answer is an immediate 429,
-/// shedding load before any work so accepted requests keep their latency. One layer for both:
-/// each `from_fn` layer boxes a future and clones the inner service per request.
-async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Err(e) = state.api_keys.authorize(request.headers()) {
-        return e.into_response();
-    }
-    match state.inflight.clone().try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => ApiError::Overloaded(
+/// shedding load before any work so accepted requests keep their latency. The permit is held
+/// until the response is ready.
+fn admit(
+    state: &AppState,
+    request: &Request,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state.api_keys.authorize(request.headers())?;
+    state.inflight.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Overloaded(
             "the server is at its limit of concurrent inference requests (`max_concurrent_requests`)".into(),
         )
-        .into_response(),
-    }
+    })
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -205,8 +214,10 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-/// Request span with request id, the `x-request-id` response header, response counts and the
-/// access log line.
+/// The one middleware of every route (each `from_fn` layer boxes a future and clones the inner
+/// service per request): request span with request id, admission of inference requests
+/// (`admit`), the `x-request-id` response header, response counts, the access log line, and
+/// `Connection: close` while draining.
 async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     use crate::telemetry::access;
     let started = std::time::Instant::now();
@@ -253,8 +264,14 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
                 .map(|c| c.0),
         )
     });
-    let (mut response, labels) =
-        access::labelled(line.is_some(), next.run(request).instrument(span.clone())).await;
+    let inference = request.method() == Method::POST && INFERENCE_ROUTES.contains(&route.as_str());
+    let (mut response, labels) = match inference.then(|| admit(&state, &request)) {
+        Some(Err(refused)) => (refused.into_response(), access::Labels::default()),
+        admitted => {
+            let _permit = admitted;
+            access::labelled(line.is_some(), next.run(request).instrument(span.clone())).await
+        }
+    };
     if tracing_on {
         span.record(
             "http.response.status_code",
@@ -305,6 +322,15 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
+    }
+    // While draining, every response tells the client to close its connection: keep-alive
+    // clients (a proxy's upstream pool, a kube-proxy'd client) open a new one, which a load
+    // balancer that took this replica out of rotation sends elsewhere, and no idle connection
+    // is left to race against the close when accepting stops.
+    if state.is_shutting_down() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }

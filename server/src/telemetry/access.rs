@@ -123,15 +123,17 @@ impl Sampler {
 impl Sampler {
     /// [`Sampler::admit`] at the current second, counting the outcome in `lines`
     /// (`ferry_access_log_lines_total{outcome="written"|"skipped"}`).
-    pub fn admit_now(&self, status: u16, lines: &prometheus::IntCounterVec) -> bool {
+    pub fn admit_now(&self, status: u16, lines: &super::metrics::AccessLogLines) -> bool {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
         let admitted = self.admit(now, status);
-        lines
-            .with_label_values(&[if admitted { "written" } else { "skipped" }])
-            .inc();
+        if admitted {
+            lines.written.inc();
+        } else {
+            lines.skipped.inc();
+        }
         admitted
     }
 }

@@ -44,11 +44,27 @@ pub struct MetricFamilies {
     pub inflight: IntGauge,
     /// `max_concurrent_requests`: beyond it requests are shed with 429.
     pub inflight_limit: IntGauge,
-    /// Access log lines by outcome: `written`, or `skipped` by the per-second budget.
-    pub access_log_lines: IntCounterVec,
+    /// Access log lines by outcome: `written`, or `skipped` by the per-second budget;
+    /// resolved once, as every request counts in one of them.
+    pub access_log_lines: AccessLogLines,
     /// OpenTelemetry spans by outcome (`exported`, `dropped` by the full queue, `failed` to
     /// send), brought up to date at each scrape.
     pub otel_spans: IntCounterVec,
+}
+
+/// `ferry_access_log_lines_total`'s two series.
+pub struct AccessLogLines {
+    pub written: prometheus::IntCounter,
+    pub skipped: prometheus::IntCounter,
+}
+
+impl AccessLogLines {
+    fn of(family: &IntCounterVec) -> AccessLogLines {
+        AccessLogLines {
+            written: family.with_label_values(&["written"]),
+            skipped: family.with_label_values(&["skipped"]),
+        }
+    }
 }
 
 impl Metrics {
@@ -115,11 +131,11 @@ impl Metrics {
                 "ferry_inflight_requests_limit",
                 "max_concurrent_requests: in-flight inference requests beyond it are shed (429).",
             ),
-            access_log_lines: counter(
+            access_log_lines: AccessLogLines::of(&counter(
                 "ferry_access_log_lines_total",
                 "Access log lines written, and skipped under load (access_log.max_lines_per_second).",
                 &["outcome"],
-            ),
+            )),
             otel_spans: counter(
                 "ferry_otel_spans_total",
                 "OpenTelemetry spans exported, dropped (export queue full) or failed to send.",
