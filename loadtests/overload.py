@@ -38,6 +38,9 @@ def saturating(port, model, body):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=6)
+    ap.add_argument("--extra", default="",
+                    help="YAML lines added to ferry's config (default: none, default settings), "
+                         "e.g. 'batching: {shed_after_calls: 3}'")
     args = ap.parse_args()
     for tool in ("hey", "wrk"):
         if not shutil.which(tool):
@@ -56,7 +59,7 @@ def main():
     bodies = {"churn": run.body_file(work, "churn", 30), "wide": os.path.join(work, "wide.json")}
     config = os.path.join(work, "ferry.yaml")
     with open(config, "w") as f:
-        f.write(f"registry: {{uri: {registry}}}\nmodels: [churn@champion, wide@1]\n")
+        f.write(f"registry: {{uri: {registry}}}\nmodels: [churn@champion, wide@1]\n{args.extra}\n")
     port = run.free_port()
     proc = run.Proc("ferry", [ferry, "serve", "--config", config, "--listen", f"127.0.0.1:{port}",
                               "--grpc-listen", "off", "--ort-lib", ort_lib], log_dir=work)

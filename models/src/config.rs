@@ -9,7 +9,11 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+/// As many as the server admits at once by default (`max_concurrent_requests`): a request
+/// refused for a full queue has already been read and decoded, so under a closed-loop flood
+/// a smaller queue turned the excess into a storm of cheap-to-send, costly-to-refuse retries;
+/// the in-flight limit refuses before any of that, and `shed_after_calls` bounds the wait.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 
 /// A served model: a bare reference, or a reference with settings of its own.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -134,6 +138,23 @@ pub struct BatchingConfig {
     /// a delay asks for batches, so requests wait for them.
     #[serde(default = "default_inline_below_us")]
     pub inline_below_us: u64,
+    /// A queued request that has waited longer than this many of the model's recent engine
+    /// calls, and at least `shed_min_wait_ms`, is answered 429 when a compute thread reaches
+    /// it, instead of running late and making every request behind it late too. 0 never
+    /// sheds.
+    #[serde(default = "default_shed_after_calls")]
+    pub shed_after_calls: u32,
+    /// The shortest queue wait, in milliseconds, that is shed.
+    #[serde(default = "default_shed_min_wait_ms")]
+    pub shed_min_wait_ms: u64,
+}
+
+fn default_shed_after_calls() -> u32 {
+    6
+}
+
+fn default_shed_min_wait_ms() -> u64 {
+    100
 }
 
 fn default_max_batch_size() -> usize {
@@ -151,6 +172,8 @@ impl Default for BatchingConfig {
             max_queue_delay_us: 0,
             preferred_batch_sizes: Vec::new(),
             inline_below_us: default_inline_below_us(),
+            shed_after_calls: default_shed_after_calls(),
+            shed_min_wait_ms: default_shed_min_wait_ms(),
         }
     }
 }
@@ -183,6 +206,18 @@ impl BatchingConfig {
             return Err(format!(
                 "`{key}.inline_below_us` is {} µs; use at most 10000 (10 ms): longer calls would hold up the I/O thread's other connections",
                 self.inline_below_us
+            ));
+        }
+        if self.shed_after_calls > 1000 {
+            return Err(format!(
+                "`{key}.shed_after_calls` is {}; use 0 (never shed) to 1000",
+                self.shed_after_calls
+            ));
+        }
+        if self.shed_min_wait_ms > 600_000 {
+            return Err(format!(
+                "`{key}.shed_min_wait_ms` is {}; use at most 600000 (10 minutes)",
+                self.shed_min_wait_ms
             ));
         }
         if let Some(p) = self
@@ -286,6 +321,26 @@ mod tests {
             err.starts_with("`models[3].batching.inline_below_us` is 20000 µs"),
             "{err}"
         );
+        for (batching, key) in [
+            (
+                BatchingConfig {
+                    shed_after_calls: 5000,
+                    ..BatchingConfig::default()
+                },
+                "`models[3].batching.shed_after_calls` is 5000",
+            ),
+            (
+                BatchingConfig {
+                    shed_min_wait_ms: 700_000,
+                    ..BatchingConfig::default()
+                },
+                "`models[3].batching.shed_min_wait_ms` is 700000",
+            ),
+        ] {
+            s.batching = Some(batching);
+            let err = s.validate("models[3]").unwrap_err();
+            assert!(err.starts_with(key), "{err}");
+        }
     }
 
     #[test]

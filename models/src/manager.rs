@@ -613,6 +613,8 @@ impl ModelManager {
             batching: batching.policy(),
             default_timeout: self.config.request_timeout,
             inline_below: batching.inline_below(),
+            shed_after_calls: Some(batching.shed_after_calls),
+            shed_min_wait: Duration::from_millis(batching.shed_min_wait_ms),
         };
         let metrics = self.metrics.clone();
         let name = name.to_string();

@@ -95,7 +95,9 @@ impl PredictError {
             PredictError::DeadlineExceeded { .. } => "deadline_exceeded",
             PredictError::Lookup(_) => "model_unavailable",
             PredictError::Features(_) => "features",
-            PredictError::Schedule(ScheduleError::QueueFull { .. }) => "overloaded",
+            PredictError::Schedule(
+                ScheduleError::QueueFull { .. } | ScheduleError::Shed { .. },
+            ) => "overloaded",
             PredictError::Schedule(_) => "schedule",
             PredictError::Input(_) => "invalid_input",
             PredictError::Transform { .. } => "transform",

@@ -68,6 +68,9 @@ async fn check(engine: OnnxEngine) {
         batching: Some(policy),
         default_timeout: None,
         inline_below: None,
+        // Every caller is answered, however long the burst queues.
+        shed_after_calls: None,
+        shed_min_wait: Duration::ZERO,
     };
     let queue =
         Arc::new(ComputeQueue::start("mlp", 1, runtime.clone(), options, metrics.clone()).unwrap());

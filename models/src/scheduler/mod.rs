@@ -30,6 +30,15 @@ pub enum ScheduleError {
     QueueFull { model: String, capacity: usize },
     #[error("{model} did not answer within the request deadline of {timeout:?}")]
     DeadlineExceeded { model: String, timeout: Duration },
+    #[error(
+        "{model} is overloaded: this request waited {waited:?} in its queue, more than {limit:?} ({calls} of its recent engine calls); retry later or on another replica"
+    )]
+    Shed {
+        model: String,
+        waited: Duration,
+        limit: Duration,
+        calls: u32,
+    },
     #[error("{model} is shutting down")]
     Closed { model: String },
     #[error(transparent)]
@@ -40,7 +49,7 @@ struct Job {
     inputs: Vec<Tensor>,
     rows: usize,
     shape_key: Vec<Vec<usize>>,
-    reply: oneshot::Sender<Result<Vec<Tensor>, RuntimeError>>,
+    reply: oneshot::Sender<Result<Vec<Tensor>, ScheduleError>>,
     span: Span,
     /// Open from submission until the job's batch starts: the `queue` stage of its trace.
     queue_span: Span,
@@ -76,6 +85,13 @@ pub struct QueueOptions {
     /// Requests predicted to take the engine less than this run on the submitting thread
     /// when nothing is queued; `None` always queues.
     pub inline_below: Option<Duration>,
+    /// Sheds a queued request (`ScheduleError::Shed`, 429) that has waited longer than this
+    /// many of the model's recent engine calls, and at least `shed_min_wait`, when a compute
+    /// thread reaches it; `None` never sheds.
+    pub shed_after_calls: Option<u32>,
+    /// The shortest wait that is shed: a stall (a model loading beside it, a noisy
+    /// neighbour) must not turn a short queue into refusals.
+    pub shed_min_wait: Duration,
 }
 
 /// What one row costs the engine, learned from the calls the model makes: an exponentially
@@ -151,16 +167,51 @@ impl QueueMetrics {
 
 #[derive(Clone)]
 struct WorkerContext {
+    label: Arc<str>,
     runtime: Arc<dyn Runtime>,
     metrics: QueueMetrics,
     cost: Arc<CostEstimate>,
+    /// Exponentially weighted mean of an engine call's duration in ns (0 before the first).
+    call_ns: Arc<AtomicU64>,
+    shed_after_calls: Option<u32>,
+    shed_min_wait: Duration,
 }
 
 impl WorkerContext {
     /// Records one engine call of `rows` rows: the cost estimate and the `infer` stage.
     fn engine_call_took(&self, rows: usize, elapsed: Duration) {
         self.cost.record(rows, elapsed);
+        let sample = (elapsed.as_nanos() as u64).max(1);
+        let old = self.call_ns.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.call_ns.store(new, Ordering::Relaxed);
         self.metrics.infer_time.observe(elapsed.as_secs_f64());
+    }
+
+    /// How long a request may have waited before it is shed: `shed_after_calls` engine calls
+    /// at their recent mean, at least `shed_min_wait`. Past that the queue is standing
+    /// rather than absorbing a burst: serving the request anyway only makes every request
+    /// behind it wait as long (Little's law), while its client can retry elsewhere.
+    fn shed_limit(&self) -> Option<Duration> {
+        let calls = self.shed_after_calls?;
+        let call = Duration::from_nanos(self.call_ns.load(Ordering::Relaxed));
+        Some(self.shed_min_wait.max(call * calls))
+    }
+
+    /// Answers a job that waited too long with `Shed`.
+    fn shed(&self, job: Job, limit: Duration) {
+        self.metrics.rejected.inc();
+        let waited = job.enqueued.elapsed();
+        let _ = job.reply.send(Err(ScheduleError::Shed {
+            model: self.label.to_string(),
+            waited,
+            limit,
+            calls: self.shed_after_calls.unwrap_or_default(),
+        }));
     }
 
     /// Counts a job as leaving the queue.
@@ -189,9 +240,13 @@ impl ComputeQueue {
         let (job_tx, job_rx) = queue::bounded::<Job>(options.capacity.max(1));
         let queue_metrics = QueueMetrics::new(&metrics, model, &version.to_string());
         let context = WorkerContext {
+            label: format!("{model}@{version}").into(),
             runtime,
             metrics: queue_metrics,
             cost: Arc::default(),
+            call_ns: Arc::default(),
+            shed_after_calls: options.shed_after_calls.filter(|&n| n > 0),
+            shed_min_wait: options.shed_min_wait,
         };
         let mut threads = Vec::new();
         let batching = options
@@ -223,8 +278,14 @@ impl ComputeQueue {
                         Box::new(move || {
                             while let Ok(job) = rx.recv() {
                                 ctx.popped(&job);
-                                if !job.abandoned() {
-                                    run_batch(&ctx, vec![job]);
+                                if job.abandoned() {
+                                    continue;
+                                }
+                                match ctx.shed_limit() {
+                                    Some(limit) if job.enqueued.elapsed() > limit => {
+                                        ctx.shed(job, limit)
+                                    }
+                                    _ => run_batch(&ctx, vec![job]),
                                 }
                             }
                         }),
@@ -306,11 +367,11 @@ impl ComputeQueue {
             model: self.label.clone(),
         };
         match timeout {
-            None => reply_rx.await.map_err(|_| closed())?.map_err(Into::into),
+            None => reply_rx.await.map_err(|_| closed())?,
             // Dropping the receiver on timeout marks the job abandoned: it is skipped if it
             // has not started.
             Some(limit) => match tokio::time::timeout(limit, reply_rx).await {
-                Ok(reply) => reply.map_err(|_| closed())?.map_err(Into::into),
+                Ok(reply) => reply.map_err(|_| closed())?,
                 Err(_) => Err(ScheduleError::DeadlineExceeded {
                     model: self.label.clone(),
                     timeout: limit,
@@ -370,6 +431,12 @@ fn batching_worker(job_rx: queue::Receiver<Job>, policy: BatchPolicy, ctx: Worke
         for job in planner.drain_abandoned() {
             ctx.popped(&job);
         }
+        if let Some(limit) = ctx.shed_limit() {
+            for job in planner.drain_waited_longer(Instant::now(), limit) {
+                ctx.popped(&job);
+                ctx.shed(job, limit);
+            }
+        }
         if let Some(batch) = planner.take(Instant::now(), !open) {
             for job in &batch {
                 ctx.popped(job);
@@ -411,7 +478,7 @@ fn run_batch(ctx: &WorkerContext, mut jobs: Vec<Job>) {
         let job = jobs.into_iter().next().expect("one job. This is a bug.");
         let result = job.span.in_scope(|| ctx.runtime.run(&job.inputs));
         ctx.engine_call_took(rows, started.elapsed());
-        let _ = job.reply.send(result);
+        let _ = job.reply.send(result.map_err(Into::into));
         return;
     }
     let inputs: Option<Vec<Tensor>> = (0..jobs[0].inputs.len())
@@ -431,7 +498,7 @@ fn run_batch(ctx: &WorkerContext, mut jobs: Vec<Job>) {
         Ok(outputs) => outputs,
         Err(e) => {
             for job in jobs {
-                let _ = job.reply.send(Err(e.clone()));
+                let _ = job.reply.send(Err(e.clone().into()));
             }
             return;
         }
@@ -445,7 +512,7 @@ fn run_batch(ctx: &WorkerContext, mut jobs: Vec<Job>) {
             ),
         };
         for job in jobs {
-            let _ = job.reply.send(Err(e.clone()));
+            let _ = job.reply.send(Err(e.clone().into()));
         }
         return;
     }
@@ -522,6 +589,8 @@ mod tests {
             batching,
             default_timeout: None,
             inline_below: None,
+            shed_after_calls: None,
+            shed_min_wait: Duration::from_millis(100),
         }
     }
 
@@ -882,5 +951,77 @@ mod tests {
             2,
             "the expired request never ran"
         );
+    }
+
+    /// A request queued behind a long engine call, with and without batching: past the shed
+    /// limit (here one recent call, at least 10 ms) it is answered `Shed` and never runs;
+    /// with shedding off the same request runs.
+    #[tokio::test]
+    async fn a_request_queued_past_the_shed_limit_is_shed_and_never_runs() {
+        let batching = BatchPolicy {
+            max_batch_rows: 64,
+            max_delay: Duration::ZERO,
+            preferred_rows: Vec::new(),
+        };
+        for (policy, shed_after_calls) in [
+            (None, Some(1)),
+            (Some(batching.clone()), Some(1)),
+            (None, None),
+            (Some(batching), None),
+        ] {
+            let (runtime, started, release) = gated();
+            let options = QueueOptions {
+                shed_after_calls,
+                shed_min_wait: Duration::from_millis(10),
+                ..opts(4, policy.clone())
+            };
+            let queue = Arc::new(
+                ComputeQueue::start("m", 1, runtime.clone(), options, ModelMetrics::new()).unwrap(),
+            );
+            // A quick call first, so the recent-call mean is small and the 10 ms floor is
+            // the limit even after the long call below.
+            release.send(()).unwrap();
+            queue.submit(x(0.0)).await.unwrap();
+            started.recv().unwrap();
+            let first = tokio::spawn({
+                let q = queue.clone();
+                async move { q.submit(x(1.0)).await }
+            });
+            let started = tokio::task::spawn_blocking(move || {
+                started.recv().unwrap();
+                started
+            })
+            .await
+            .unwrap();
+            let second = tokio::spawn({
+                let q = queue.clone();
+                async move { q.submit(x(2.0)).await }
+            });
+            // The second request waits behind the running call, well past 10 ms.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            release.send(()).unwrap();
+            first.await.unwrap().unwrap();
+            let case = format!("batching {policy:?}, shed_after_calls {shed_after_calls:?}");
+            if shed_after_calls.is_some() {
+                // A request that was not shed would block on the gate: fail, do not hang.
+                let shed = tokio::time::timeout(Duration::from_secs(10), second)
+                    .await
+                    .unwrap_or_else(|_| panic!("{case}: the late request ran"))
+                    .unwrap();
+                assert!(
+                    matches!(shed, Err(ScheduleError::Shed { .. })),
+                    "{case}: {shed:?}"
+                );
+                assert_eq!(runtime.calls.load(Ordering::SeqCst), 2, "{case}");
+            } else {
+                tokio::task::spawn_blocking(move || started.recv().unwrap())
+                    .await
+                    .unwrap();
+                release.send(()).unwrap();
+                let out = second.await.unwrap().unwrap();
+                assert_eq!(out[0].data, TensorData::Fp32(vec![2.0]), "{case}");
+                assert_eq!(runtime.calls.load(Ordering::SeqCst), 3, "{case}");
+            }
+        }
     }
 }

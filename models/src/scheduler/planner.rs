@@ -75,6 +75,16 @@ impl<J: Batchable> BatchPlanner<J> {
         gone
     }
 
+    /// Removes and returns jobs that have waited longer than `limit` by `now`.
+    pub fn drain_waited_longer(&mut self, now: Instant, limit: Duration) -> Vec<J> {
+        let (stale, kept): (Vec<J>, Vec<J>) = self
+            .pending
+            .drain(..)
+            .partition(|j| now.saturating_duration_since(j.enqueued()) > limit);
+        self.pending = kept.into();
+        stale
+    }
+
     /// The next batch, if it is time to send one: the oldest job plus the following jobs of
     /// the same shape that fit in `max_batch_rows`, in arrival order. It is time when the
     /// batch is full, reached a preferred size, the oldest job waited `max_delay`, or `force`.

@@ -259,7 +259,9 @@ impl From<RuntimeError> for ApiError {
 impl From<ScheduleError> for ApiError {
     fn from(e: ScheduleError) -> Self {
         match e {
-            ScheduleError::QueueFull { .. } => ApiError::Overloaded(e.to_string()),
+            ScheduleError::QueueFull { .. } | ScheduleError::Shed { .. } => {
+                ApiError::Overloaded(e.to_string())
+            }
             ScheduleError::DeadlineExceeded { .. } => ApiError::DeadlineExceeded(e.to_string()),
             ScheduleError::Closed { .. } => ApiError::ModelNotReady(e.to_string()),
             ScheduleError::Runtime(e) => e.into(),
@@ -354,6 +356,34 @@ mod tests {
             assert!(matches!(e, ApiError::Internal(_)), "{e:?}");
             assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
             assert_eq!(e.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn a_shed_request_is_a_429_with_retry_after_saying_why() {
+        let shed = ScheduleError::Shed {
+            model: "wide@1".into(),
+            waited: std::time::Duration::from_millis(60),
+            limit: std::time::Duration::from_millis(48),
+            calls: 6,
+        };
+        for e in [
+            ApiError::from(shed.clone()),
+            ApiError::from(PredictError::Schedule(shed)),
+        ] {
+            assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(e.error_type(), "overloaded");
+            let message = e.to_string();
+            assert!(
+                message.contains("wide@1") && message.contains("waited 60ms"),
+                "{message}"
+            );
+            let response = e.into_response();
+            assert!(
+                response.headers().contains_key(header::RETRY_AFTER),
+                "{:?}",
+                response.headers()
+            );
         }
     }
 }
