@@ -154,7 +154,7 @@ fn default_shed_after_calls() -> u32 {
 }
 
 fn default_shed_min_wait_ms() -> u64 {
-    100
+    1000
 }
 
 fn default_max_batch_size() -> usize {
