@@ -64,10 +64,20 @@ def ort_lib():
     return chosen[-1]
 
 
+_HANDED_OUT_PORTS = set()
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now and that this session has not handed out before: two
+    servers configured before either starts (replica A and B) must not get the same one."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT_PORTS:
+            _HANDED_OUT_PORTS.add(port)
+            return port
+    raise RuntimeError("no fresh free port in 100 tries")
 
 
 def to_yaml(cfg):
