@@ -12,6 +12,9 @@ export PATH="$FERRY_VENV/bin:$PATH"
 
 # Reused across runs and clones (CI on the same machine keeps its build).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
+# Incremental caches are per checkout path, so in a shared target dir every fresh clone adds
+# its own (18 GiB had piled up and filled the disk); a test run gains nothing from them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export FERRY_ORT_LIB="${FERRY_ORT_LIB:-$(python3 scripts/find-ort-lib.py)}"
 export PYTHONWARNINGS=ignore
 
