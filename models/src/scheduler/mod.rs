@@ -94,31 +94,53 @@ pub struct QueueOptions {
     pub shed_min_wait: Duration,
 }
 
-/// What one row costs the engine, learned from the calls the model makes: an exponentially
-/// weighted mean of nanoseconds per row (0 until the first call), so a 1-row request is
-/// predicted from recent 1-row calls and a large one is never predicted cheap by them.
+/// An exponentially weighted mean of nanoseconds, 0 until the first sample. Racing updates
+/// may drop a sample; the mean moves by 1/8 per sample, so that is noise.
 #[derive(Default)]
-struct CostEstimate {
-    ns_per_row: AtomicU64,
-}
+struct Ewma(AtomicU64);
 
-impl CostEstimate {
-    fn record(&self, rows: usize, elapsed: Duration) {
-        let sample = (elapsed.as_nanos() as u64 / rows.max(1) as u64).max(1);
-        let old = self.ns_per_row.load(Ordering::Relaxed);
-        // Racing updates may drop a sample; the mean moves by 1/8 per call, so that is noise.
+impl Ewma {
+    fn record(&self, ns: u64) {
+        let sample = ns.max(1);
+        let old = self.0.load(Ordering::Relaxed);
         let new = if old == 0 {
             sample
         } else {
             old - old / 8 + sample / 8
         };
-        self.ns_per_row.store(new, Ordering::Relaxed);
+        self.0.store(new, Ordering::Relaxed);
+    }
+
+    fn ns(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What the engine's calls cost, learned from the calls the model makes: per row, so a
+/// 1-row request is predicted from recent 1-row calls and a large one is never predicted
+/// cheap by them; and per call, the unit of the shedding limit.
+#[derive(Default)]
+struct CostEstimate {
+    per_row: Ewma,
+    per_call: Ewma,
+}
+
+impl CostEstimate {
+    fn record(&self, rows: usize, elapsed: Duration) {
+        let ns = elapsed.as_nanos() as u64;
+        self.per_row.record(ns / rows.max(1) as u64);
+        self.per_call.record(ns);
     }
 
     /// Whether `rows` rows are predicted to take less than `limit`; unknown is not cheap.
     fn cheaper_than(&self, rows: usize, limit: Duration) -> bool {
-        let per_row = self.ns_per_row.load(Ordering::Relaxed);
+        let per_row = self.per_row.ns();
         per_row > 0 && (per_row as u128) * (rows as u128) < limit.as_nanos()
+    }
+
+    /// The recent mean duration of one engine call (zero before the first).
+    fn call(&self) -> Duration {
+        Duration::from_nanos(self.per_call.ns())
     }
 }
 
@@ -171,8 +193,6 @@ struct WorkerContext {
     runtime: Arc<dyn Runtime>,
     metrics: QueueMetrics,
     cost: Arc<CostEstimate>,
-    /// Exponentially weighted mean of an engine call's duration in ns (0 before the first).
-    call_ns: Arc<AtomicU64>,
     shed_after_calls: Option<u32>,
     shed_min_wait: Duration,
 }
@@ -181,14 +201,6 @@ impl WorkerContext {
     /// Records one engine call of `rows` rows: the cost estimate and the `infer` stage.
     fn engine_call_took(&self, rows: usize, elapsed: Duration) {
         self.cost.record(rows, elapsed);
-        let sample = (elapsed.as_nanos() as u64).max(1);
-        let old = self.call_ns.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            sample
-        } else {
-            old - old / 8 + sample / 8
-        };
-        self.call_ns.store(new, Ordering::Relaxed);
         self.metrics.infer_time.observe(elapsed.as_secs_f64());
     }
 
@@ -198,8 +210,7 @@ impl WorkerContext {
     /// behind it wait as long (Little's law), while its client can retry elsewhere.
     fn shed_limit(&self) -> Option<Duration> {
         let calls = self.shed_after_calls?;
-        let call = Duration::from_nanos(self.call_ns.load(Ordering::Relaxed));
-        Some(self.shed_min_wait.max(call * calls))
+        Some(self.shed_min_wait.max(self.cost.call() * calls))
     }
 
     /// Answers a job that waited too long with `Shed`.
@@ -244,7 +255,6 @@ impl ComputeQueue {
             runtime,
             metrics: queue_metrics,
             cost: Arc::default(),
-            call_ns: Arc::default(),
             shed_after_calls: options.shed_after_calls.filter(|&n| n > 0),
             shed_min_wait: options.shed_min_wait,
         };
@@ -582,6 +592,29 @@ mod tests {
         (runtime, started_rx, release_tx)
     }
 
+    /// Submits `x(v)` in a task and returns it once the gated engine has started the call,
+    /// with `started` back for the next call.
+    async fn start_gated_call(
+        queue: &Arc<ComputeQueue>,
+        started: mpsc::Receiver<()>,
+        v: f32,
+    ) -> (
+        tokio::task::JoinHandle<Result<Vec<Tensor>, ScheduleError>>,
+        mpsc::Receiver<()>,
+    ) {
+        let call = tokio::spawn({
+            let q = queue.clone();
+            async move { q.submit(x(v)).await }
+        });
+        let started = tokio::task::spawn_blocking(move || {
+            started.recv().unwrap();
+            started
+        })
+        .await
+        .unwrap();
+        (call, started)
+    }
+
     fn opts(capacity: usize, batching: Option<BatchPolicy>) -> QueueOptions {
         QueueOptions {
             threads: 1,
@@ -766,16 +799,7 @@ mod tests {
             ComputeQueue::start("m", 1, runtime.clone(), opts(4, None), ModelMetrics::new())
                 .unwrap(),
         );
-        let first = tokio::spawn({
-            let q = queue.clone();
-            async move { q.submit(x(1.0)).await }
-        });
-        let started = tokio::task::spawn_blocking(move || {
-            started.recv().unwrap();
-            started
-        })
-        .await
-        .unwrap();
+        let (first, started) = start_gated_call(&queue, started, 1.0).await;
         // Queue a job, then drop its caller before the worker gets to it.
         let abandoned = tokio::spawn({
             let q = queue.clone();
@@ -917,16 +941,7 @@ mod tests {
             ComputeQueue::start("m", 1, runtime.clone(), opts(4, None), ModelMetrics::new())
                 .unwrap(),
         );
-        let first = tokio::spawn({
-            let q = queue.clone();
-            async move { q.submit(x(1.0)).await }
-        });
-        let started = tokio::task::spawn_blocking(move || {
-            started.recv().unwrap();
-            started
-        })
-        .await
-        .unwrap();
+        let (first, started) = start_gated_call(&queue, started, 1.0).await;
         // The engine is busy: this request waits in the queue past its deadline.
         let late = queue
             .submit_with_timeout(x(2.0), Some(Duration::from_millis(20)))
@@ -983,16 +998,7 @@ mod tests {
             release.send(()).unwrap();
             queue.submit(x(0.0)).await.unwrap();
             started.recv().unwrap();
-            let first = tokio::spawn({
-                let q = queue.clone();
-                async move { q.submit(x(1.0)).await }
-            });
-            let started = tokio::task::spawn_blocking(move || {
-                started.recv().unwrap();
-                started
-            })
-            .await
-            .unwrap();
+            let (first, started) = start_gated_call(&queue, started, 1.0).await;
             let second = tokio::spawn({
                 let q = queue.clone();
                 async move { q.submit(x(2.0)).await }
